@@ -1,0 +1,54 @@
+"""align_chains: inference-time alignment strategies as LangChain chat models.
+
+    from align_chains import BestOfNChatModel
+    chain = prompt | BestOfNChatModel(n=4) | parser
+"""
+
+from align_chains.chat_models import AlignedChatModel, BestOfNChatModel
+from align_chains.engine import ComputeCounters, Decoder, SamplingParams
+from align_chains.errors import (
+    AlignChainsError,
+    InvalidInputError,
+    ModelLoadError,
+    RewardError,
+    UnknownStrategyError,
+)
+from align_chains.models import EMBEDDED_POLICY, EMBEDDED_REWARD, Policy, load_policy
+from align_chains.rewards import (
+    CallableReward,
+    ClassifierReward,
+    EmbeddingReward,
+    RewardModel,
+    WeightedReward,
+    load_reward,
+)
+from align_chains.strategies import BestOfN, Strategy, StrategyResult, get_strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EMBEDDED_POLICY",
+    "EMBEDDED_REWARD",
+    "AlignChainsError",
+    "AlignedChatModel",
+    "BestOfN",
+    "BestOfNChatModel",
+    "CallableReward",
+    "ClassifierReward",
+    "ComputeCounters",
+    "Decoder",
+    "EmbeddingReward",
+    "InvalidInputError",
+    "ModelLoadError",
+    "Policy",
+    "RewardError",
+    "RewardModel",
+    "SamplingParams",
+    "Strategy",
+    "StrategyResult",
+    "UnknownStrategyError",
+    "WeightedReward",
+    "get_strategy",
+    "load_policy",
+    "load_reward",
+]

@@ -1,0 +1,302 @@
+"""The aligned chat-model base class: LangChain semantics over a plain-Python strategy.
+
+Subclasses name a Strategy class and declare its settings as fields with the same names;
+everything else (message conversion, lazy loading, sampling settings, metadata, streaming,
+batching, callbacks) lives here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list, run_in_executor
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from align_chains.chat_models.messages import to_conversation
+from align_chains.engine.sampling import SamplingParams
+from align_chains.errors import InvalidInputError
+from align_chains.models.chat import Conversation
+from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD
+from align_chains.models.policy import Policy, load_policy
+from align_chains.progress import NullProgress, TqdmProgress
+from align_chains.rewards import RewardModel, load_reward
+from align_chains.strategies.base import Strategy, StrategyResult
+
+_SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed"}
+
+
+class AlignedChatModel(BaseChatModel):
+    """A LangChain chat model that answers with an inference-time alignment strategy.
+
+    Construction is cheap: the policy and reward load on first use (or pass loaded objects
+    to share them between chat models). Calls on one policy run one at a time.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    strategy_class: ClassVar[type[Strategy]]
+
+    policy: str | Policy = Field(
+        default=EMBEDDED_POLICY,
+        alias="model",
+        description="Hugging Face id, local directory, 'smollm2-135m-instruct', or a loaded Policy.",
+    )
+    reward: Any = Field(
+        default=EMBEDDED_REWARD,
+        description="Reward spec for load_reward(): 'minilm', a model id or directory, a "
+        "function (prompt, response) -> float, or a RewardModel.",
+    )
+    max_tokens: int = Field(default=128, ge=1, description="Maximum new tokens per response.")
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    stop: list[str] | None = None
+    seed: int | None = None
+    device: str | None = Field(default=None, description="'cpu', 'cuda', ... (automatic if None).")
+    dtype: str | None = Field(default=None, description="'bf16', 'fp32', ... (automatic if None).")
+    device_map: str | None = Field(default=None, description="'auto' to shard a large policy.")
+    show_progress: bool = False
+
+    _policy: Policy | None = PrivateAttr(default=None)
+    _reward: RewardModel | None = PrivateAttr(default=None)
+    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # -- identity ------------------------------------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return f"align-chains-{self.strategy_class.name}"
+
+    @property
+    def model_name(self) -> str:
+        return self.policy.name if isinstance(self.policy, Policy) else self.policy
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "reward": self.reward if isinstance(self.reward, str) else repr(self.reward),
+            "strategy": self.strategy_class.name,
+            **self._strategy_settings(),
+            **self._sampling().model_dump(),
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="align_chains",
+            ls_model_name=self.model_name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
+
+    # -- loading -------------------------------------------------------------------------
+    def load(self) -> tuple[Policy, RewardModel]:
+        """Load (once, thread-safely) and return the policy and reward."""
+        with self._load_lock:
+            if self._policy is None:
+                self._policy = load_policy(
+                    self.policy, device=self.device, dtype=self.dtype, device_map=self.device_map
+                )
+            if self._reward is None:
+                self._reward = load_reward(self.reward, device=self.device)
+        return self._policy, self._reward
+
+    # -- settings ------------------------------------------------------------------------
+    def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        overrides = overrides or {}
+        return {name: overrides.get(name, getattr(self, name)) for name in self.strategy_class.model_fields}
+
+    def _sampling(self, stop: list[str] | None = None, overrides: dict[str, Any] | None = None) -> SamplingParams:
+        o = overrides or {}
+        return SamplingParams(
+            max_new_tokens=o.get("max_tokens", self.max_tokens),
+            temperature=o.get("temperature", self.temperature),
+            top_p=o.get("top_p", self.top_p),
+            top_k=o.get("top_k", self.top_k),
+            stop=tuple(stop if stop is not None else (self.stop or ())),
+            seed=o.get("seed", self.seed),
+        )
+
+    def _split_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        allowed = _SAMPLING_KWARGS | set(self.strategy_class.model_fields)
+        unknown = sorted(k for k in kwargs if k not in allowed)
+        if unknown:
+            raise InvalidInputError(
+                f"{type(self).__name__} does not take {unknown} at call time. Per-call settings it "
+                f"accepts: {sorted(allowed)}."
+            )
+        return kwargs
+
+    # -- running -------------------------------------------------------------------------
+    def run_strategy(
+        self,
+        conversations: Sequence[Conversation],
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[StrategyResult]:
+        """Run the strategy on already-converted conversations (one batched run)."""
+        overrides = self._split_kwargs(kwargs)
+        strategy = self.strategy_class(**self._strategy_settings(overrides))
+        params = self._sampling(stop, overrides)
+        policy, reward = self.load()
+        progress = TqdmProgress() if self.show_progress else NullProgress()
+        with policy.lock:
+            return strategy.run_batch(list(conversations), policy, reward, params, progress=progress)
+
+    def _message(self, result: StrategyResult, *, chunk: bool = False) -> AIMessage:
+        usage = UsageMetadata(
+            input_tokens=result.prompt_tokens,
+            output_tokens=result.best.num_tokens,
+            total_tokens=result.prompt_tokens + result.best.num_tokens,
+        )
+        return AIMessage(content=result.text, usage_metadata=usage, response_metadata=self._metadata(result))
+
+    def _metadata(self, result: StrategyResult) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "model_provider": "align_chains",
+            "strategy": result.strategy,
+            "reward": result.reward,
+            "finish_reason": result.finish_reason,
+            "compute": result.counters.as_dict(),
+            "candidates": [
+                {"text": c.text, "reward": c.reward, "tokens": c.num_tokens, "finish_reason": c.finish_reason}
+                for c in result.candidates
+            ],
+            **result.flags,
+        }
+
+    def _chat_result(self, result: StrategyResult) -> ChatResult:
+        message = self._message(result)
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info={"finish_reason": result.finish_reason})],
+            llm_output={"model_name": self.model_name},
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        (result,) = self.run_strategy([to_conversation(messages)], stop, **kwargs)
+        return self._chat_result(result)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """Yield the chosen response token by token once the strategy has picked it."""
+        (result,) = self.run_strategy([to_conversation(messages)], stop, **kwargs)
+        policy, _ = self.load()
+        for piece in _pieces(policy, result.best.token_ids, result.text):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        final = self._message(result)
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=final.usage_metadata,
+                response_metadata=final.response_metadata,
+                chunk_position="last",
+            ),
+            generation_info={"finish_reason": result.finish_reason},
+        )
+
+    # -- batching: all inputs in one strategy run, callbacks per input ---------------------
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        stop = kwargs.pop("stop", None)
+        outputs: list[Any] = [None] * len(inputs)
+        runs: list[tuple[int, Conversation, Any]] = []
+        for i, (value, cfg) in enumerate(zip(inputs, configs)):
+            messages = self._convert_input(value).to_messages()
+            manager = CallbackManager.configure(
+                cfg.get("callbacks"), self.callbacks, self.verbose,
+                cfg.get("tags"), self.tags, cfg.get("metadata"), self.metadata,
+            )  # fmt: skip
+            (run_manager,) = manager.on_chat_model_start(
+                self._serialized,
+                [messages],
+                invocation_params={**self._identifying_params, "stop": stop, **kwargs},
+                options={"stop": stop},
+                name=cfg.get("run_name"),
+                run_id=cfg.get("run_id"),
+                batch_size=len(inputs),
+            )
+            try:
+                runs.append((i, to_conversation(messages), run_manager))
+            except Exception as exc:
+                run_manager.on_llm_error(exc)
+                if not return_exceptions:
+                    raise
+                outputs[i] = exc
+        if runs:
+            try:
+                results = self.run_strategy([conv for _, conv, _ in runs], stop, **kwargs)
+            except Exception as exc:
+                for _, _, run_manager in runs:
+                    run_manager.on_llm_error(exc)
+                if not return_exceptions:
+                    raise
+                for i, _, _ in runs:
+                    outputs[i] = exc
+            else:
+                for (i, _, run_manager), result in zip(runs, results):
+                    chat = self._chat_result(result)
+                    chat.generations[0].message.id = f"lc_run--{run_manager.run_id}"
+                    run_manager.on_llm_end(LLMResult(generations=[chat.generations], llm_output=chat.llm_output))
+                    outputs[i] = chat.generations[0].message
+        return outputs
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:
+        first = config[0] if isinstance(config, list) and config else config
+        return await run_in_executor(
+            first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        )
+
+
+def _pieces(policy: Policy, token_ids: list[int], text: str) -> Iterator[str]:
+    """Split ``text`` at token boundaries; the pieces concatenate to exactly ``text``."""
+    emitted = 0
+    for end in range(1, len(token_ids) + 1):
+        prefix = policy.decode(token_ids[:end])[: len(text)]
+        if len(prefix) > emitted and not prefix.endswith("\ufffd"):
+            yield text[emitted : len(prefix)]
+            emitted = len(prefix)
+    if emitted < len(text):
+        yield text[emitted:]

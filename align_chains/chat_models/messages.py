@@ -1,0 +1,61 @@
+"""LangChain messages -> plain role/content dicts for the policy's chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+
+from align_chains.errors import InvalidInputError
+from align_chains.models.chat import Conversation, validate_conversation
+
+_ROLES: dict[type[BaseMessage], str] = {
+    SystemMessage: "system",
+    HumanMessage: "user",
+    AIMessage: "assistant",
+    ToolMessage: "tool",
+}
+
+
+def _text(message: BaseMessage, index: int) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise InvalidInputError(
+                f"Message {index} has a {kind!r} content block; local policies take text only. "
+                "Pass text content, or describe the attachment in words."
+            )
+    return "".join(parts)
+
+
+def to_conversation(messages: Sequence[BaseMessage]) -> Conversation:
+    """Convert and validate before any model work."""
+    conversation = []
+    for i, message in enumerate(messages):
+        if isinstance(message, ChatMessage):
+            role = message.role
+        else:
+            role = next((r for t, r in _ROLES.items() if isinstance(message, t)), None)
+        if role is None:
+            raise InvalidInputError(
+                f"Message {i} is a {type(message).__name__}, which has no chat-template role: "
+                "use SystemMessage, HumanMessage, AIMessage or ToolMessage."
+            )
+        conversation.append({"role": role, "content": _text(message, i)})
+    validate_conversation(conversation)
+    return conversation

@@ -1,0 +1,296 @@
+"""The shared decoding engine: prefix-shared, batched, step-wise sampling on a policy.
+
+Every strategy builds on four moves:
+
+- ``start``: prefill each distinct prompt once (left-padded into one batch) and expand its
+  KV cache to as many rows as that prompt needs;
+- ``extend``: sample up to k tokens on every row at once;
+- ``Batch.select``: keep, reorder or duplicate rows, cache included (beams, replacement);
+- ``logits``: read the next-token logits of every row (guided decoding).
+
+A sampled token is fed to the model lazily, on the next read of the logits, so a response
+that ends never pays for a forward pass whose output nobody reads.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
+from align_chains.errors import InvalidInputError
+from align_chains.models.policy import Policy
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class Completion:
+    """One finished row: its text, tokens and per-token log-probabilities under the policy."""
+
+    prompt_index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    generated_tokens: int  # tokens the policy sampled for this row, EOS included
+
+
+@dataclass
+class Batch:
+    """Rows decoded in lockstep. Row i continues prompt ``prompt_index[i]``.
+
+    ``tokens`` holds every sampled token (padding after a row finishes); ``num_tokens`` counts
+    the tokens each row produced, its EOS included.
+    """
+
+    prompt_index: torch.Tensor  # [B] long
+    prompt_lengths: torch.Tensor  # [B] long: real (unpadded) prompt length per row
+    cache: Any  # transformers Cache holding prompt + fed tokens
+    attention_mask: torch.Tensor  # [B, S] long, aligned with the cache
+    positions: torch.Tensor  # [B] long: position id of the next token to feed
+    tokens: torch.Tensor  # [B, T] long
+    logprobs: torch.Tensor  # [B, T] float: log pi(token) under the raw policy
+    num_tokens: torch.Tensor  # [B] long
+    finished: torch.Tensor  # [B] bool
+    stopped: torch.Tensor  # [B] bool: ended by EOS or a stop string (else by length)
+    params: SamplingParams
+    next_logits: torch.Tensor | None = None  # [B, V]; None while a token is pending
+    pending: torch.Tensor | None = None  # [B] long: sampled but not yet fed
+    stop_criteria: Any = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        return int(self.prompt_index.shape[0])
+
+    @property
+    def steps(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finished.all()) or self.steps >= self.params.max_new_tokens
+
+    def select(self, rows: torch.Tensor | Sequence[int]) -> None:
+        """Keep, reorder or duplicate rows in place, KV cache rows included (no recompute)."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.tokens.device)
+        if index.ndim != 1 or index.numel() == 0:
+            raise InvalidInputError("select() needs a non-empty 1-D list of row indices.")
+        if int(index.min()) < 0 or int(index.max()) >= self.size:
+            raise InvalidInputError(f"select() row index out of range for a batch of {self.size}.")
+        self.cache.batch_select_indices(index.to(self.attention_mask.device))
+        for name in (
+            "prompt_index", "prompt_lengths", "attention_mask", "positions", "tokens",
+            "logprobs", "num_tokens", "finished", "stopped", "next_logits", "pending",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value[index.to(value.device)])
+
+
+class Decoder:
+    """Runs a policy over batches of rows, counting the work it does."""
+
+    def __init__(self, policy: Policy, counters: ComputeCounters | None = None) -> None:
+        self.policy = policy
+        self.counters = counters if counters is not None else ComputeCounters()
+        forward_params = inspect.signature(policy.model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in forward_params
+        self._eos = torch.tensor(policy.eos_token_ids or (-1,), device=policy.device)
+
+    # -- starting -----------------------------------------------------------------------
+    def start(
+        self,
+        prompts: Sequence[Sequence[int]],
+        rows: int | Sequence[int] = 1,
+        params: SamplingParams | None = None,
+    ) -> Batch:
+        """Prefill each distinct prompt once and expand it to ``rows`` rows (per prompt)."""
+        params = params or SamplingParams()
+        if not prompts:
+            raise InvalidInputError("start() needs at least one prompt.")
+        counts = [rows] * len(prompts) if isinstance(rows, int) else list(rows)
+        if len(counts) != len(prompts) or any(c < 0 for c in counts) or sum(counts) == 0:
+            raise InvalidInputError(
+                f"rows must be a positive int or one non-negative count per prompt "
+                f"({len(prompts)} prompts, got {rows!r})."
+            )
+        for i, ids in enumerate(prompts):
+            if len(ids) == 0:
+                raise InvalidInputError(f"Prompt {i} has no tokens.")
+            self.policy.check_fits(len(ids), params.max_new_tokens)
+
+        # identical prompts share one prefill row
+        unique: dict[tuple[int, ...], int] = {}
+        row_of_prompt = [unique.setdefault(tuple(ids), len(unique)) for ids in prompts]
+        distinct = list(unique)
+        device = self.policy.device
+        width = max(len(ids) for ids in distinct)
+        pad = self.policy.pad_token_id
+        input_ids = torch.full((len(distinct), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(distinct), width), dtype=torch.long, device=device)
+        for r, ids in enumerate(distinct):  # builds the padded prompt tensor, not a decode step
+            input_ids[r, width - len(ids) :] = torch.tensor(ids, device=device)
+            mask[r, width - len(ids) :] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        with torch.inference_mode():
+            out = self.policy.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **kwargs,
+            )
+        self.counters.forward_passes += 1
+        self.counters.prompt_tokens += sum(len(ids) for ids in distinct)
+
+        # expand: row j of the batch continues prompt prompt_of_row[j]
+        prompt_of_row = torch.repeat_interleave(
+            torch.arange(len(prompts), device=device), torch.tensor(counts, device=device)
+        )
+        source = torch.tensor(row_of_prompt, device=device)[prompt_of_row]
+        cache = out.past_key_values
+        cache.batch_select_indices(source)
+        lengths = mask.sum(-1)[source]
+        size = int(source.shape[0])
+        return Batch(
+            prompt_index=prompt_of_row,
+            prompt_lengths=lengths,
+            cache=cache,
+            attention_mask=mask[source],
+            positions=lengths.clone(),
+            tokens=torch.empty((size, 0), dtype=torch.long, device=device),
+            logprobs=torch.empty((size, 0), dtype=torch.float32, device=device),
+            num_tokens=torch.zeros(size, dtype=torch.long, device=device),
+            finished=torch.zeros(size, dtype=torch.bool, device=device),
+            stopped=torch.zeros(size, dtype=torch.bool, device=device),
+            params=params,
+            next_logits=out.logits[:, -1, :].float()[source],
+            stop_criteria=self._stop_criteria(params.stop),
+        )
+
+    def _stop_criteria(self, stop: Sequence[str]) -> Any:
+        if not stop:
+            return None
+        from transformers import StopStringCriteria
+
+        return StopStringCriteria(tokenizer=self.policy.tokenizer, stop_strings=list(stop))
+
+    # -- stepping -----------------------------------------------------------------------
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Next-token logits [B, V] of every row, feeding the pending token first if needed."""
+        if batch.next_logits is None:
+            self._feed_pending(batch)
+        assert batch.next_logits is not None
+        return batch.next_logits
+
+    def _feed_pending(self, batch: Batch) -> None:
+        assert batch.pending is not None
+        ones = torch.ones((batch.size, 1), dtype=batch.attention_mask.dtype, device=batch.attention_mask.device)
+        mask = torch.cat([batch.attention_mask, ones], dim=1)
+        with torch.inference_mode():
+            out = self.policy.model(
+                input_ids=batch.pending[:, None],
+                attention_mask=mask,
+                position_ids=batch.positions[:, None],
+                past_key_values=batch.cache,
+                use_cache=True,
+            )
+        self.counters.forward_passes += 1
+        batch.cache = out.past_key_values
+        batch.attention_mask = mask
+        batch.positions = batch.positions + 1
+        batch.next_logits = out.logits[:, -1, :].float()
+        batch.pending = None
+
+    def append(self, batch: Batch, tokens: torch.Tensor) -> None:
+        """Commit one chosen token per row (rows already finished get padding)."""
+        if batch.done:
+            raise InvalidInputError("append() on a batch that is already done.")
+        logits = self.logits(batch)
+        tokens = tokens.to(logits.device).long()
+        logprob = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+        alive = ~batch.finished
+        tokens = torch.where(alive, tokens, torch.full_like(tokens, self.policy.pad_token_id))
+        batch.tokens = torch.cat([batch.tokens, tokens[:, None]], dim=1)
+        batch.logprobs = torch.cat([batch.logprobs, logprob.masked_fill(~alive, 0.0)[:, None]], dim=1)
+        batch.num_tokens = batch.num_tokens + alive.long()
+        ended = torch.isin(tokens, self._eos)
+        if batch.stop_criteria is not None:
+            ended |= batch.stop_criteria(batch.tokens, None).to(ended.device)
+        ended &= alive
+        batch.stopped |= ended
+        batch.finished |= ended
+        if batch.steps >= batch.params.max_new_tokens:
+            batch.finished |= True
+        self.counters.generated_tokens += int(alive.sum())
+        batch.pending = tokens
+        batch.next_logits = None
+
+    def extend(
+        self,
+        batch: Batch,
+        num_tokens: int | None = None,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[Batch], None] | None = None,
+    ) -> None:
+        """Sample up to ``num_tokens`` more tokens on every row (all rows in one forward each)."""
+        remaining = batch.params.max_new_tokens - batch.steps
+        steps = remaining if num_tokens is None else min(num_tokens, remaining)
+        for _ in range(steps):
+            if batch.done:
+                break
+            tokens = sample_tokens(self.logits(batch), batch.params, generator)
+            self.append(batch, tokens)
+            if on_step is not None:
+                on_step(batch)
+
+    # -- finishing ----------------------------------------------------------------------
+    def completions(self, batch: Batch) -> list[Completion]:
+        """Decode every row to text, cutting EOS and anything from a stop string on."""
+        tokens = batch.tokens.tolist()
+        logprobs = batch.logprobs.tolist()
+        counts = batch.num_tokens.tolist()
+        stopped = batch.stopped.tolist()
+        eos = set(self.policy.eos_token_ids)
+        results = []
+        for row, (ids, lps, n, ended) in enumerate(zip(tokens, logprobs, counts, stopped)):
+            ids, lps = ids[:n], lps[:n]
+            if ids and ids[-1] in eos:
+                ids, lps = ids[:-1], lps[:-1]
+            text = self.policy.decode(ids)
+            cut = min((i for i in (text.find(s) for s in batch.params.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, ended = text[:cut], True
+            results.append(
+                Completion(
+                    prompt_index=int(batch.prompt_index[row]),
+                    text=text,
+                    token_ids=ids,
+                    logprobs=lps,
+                    finish_reason="stop" if ended else "length",
+                    prompt_tokens=int(batch.prompt_lengths[row]),
+                    generated_tokens=n,
+                )
+            )
+        return results
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        rows: int | Sequence[int] = 1,
+        params: SamplingParams | None = None,
+        on_step: Callable[[Batch], None] | None = None,
+    ) -> list[Completion]:
+        """Sample ``rows`` responses per prompt in one batched run; rows are grouped by prompt."""
+        params = params or SamplingParams()
+        batch = self.start(prompts, rows, params)
+        self.extend(batch, generator=make_generator(params.seed, self.policy.device), on_step=on_step)
+        return self.completions(batch)

@@ -1,0 +1,53 @@
+"""Sampling settings and the vectorised next-token sampler."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingParams(BaseModel):
+    """How the policy samples. Validated on construction, so bad values fail before any work."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_new_tokens: int = Field(128, ge=1, description="Upper bound on tokens per response.")
+    temperature: float = Field(0.7, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k filtering.")
+    stop: tuple[str, ...] = Field((), description="Strings that end a response (not included).")
+    seed: int | None = Field(None, description="Makes sampling reproducible.")
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Apply temperature, top-k and top-p to a [rows, vocab] tensor (all rows at once)."""
+    logits = logits / max(params.temperature, 1e-6)
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the mass strictly before it already reaches top_p
+        drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One token per row: greedy at temperature 0, else sampled from the filtered distribution."""
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits.float(), params).softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -1,0 +1,173 @@
+"""The policy: a causal LM, its tokenizer and its chat template, loaded once per process."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from align_chains.errors import InvalidInputError, ModelLoadError
+from align_chains.models.chat import Conversation, validate_conversation
+from align_chains.models.embedded import EMBEDDED_POLICY, POLICY_ALIASES, converted_policy_dir
+from align_chains.models.hub import resolve_model_dir
+from align_chains.settings import resolve_device, resolve_dtype
+
+
+@dataclass(eq=False)
+class Policy:
+    """A loaded causal LM ready for the decoding engine.
+
+    ``lock`` serialises generation on this model: concurrent requests from several threads
+    or tasks queue instead of fighting over the same cores or GPU memory.
+    """
+
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    name: str
+    chat_template: str | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        if self.chat_template is None:
+            self.chat_template = getattr(self.tokenizer, "chat_template", None)
+        if self.chat_template is None:
+            raise ModelLoadError(
+                f"Policy {self.name!r} has no chat template: pass chat_template=... to "
+                "load_policy (a Jinja template as used by tokenizer.apply_chat_template)."
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def context_length(self) -> int:
+        config = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return int(getattr(self.tokenizer, "model_max_length", 2048))
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every token that ends a response: the generation config's EOS ids and the tokenizer's."""
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if source is None:
+                continue
+            ids.update([source] if isinstance(source, int) else source)
+        return tuple(sorted(ids))
+
+    @property
+    def pad_token_id(self) -> int:
+        for candidate in (
+            self.tokenizer.pad_token_id,
+            self.model.generation_config.pad_token_id,
+            self.eos_token_ids[0] if self.eos_token_ids else None,
+        ):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def render(self, messages: Conversation, *, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of the chat-templated conversation, ready to prefill."""
+        validate_conversation(messages)
+        from jinja2 import TemplateError
+
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except TemplateError as exc:
+            roles = sorted({m["role"] for m in messages})
+            raise InvalidInputError(
+                f"The chat template of {self.name!r} rejected this conversation (roles {roles}): "
+                f"{exc}. Remove or merge the messages with roles it cannot take."
+            ) from exc
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Raise before generation when prompt plus response cannot fit the context window."""
+        limit = self.context_length
+        if prompt_tokens + max_new_tokens > limit:
+            raise InvalidInputError(
+                f"The prompt has {prompt_tokens} tokens and up to {max_new_tokens} new tokens "
+                f"were requested, but {self.name!r} has a context of {limit} tokens. Shorten the "
+                "prompt or lower max_tokens."
+            )
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+
+_LOADED: weakref.WeakValueDictionary[tuple, Policy] = weakref.WeakValueDictionary()
+_LOAD_LOCK = threading.Lock()
+
+
+def load_policy(
+    spec: str | Policy = EMBEDDED_POLICY,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    device_map: str | dict | None = None,
+    chat_template: str | None = None,
+) -> Policy:
+    """Load a policy from a Hugging Face id, a local directory or the embedded default name.
+
+    Loading the same spec twice in a process returns the first load. ``device_map='auto'``
+    spreads a large model over the available GPUs through accelerate.
+    """
+    if isinstance(spec, Policy):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise InvalidInputError(
+            f"Policy spec must be a model id, a directory or {EMBEDDED_POLICY!r}; got {spec!r}."
+        )
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    key = (spec, str(resolved_device), str(resolved_dtype), repr(device_map), chat_template)
+    with _LOAD_LOCK:
+        cached = _LOADED.get(key)
+        if cached is not None:
+            return cached
+        policy = _load(spec, resolved_device, resolved_dtype, device_map, chat_template)
+        _LOADED[key] = policy
+        return policy
+
+
+def _load(
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    device_map: str | dict | None,
+    chat_template: str | None,
+) -> Policy:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec.lower() in POLICY_ALIASES:
+        path, name = converted_policy_dir(), EMBEDDED_POLICY
+    else:
+        path, name = resolve_model_dir(spec, what="policy"), spec
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, device_map=device_map
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Cannot load policy {spec!r} from {path}: {exc}") from exc
+    if device_map is None:
+        model.to(device)
+    return Policy(model=model, tokenizer=tokenizer, name=name, chat_template=chat_template)

@@ -1,0 +1,80 @@
+"""Reward models and ``load_reward``, which turns a spec into one.
+
+Kinds: sequence-classification reward models, sentence-embedding rewards (the embedded
+MiniLM default), plain Python callables, and weighted sums. New kinds (LLM judges, implicit
+DPO rewards) subclass RewardModel and plug into ``load_reward`` the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from align_chains.errors import InvalidInputError
+from align_chains.models.embedded import EMBEDDED_REWARD, REWARD_ALIASES
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.function import CallableReward
+from align_chains.rewards.classifier import ClassifierReward
+from align_chains.rewards.embedding import EmbeddingReward
+from align_chains.rewards.weighted import WeightedReward
+
+RewardSpec = str | RewardModel | Callable[..., Any] | Sequence[tuple[Any, float]]
+
+
+def load_reward(
+    spec: RewardSpec = EMBEDDED_REWARD,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **kwargs: Any,
+) -> RewardModel:
+    """Build a RewardModel from a spec.
+
+    - a RewardModel: returned as is (share one loaded reward across chat models);
+    - ``"all-minilm-l6-v2"`` (or ``"minilm"``): the embedded embedding reward; ``kwargs`` such
+      as ``principle=...``, ``positive=[...]`` go to EmbeddingReward;
+    - a local directory or Hub id: a sentence-transformers model becomes an EmbeddingReward,
+      anything else a sequence-classification ClassifierReward;
+    - a callable ``fn(prompt, response) -> float``: a CallableReward;
+    - a list of ``(spec, weight)`` pairs: a WeightedReward of each loaded spec.
+    """
+    if isinstance(spec, RewardModel):
+        return spec
+    if isinstance(spec, str):
+        if not spec.strip():
+            raise InvalidInputError("Reward spec is empty: pass a model id, a directory or 'minilm'.")
+        if spec.lower() in REWARD_ALIASES:
+            return EmbeddingReward(spec, device=device, **kwargs)
+        from align_chains.models.hub import resolve_model_dir
+
+        path = resolve_model_dir(spec, what="reward model")
+        if (Path(path) / "modules.json").is_file():
+            return EmbeddingReward(str(path), device=device, **kwargs)
+        return ClassifierReward.from_pretrained(str(path), device=device, dtype=dtype, **kwargs)
+    if callable(spec):
+        return CallableReward(spec, **kwargs)
+    if isinstance(spec, Sequence) and spec and all(
+        isinstance(t, tuple) and len(t) == 2 for t in spec
+    ):
+        return WeightedReward(
+            [(load_reward(s, device=device, dtype=dtype), float(w)) for s, w in spec]
+        )
+    raise InvalidInputError(
+        f"Cannot build a reward from {spec!r}: pass a RewardModel, 'minilm', a model directory "
+        "or Hub id, a function (prompt, response) -> float, or a list of (spec, weight) pairs."
+    )
+
+
+__all__ = [
+    "CallableReward",
+    "ClassifierReward",
+    "EmbeddingReward",
+    "Prompt",
+    "RewardModel",
+    "RewardSpec",
+    "WeightedReward",
+    "load_reward",
+]

@@ -1,0 +1,103 @@
+"""Hugging Face sequence-classification reward models (Skywork-Reward, ArmoRM style)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from align_chains.errors import InvalidInputError, ModelLoadError
+from align_chains.models.chat import Conversation
+from align_chains.rewards.base import RewardModel
+from align_chains.settings import resolve_device, resolve_dtype
+
+
+class ClassifierReward(RewardModel):
+    """Scores the chat-templated conversation (prompt + response) with a classifier head.
+
+    The reward is ``logits[:, label_index]``, or the ``score`` output of models that expose
+    one (ArmoRM's preference score).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str | None = None,
+        batch_size: int = 8,
+        label_index: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1; got {batch_size}.")
+        num_labels = getattr(model.config, "num_labels", 1)
+        if not 0 <= label_index < num_labels:
+            raise InvalidInputError(
+                f"label_index={label_index} but the reward model has {num_labels} label(s)."
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.label_index = label_index
+        self.name = name or getattr(model.config, "name_or_path", None) or "classifier"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> ClassifierReward:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        resolved = resolve_device(device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=resolve_dtype(dtype, resolved)
+            ).to(resolved)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"Cannot load reward model from {path} as a sequence classifier: {exc}"
+            ) from exc
+        return cls(model, tokenizer, **kwargs)
+
+    def _texts(self, prompts: list[Conversation], responses: list[str]) -> list[str]:
+        if getattr(self.tokenizer, "chat_template", None):
+            return [
+                self.tokenizer.apply_chat_template(
+                    [*conv, {"role": "assistant", "content": resp}], tokenize=False
+                )
+                for conv, resp in zip(prompts, responses)
+            ]
+        return [
+            "\n\n".join(m["content"] for m in conv) + "\n\n" + resp
+            for conv, resp in zip(prompts, responses)
+        ]
+
+    def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:
+        texts = self._texts(prompts, responses)
+        device = self.model.get_input_embeddings().weight.device
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                add_special_tokens=False,
+            ).to(device)
+            with torch.inference_mode():
+                out = self.model(**enc)
+            values = getattr(out, "score", None)
+            if values is None:
+                values = out.logits[:, self.label_index]
+            scores.extend(values.float().reshape(len(enc["input_ids"]), -1)[:, 0].tolist())
+        return scores

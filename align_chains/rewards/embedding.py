@@ -1,0 +1,114 @@
+"""Embedding rewards on sentence-transformers: relevance, principles and exemplars."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from align_chains.errors import InvalidInputError
+from align_chains.models.chat import Conversation, last_user_text
+from align_chains.models.embedded import EMBEDDED_REWARD, REWARD_ALIASES, minilm_dir
+from align_chains.settings import resolve_device
+from align_chains.rewards.base import RewardModel
+
+_ENCODERS: weakref.WeakValueDictionary[tuple[str, str], Any] = weakref.WeakValueDictionary()
+_ENCODERS_LOCK = threading.Lock()
+
+
+def load_encoder(spec: str = EMBEDDED_REWARD, device: str | torch.device | None = None) -> Any:
+    """A SentenceTransformer from the embedded MiniLM, a local directory or a Hub id (cached)."""
+    from sentence_transformers import SentenceTransformer
+
+    from align_chains.models.hub import resolve_model_dir
+
+    resolved = resolve_device(device)
+    key = (spec, str(resolved))
+    with _ENCODERS_LOCK:
+        encoder = _ENCODERS.get(key)
+        if encoder is None:
+            if spec.lower() in REWARD_ALIASES:
+                path = minilm_dir()
+            else:
+                path = resolve_model_dir(spec, what="embedding model")
+            encoder = SentenceTransformer(str(path), device=str(resolved))
+            _ENCODERS[key] = encoder
+        return encoder
+
+
+class EmbeddingReward(RewardModel):
+    """Cosine-similarity reward from a sentence embedding model.
+
+    score = relevance_weight * cos(prompt, response)
+          + principle_weight * cos(principle, response)            (if a principle is given)
+          + exemplar_weight * (mean cos(positive, response) - mean cos(negative, response))
+
+    The prompt is the last user message. Principle and exemplar embeddings are computed once.
+    """
+
+    def __init__(
+        self,
+        model: Any = EMBEDDED_REWARD,
+        *,
+        principle: str | None = None,
+        positive: Sequence[str] = (),
+        negative: Sequence[str] = (),
+        relevance_weight: float = 1.0,
+        principle_weight: float = 1.0,
+        exemplar_weight: float = 1.0,
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if isinstance(positive, str) or isinstance(negative, str):
+            raise InvalidInputError("positive and negative take lists of exemplar texts, not a string.")
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1; got {batch_size}.")
+        if principle is not None and not principle.strip():
+            raise InvalidInputError("principle is empty: pass a sentence or leave it as None.")
+        self.encoder = load_encoder(model, device) if isinstance(model, str) else model
+        self.principle = principle
+        self.positive = list(positive)
+        self.negative = list(negative)
+        self.relevance_weight = relevance_weight
+        self.principle_weight = principle_weight
+        self.exemplar_weight = exemplar_weight
+        self.batch_size = batch_size
+        label = model if isinstance(model, str) else type(model).__name__
+        self.name = f"embedding:{label}"
+        self._fixed: dict[str, torch.Tensor] = {}
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        return self.encoder.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        ).float()
+
+    def _fixed_embedding(self, key: str, texts: list[str]) -> torch.Tensor:
+        if key not in self._fixed:
+            self._fixed[key] = self._embed(texts)
+        return self._fixed[key]
+
+    def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:
+        queries = [last_user_text(p) for p in prompts]
+        # one encoder call for all distinct queries and responses
+        distinct = list(dict.fromkeys(queries))
+        embedded = self._embed(distinct + responses)
+        query_vecs = embedded[: len(distinct)][[distinct.index(q) for q in queries]]
+        response_vecs = embedded[len(distinct) :]
+        score = self.relevance_weight * (query_vecs * response_vecs).sum(-1)
+        if self.principle:
+            principle = self._fixed_embedding("principle", [self.principle])
+            score = score + self.principle_weight * (response_vecs @ principle.T)[:, 0]
+        if self.positive:
+            pos = self._fixed_embedding("positive", self.positive)
+            score = score + self.exemplar_weight * (response_vecs @ pos.T).mean(-1)
+        if self.negative:
+            neg = self._fixed_embedding("negative", self.negative)
+            score = score - self.exemplar_weight * (response_vecs @ neg.T).mean(-1)
+        return score.tolist()

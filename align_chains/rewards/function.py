@@ -1,0 +1,64 @@
+"""Plain Python functions as rewards: verifiers, rules, heuristics."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from align_chains.errors import InvalidInputError
+from align_chains.models.chat import Conversation, last_user_text
+from align_chains.rewards.base import RewardModel
+
+
+class CallableReward(RewardModel):
+    """Wrap ``fn(prompt: str, response: str) -> float`` (or a batched version) as a reward.
+
+    The prompt passed to ``fn`` is the last user message. With ``batched=True``, ``fn`` gets
+    two lists and returns a list. ``retries`` re-calls a flaky function (a remote verifier,
+    say) with exponential back-off before giving up.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        batched: bool = False,
+        name: str | None = None,
+        retries: int = 0,
+    ) -> None:
+        if not callable(fn):
+            raise InvalidInputError(f"CallableReward needs a callable; got {type(fn).__name__}.")
+        if retries < 0:
+            raise InvalidInputError(f"retries must be >= 0; got {retries}.")
+        try:
+            arity = len(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            arity = 2
+        if arity < 2 and not any(
+            p.kind is p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values()
+        ):
+            raise InvalidInputError(
+                f"Reward function {getattr(fn, '__name__', fn)!r} must take (prompt, response); "
+                f"it takes {arity} argument(s)."
+            )
+        self.fn = fn
+        self.batched = batched
+        self.retries = retries
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+
+    def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:
+        texts = [last_user_text(p) for p in prompts]
+        for attempt in Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type(Exception),
+            reraise=True,
+        ):
+            with attempt:
+                if self.batched:
+                    return self.fn(texts, responses)
+                return [self.fn(p, r) for p, r in zip(texts, responses)]
+        raise AssertionError("unreachable")  # pragma: no cover

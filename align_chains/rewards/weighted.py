@@ -1,0 +1,43 @@
+"""A weighted sum of rewards, each scored in its own batched call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from align_chains.errors import InvalidInputError
+from align_chains.models.chat import Conversation
+from align_chains.rewards.base import RewardModel
+
+
+class WeightedReward(RewardModel):
+    """``sum_i w_i * r_i(x, y)``. Build with ``WeightedReward([(r1, 0.7), (r2, 0.3)])`` or ``0.7*r1 + 0.3*r2``."""
+
+    def __init__(self, terms: Sequence[tuple[RewardModel, float]]) -> None:
+        if not terms:
+            raise InvalidInputError("WeightedReward needs at least one (reward, weight) term.")
+        for reward, weight in terms:
+            if not isinstance(reward, RewardModel):
+                raise InvalidInputError(
+                    f"WeightedReward terms must be RewardModel instances; got {type(reward).__name__}. "
+                    "Wrap plain functions with CallableReward or load_reward()."
+                )
+            if not isinstance(weight, int | float):
+                raise InvalidInputError(f"Weight for {reward.name!r} must be a number; got {weight!r}.")
+        self.terms = [(reward, float(weight)) for reward, weight in terms]
+        self.name = " + ".join(f"{w:g}*{r.name}" for r, w in self.terms)
+
+    @classmethod
+    def of(cls, reward: RewardModel, weight: float) -> WeightedReward:
+        if isinstance(reward, WeightedReward):
+            return cls([(r, w * weight) for r, w in reward.terms])
+        return cls([(reward, weight)])
+
+    def __add__(self, other: RewardModel) -> WeightedReward:
+        return WeightedReward(self.terms + WeightedReward.of(other, 1.0).terms)
+
+    def _score(self, prompts: list[Conversation], responses: list[str]) -> list[float]:
+        total = [0.0] * len(responses)
+        for reward, weight in self.terms:
+            for i, s in enumerate(reward.score(prompts, responses)):
+                total[i] += weight * s
+        return total

@@ -1,0 +1,36 @@
+"""Alignment strategies, plain Python. ``get_strategy`` maps a name to its class."""
+
+from __future__ import annotations
+
+from align_chains.errors import UnknownStrategyError
+from align_chains.strategies.base import Candidate, Strategy, StrategyResult
+from align_chains.strategies.best_of_n import BestOfN
+
+STRATEGIES: dict[str, type[Strategy]] = {BestOfN.name: BestOfN}
+_ALIASES = {"bon": BestOfN.name, "best_of_n": BestOfN.name, "bestofn": BestOfN.name}
+
+
+def canonical_strategy_name(name: str) -> str:
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in STRATEGIES:
+        raise UnknownStrategyError(
+            f"Unknown strategy {name!r}. Available: {', '.join(sorted(STRATEGIES))}."
+        )
+    return key
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    """The strategy class registered under ``name`` (aliases like 'bon' accepted)."""
+    return STRATEGIES[canonical_strategy_name(name)]
+
+
+__all__ = [
+    "STRATEGIES",
+    "BestOfN",
+    "Candidate",
+    "Strategy",
+    "StrategyResult",
+    "canonical_strategy_name",
+    "get_strategy",
+]

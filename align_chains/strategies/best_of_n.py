@@ -1,0 +1,126 @@
+"""Best-of-N: sample N responses in one prefix-shared batch, return the highest-reward one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import ClassVar
+
+from pydantic import Field
+
+from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.decoder import Completion, Decoder
+from align_chains.engine.sampling import SamplingParams
+from align_chains.errors import RewardError
+from align_chains.models.policy import Policy
+from align_chains.progress import NullProgress, Progress
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.strategies.base import (
+    Candidate,
+    Strategy,
+    StrategyResult,
+    attach_partial,
+    prepare_prompts,
+    score_texts,
+)
+
+
+class BestOfN(Strategy):
+    """Sample ``n`` candidates per prompt and keep the one the reward scores highest.
+
+    All prompts of a batch are prefilled together, each once, and every candidate of every
+    prompt is decoded in the same batch; all candidates are scored in one reward call.
+    Ties go to the earliest candidate.
+    """
+
+    name: ClassVar[str] = "best-of-n"
+
+    n: int = Field(4, ge=1, description="Candidates sampled per prompt.")
+
+    def run_batch(
+        self,
+        prompts: Sequence[Prompt],
+        policy: Policy,
+        reward: RewardModel,
+        params: SamplingParams | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> list[StrategyResult]:
+        params = params or SamplingParams()
+        progress = progress or NullProgress()
+        conversations, token_ids = prepare_prompts(prompts, policy, params)
+        counters = ComputeCounters(batch_size=len(conversations))
+        with counters.timed():
+            progress.stage(f"generating {self.n * len(conversations)} candidates", params.max_new_tokens)
+            completions = Decoder(policy, counters).generate(
+                token_ids, self.n, params, on_step=lambda _batch: progress.advance()
+            )
+            try:
+                scores = score_texts(
+                    reward,
+                    [conversations[c.prompt_index] for c in completions],
+                    [c.text for c in completions],
+                    counters,
+                    progress,
+                )
+            except RewardError as exc:
+                unscored = self._results(completions, [None] * len(completions), counters, len(conversations))
+                raise attach_partial(exc, unscored) from exc
+            finally:
+                progress.close()
+        return self._results(completions, scores, counters, len(conversations))
+
+    def _results(
+        self,
+        completions: list[Completion],
+        scores: Sequence[float | None],
+        counters: ComputeCounters,
+        num_prompts: int,
+    ) -> list[StrategyResult]:
+        results = []
+        for p in range(num_prompts):
+            rows = [i for i, c in enumerate(completions) if c.prompt_index == p]
+            candidates = [
+                Candidate(
+                    text=completions[i].text,
+                    reward=scores[i],
+                    token_ids=completions[i].token_ids,
+                    logprobs=completions[i].logprobs,
+                    finish_reason=completions[i].finish_reason,
+                )
+                for i in rows
+            ]
+            rewards = [c.reward for c in candidates]
+            best = 0
+            if all(r is not None for r in rewards):
+                best = max(range(len(rewards)), key=lambda j: (rewards[j], -j))
+            own = replace(
+                counters,
+                prompt_tokens=completions[rows[0]].prompt_tokens,
+                generated_tokens=sum(completions[i].generated_tokens for i in rows),
+                reward_items=len(rows) if scores[rows[0]] is not None else 0,
+            )
+            trace = [
+                {
+                    "candidate": j,
+                    "reward": c.reward,
+                    "tokens": c.num_tokens,
+                    "mean_logprob": sum(c.logprobs) / max(len(c.logprobs), 1),
+                    "chosen": j == best,
+                }
+                for j, c in enumerate(candidates)
+            ]
+            results.append(
+                StrategyResult(
+                    strategy=self.name,
+                    text=candidates[best].text,
+                    reward=candidates[best].reward,
+                    candidates=candidates,
+                    best_index=best,
+                    prompt_tokens=completions[rows[0]].prompt_tokens,
+                    counters=own,
+                    trace=trace,
+                    flags={} if scores[rows[0]] is not None else {"reward_failed": True},
+                )
+            )
+        return results
