@@ -17,6 +17,14 @@ def as_conversation(prompt: str | Sequence[Mapping[str, Any]]) -> Conversation:
     """Accept a plain string (one user turn) or a list of {'role', 'content'} dicts."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, Mapping) or not isinstance(prompt, Sequence):
+        raise InvalidInputError(
+            f"A prompt must be a string or a list of role/content messages; got "
+            f"{type(prompt).__name__}. A single conversation passed where a list of prompts is "
+            "expected must be wrapped: [[{'role': 'user', 'content': ...}]]."
+        )
+    if not all(isinstance(m, Mapping) for m in prompt):
+        raise InvalidInputError("Each message must be a dict with 'role' and 'content' keys.")
     messages = [dict(m) for m in prompt]
     validate_conversation(messages)
     return messages

@@ -16,9 +16,9 @@ import torch
 from align_chains.errors import InvalidInputError
 from align_chains.models.embedded import EMBEDDED_REWARD, REWARD_ALIASES
 from align_chains.rewards.base import Prompt, RewardModel
-from align_chains.rewards.function import CallableReward
 from align_chains.rewards.classifier import ClassifierReward
 from align_chains.rewards.embedding import EmbeddingReward
+from align_chains.rewards.function import CallableReward
 from align_chains.rewards.weighted import WeightedReward
 
 RewardSpec = str | RewardModel | Callable[..., Any] | Sequence[tuple[Any, float]]
@@ -56,12 +56,8 @@ def load_reward(
         return ClassifierReward.from_pretrained(str(path), device=device, dtype=dtype, **kwargs)
     if callable(spec):
         return CallableReward(spec, **kwargs)
-    if isinstance(spec, Sequence) and spec and all(
-        isinstance(t, tuple) and len(t) == 2 for t in spec
-    ):
-        return WeightedReward(
-            [(load_reward(s, device=device, dtype=dtype), float(w)) for s, w in spec]
-        )
+    if isinstance(spec, Sequence) and spec and all(isinstance(t, tuple) and len(t) == 2 for t in spec):
+        return WeightedReward([(load_reward(s, device=device, dtype=dtype), float(w)) for s, w in spec])
     raise InvalidInputError(
         f"Cannot build a reward from {spec!r}: pass a RewardModel, 'minilm', a model directory "
         "or Hub id, a function (prompt, response) -> float, or a list of (spec, weight) pairs."

@@ -51,6 +51,10 @@ class RewardModel(ABC):
         return self._check(raw, len(responses))
 
     def _check(self, raw: Any, expected: int) -> list[float]:
+        if isinstance(raw, str | bytes | Mapping):
+            raise RewardError(
+                f"Reward {self.name!r} must return a sequence of numbers; got {type(raw).__name__}."
+            )
         try:
             scores = [float(s) for s in raw]
         except (TypeError, ValueError) as exc:
@@ -81,9 +85,9 @@ class RewardModel(ABC):
         return WeightedReward.of(self, 1.0) + WeightedReward.of(other, 1.0)
 
     def __mul__(self, weight: float) -> RewardModel:
-        from align_chains.rewards.weighted import WeightedReward
+        from align_chains.rewards.weighted import WeightedReward, check_weight
 
-        return WeightedReward.of(self, float(weight))
+        return WeightedReward.of(self, check_weight(self, weight))
 
     __rmul__ = __mul__
 

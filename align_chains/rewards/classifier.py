@@ -75,11 +75,11 @@ class ClassifierReward(RewardModel):
                 self.tokenizer.apply_chat_template(
                     [*conv, {"role": "assistant", "content": resp}], tokenize=False
                 )
-                for conv, resp in zip(prompts, responses)
+                for conv, resp in zip(prompts, responses, strict=True)
             ]
         return [
             "\n\n".join(m["content"] for m in conv) + "\n\n" + resp
-            for conv, resp in zip(prompts, responses)
+            for conv, resp in zip(prompts, responses, strict=True)
         ]
 
     def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:

@@ -12,8 +12,8 @@ import torch
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation, last_user_text
 from align_chains.models.embedded import EMBEDDED_REWARD, REWARD_ALIASES, minilm_dir
-from align_chains.settings import resolve_device
 from align_chains.rewards.base import RewardModel
+from align_chains.settings import resolve_device
 
 _ENCODERS: weakref.WeakValueDictionary[tuple[str, str], Any] = weakref.WeakValueDictionary()
 _ENCODERS_LOCK = threading.Lock()
@@ -26,14 +26,12 @@ def load_encoder(spec: str = EMBEDDED_REWARD, device: str | torch.device | None 
     from align_chains.models.hub import resolve_model_dir
 
     resolved = resolve_device(device)
-    key = (spec, str(resolved))
+    embedded = spec.lower() in REWARD_ALIASES
+    key = (EMBEDDED_REWARD if embedded else spec, str(resolved))
     with _ENCODERS_LOCK:
         encoder = _ENCODERS.get(key)
         if encoder is None:
-            if spec.lower() in REWARD_ALIASES:
-                path = minilm_dir()
-            else:
-                path = resolve_model_dir(spec, what="embedding model")
+            path = minilm_dir() if embedded else resolve_model_dir(spec, what="embedding model")
             encoder = SentenceTransformer(str(path), device=str(resolved))
             _ENCODERS[key] = encoder
         return encoder

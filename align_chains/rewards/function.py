@@ -34,16 +34,14 @@ class CallableReward(RewardModel):
         if retries < 0:
             raise InvalidInputError(f"retries must be >= 0; got {retries}.")
         try:
-            arity = len(inspect.signature(fn).parameters)
-        except (TypeError, ValueError):
-            arity = 2
-        if arity < 2 and not any(
-            p.kind is p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values()
-        ):
+            inspect.signature(fn).bind(None, None)
+        except TypeError as exc:
             raise InvalidInputError(
-                f"Reward function {getattr(fn, '__name__', fn)!r} must take (prompt, response); "
-                f"it takes {arity} argument(s)."
-            )
+                f"Reward function {getattr(fn, '__name__', fn)!r} must be callable as "
+                f"fn(prompt, response) (or fn(prompts, responses) when batched): {exc}."
+            ) from None
+        except ValueError:  # builtins without a signature: trust the caller
+            pass
         self.fn = fn
         self.batched = batched
         self.retries = retries
@@ -60,5 +58,5 @@ class CallableReward(RewardModel):
             with attempt:
                 if self.batched:
                     return self.fn(texts, responses)
-                return [self.fn(p, r) for p, r in zip(texts, responses)]
+                return [self.fn(p, r) for p, r in zip(texts, responses, strict=True)]
         raise AssertionError("unreachable")  # pragma: no cover

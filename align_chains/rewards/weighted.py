@@ -9,8 +9,18 @@ from align_chains.models.chat import Conversation
 from align_chains.rewards.base import RewardModel
 
 
+def check_weight(reward: RewardModel, weight: object) -> float:
+    """A weight is a real number (not a bool, not a numeric string)."""
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise InvalidInputError(f"Weight for {reward.name!r} must be a number; got {weight!r}.")
+    return float(weight)
+
+
 class WeightedReward(RewardModel):
-    """``sum_i w_i * r_i(x, y)``. Build with ``WeightedReward([(r1, 0.7), (r2, 0.3)])`` or ``0.7*r1 + 0.3*r2``."""
+    """``sum_i w_i * r_i(x, y)``.
+
+    Build with ``WeightedReward([(r1, 0.7), (r2, 0.3)])`` or ``0.7 * r1 + 0.3 * r2``.
+    """
 
     def __init__(self, terms: Sequence[tuple[RewardModel, float]]) -> None:
         if not terms:
@@ -21,8 +31,7 @@ class WeightedReward(RewardModel):
                     f"WeightedReward terms must be RewardModel instances; got {type(reward).__name__}. "
                     "Wrap plain functions with CallableReward or load_reward()."
                 )
-            if not isinstance(weight, int | float):
-                raise InvalidInputError(f"Weight for {reward.name!r} must be a number; got {weight!r}.")
+            check_weight(reward, weight)
         self.terms = [(reward, float(weight)) for reward, weight in terms]
         self.name = " + ".join(f"{w:g}*{r.name}" for r, w in self.terms)
 
