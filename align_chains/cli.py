@@ -1,0 +1,137 @@
+"""The ``align-chains`` command line.
+
+align-chains chat "Give me three tips for better sleep." --strategy best-of-n --n 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from align_chains.errors import AlignChainsError
+from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD
+from align_chains.strategies import STRATEGIES
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.replace("-", "_"), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="align-chains", description="Inference-time alignment of local language models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    chat = commands.add_parser("chat", help="Answer one prompt with an alignment strategy.")
+    chat.add_argument("prompt", help="The user message.")
+    chat.add_argument("--strategy", default="best-of-n", help=f"One of: {', '.join(sorted(STRATEGIES))}.")
+    chat.add_argument("--n", type=int, help="Best-of-N: candidates to sample (default 4).")
+    chat.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
+    chat.add_argument("--reward", default=EMBEDDED_REWARD, help="Reward model id, directory or 'minilm'.")
+    chat.add_argument("--principle", help="For the embedding reward: a principle answers should follow.")
+    chat.add_argument("--system", help="A system message to prepend.")
+    chat.add_argument("--max-tokens", type=int, default=128)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--top-k", type=int, default=0)
+    chat.add_argument("--seed", type=int)
+    chat.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
+    chat.add_argument(
+        "--option", "-o", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+        help="Any other strategy setting, e.g. -o n=8 (repeatable).",
+    )  # fmt: skip
+    chat.add_argument("--json", action="store_true", help="Print the full result as JSON.")
+    chat.add_argument("--quiet", action="store_true", help="No progress output.")
+    return parser
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from rich.console import Console
+
+    from align_chains.chat_models import chat_model_class
+    from align_chains.rewards import load_reward
+
+    err = Console(stderr=True, quiet=args.quiet)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own status line covers loading
+    settings: dict[str, Any] = dict(args.option)
+    if args.n is not None:
+        settings["n"] = args.n
+    cls = chat_model_class(args.strategy)
+    # construct first: settings are validated before any model loads
+    model = cls(
+        policy=args.policy,
+        reward=args.reward,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        device=args.device,
+        show_progress=not args.quiet,
+        **settings,
+    )
+    if args.principle:
+        with err.status("Loading reward model…"):
+            model.reward = load_reward(args.reward, device=args.device, principle=args.principle)
+    with err.status(f"Loading {args.policy} and the reward (the first run converts the policy, ~30 s)…"):
+        model.load()
+    messages = ([SystemMessage(args.system)] if args.system else []) + [HumanMessage(args.prompt)]
+    message = model.invoke(messages)
+    meta = message.response_metadata
+    if args.json:
+        print(json.dumps({"content": message.content, "usage": message.usage_metadata, **meta}, indent=2))
+        return 0
+    compute = meta["compute"]
+    print(message.content)
+    print()
+    reward_text = "n/a" if meta["reward"] is None else f"{meta['reward']:.4f}"
+    print(
+        f"reward: {reward_text}  ({meta['strategy']}, {len(meta['candidates'])} candidates, "
+        f"finish: {meta['finish_reason']})"
+    )
+    print(
+        f"compute: {compute['prompt_tokens']} prompt tokens prefilled, {compute['generated_tokens']} "
+        f"tokens generated, {compute['forward_passes']} forward passes, {compute['reward_calls']} "
+        f"reward call(s) over {compute['reward_items']} responses, {compute['seconds']:.2f} s"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "chat":
+            return _chat(args)
+    except AlignChainsError as exc:
+        print(f"align-chains: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        for problem in exc.errors():
+            name = ".".join(str(p) for p in problem["loc"])
+            print(
+                f"align-chains: error: invalid {name}={problem.get('input')!r}: {problem['msg']}",
+                file=sys.stderr,
+            )
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
