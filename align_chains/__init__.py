@@ -1,7 +1,7 @@
 """align_chains: inference-time alignment strategies as LangChain chat models.
 
-    from align_chains import BestOfNChatModel
-    chain = prompt | BestOfNChatModel(n=4) | parser
+from align_chains import BestOfNChatModel
+chain = prompt | BestOfNChatModel(n=4) | parser
 """
 
 from align_chains.chat_models import AlignedChatModel, BestOfNChatModel

@@ -18,9 +18,11 @@ from align_chains.settings import cache_dir
 def smol_tokenizer():
     from transformers import AutoTokenizer
 
-    converted = next((cache_dir() / "models").glob("smollm2-135m-instruct-v*/tokenizer.json"), None) if (
-        cache_dir() / "models"
-    ).is_dir() else None
+    converted = (
+        next((cache_dir() / "models").glob("smollm2-135m-instruct-v*/tokenizer.json"), None)
+        if (cache_dir() / "models").is_dir()
+        else None
+    )
     if converted is not None:
         return AutoTokenizer.from_pretrained(str(converted.parent))
     gguf = gguf_path()

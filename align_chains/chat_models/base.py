@@ -92,7 +92,7 @@ class AlignedChatModel(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="align_chains",
-            ls_model_name=self.model_name,
+            ls_model_name=kwargs.get("model", self.model_name),
             ls_model_type="chat",
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
@@ -118,7 +118,9 @@ class AlignedChatModel(BaseChatModel):
         overrides = overrides or {}
         return {name: overrides.get(name, getattr(self, name)) for name in self.strategy_class.model_fields}
 
-    def _sampling(self, stop: list[str] | None = None, overrides: dict[str, Any] | None = None) -> SamplingParams:
+    def _sampling(
+        self, stop: list[str] | None = None, overrides: dict[str, Any] | None = None
+    ) -> SamplingParams:
         o = overrides or {}
         return SamplingParams(
             max_new_tokens=o.get("max_tokens", self.max_tokens),
@@ -181,7 +183,9 @@ class AlignedChatModel(BaseChatModel):
     def _chat_result(self, result: StrategyResult) -> ChatResult:
         message = self._message(result)
         return ChatResult(
-            generations=[ChatGeneration(message=message, generation_info={"finish_reason": result.finish_reason})],
+            generations=[
+                ChatGeneration(message=message, generation_info={"finish_reason": result.finish_reason})
+            ],
             llm_output={"model_name": self.model_name},
         )
 
@@ -236,7 +240,7 @@ class AlignedChatModel(BaseChatModel):
         stop = kwargs.pop("stop", None)
         outputs: list[Any] = [None] * len(inputs)
         runs: list[tuple[int, Conversation, Any]] = []
-        for i, (value, cfg) in enumerate(zip(inputs, configs)):
+        for i, (value, cfg) in enumerate(zip(inputs, configs, strict=True)):
             messages = self._convert_input(value).to_messages()
             manager = CallbackManager.configure(
                 cfg.get("callbacks"), self.callbacks, self.verbose,
@@ -269,10 +273,12 @@ class AlignedChatModel(BaseChatModel):
                 for i, _, _ in runs:
                     outputs[i] = exc
             else:
-                for (i, _, run_manager), result in zip(runs, results):
+                for (i, _, run_manager), result in zip(runs, results, strict=True):
                     chat = self._chat_result(result)
                     chat.generations[0].message.id = f"lc_run--{run_manager.run_id}"
-                    run_manager.on_llm_end(LLMResult(generations=[chat.generations], llm_output=chat.llm_output))
+                    run_manager.on_llm_end(
+                        LLMResult(generations=[chat.generations], llm_output=chat.llm_output)
+                    )
                     outputs[i] = chat.generations[0].message
         return outputs
 

@@ -193,7 +193,9 @@ class Decoder:
 
     def _feed_pending(self, batch: Batch) -> None:
         assert batch.pending is not None
-        ones = torch.ones((batch.size, 1), dtype=batch.attention_mask.dtype, device=batch.attention_mask.device)
+        ones = torch.ones(
+            (batch.size, 1), dtype=batch.attention_mask.dtype, device=batch.attention_mask.device
+        )
         mask = torch.cat([batch.attention_mask, ones], dim=1)
         with torch.inference_mode():
             out = self.policy.model(
@@ -261,7 +263,7 @@ class Decoder:
         stopped = batch.stopped.tolist()
         eos = set(self.policy.eos_token_ids)
         results = []
-        for row, (ids, lps, n, ended) in enumerate(zip(tokens, logprobs, counts, stopped)):
+        for row, (ids, lps, n, ended) in enumerate(zip(tokens, logprobs, counts, stopped, strict=True)):
             ids, lps = ids[:n], lps[:n]
             if ids and ids[-1] in eos:
                 ids, lps = ids[:-1], lps[:-1]

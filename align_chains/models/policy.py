@@ -163,9 +163,7 @@ def _load(
         path, name = resolve_model_dir(spec, what="policy"), spec
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, device_map=device_map
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, device_map=device_map)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Cannot load policy {spec!r} from {path}: {exc}") from exc
     if device_map is None:

@@ -14,9 +14,7 @@ def canonical_strategy_name(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in STRATEGIES:
-        raise UnknownStrategyError(
-            f"Unknown strategy {name!r}. Available: {', '.join(sorted(STRATEGIES))}."
-        )
+        raise UnknownStrategyError(f"Unknown strategy {name!r}. Available: {', '.join(sorted(STRATEGIES))}.")
     return key
 
 

@@ -1,0 +1,69 @@
+"""End to end on the real embedded defaults: SmolLM2-135M-Instruct and MiniLM."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+
+from align_chains import BestOfNChatModel, load_policy
+from align_chains.cli import main
+from align_chains.models import EMBEDDED_POLICY
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = "Give me three tips for better sleep."
+
+
+@pytest.fixture(scope="module")
+def model() -> BestOfNChatModel:
+    return BestOfNChatModel(n=4, max_tokens=48, seed=0)
+
+
+def test_best_of_n_on_embedded_defaults(model):
+    message = model.invoke(PROMPT)
+    meta = message.response_metadata
+    assert message.content.strip()
+    assert meta["model_name"] == EMBEDDED_POLICY
+    rewards = [c["reward"] for c in meta["candidates"]]
+    assert len(rewards) == 4 and all(math.isfinite(r) for r in rewards)
+    assert meta["reward"] == max(rewards)
+    compute = meta["compute"]
+    # the prompt is prefilled once for all four candidates
+    assert compute["prompt_tokens"] == message.usage_metadata["input_tokens"]
+    assert compute["reward_calls"] == 1 and compute["reward_items"] == 4
+    assert compute["forward_passes"] <= 48
+    # a relevant answer: MiniLM relevance of the chosen sleep advice is clearly positive
+    assert meta["reward"] > 0.3
+
+
+def test_embedded_policy_is_loaded_once_and_shared(model):
+    policy, _ = model.load()
+    assert load_policy(EMBEDDED_POLICY) is policy
+    other = BestOfNChatModel(policy=policy, n=2, max_tokens=8)
+    assert other.load()[0] is policy
+
+
+def test_chain_on_embedded_defaults(model):
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "Answer in one sentence."), ("human", "{question}")]
+    )
+    answer = (prompt | model.bind(max_tokens=24) | StrOutputParser()).invoke(
+        {"question": "What is the capital of France?"}
+    )
+    assert isinstance(answer, str) and answer.strip()
+
+
+def test_cli_prints_answer_reward_and_compute(capsys):
+    assert main(["chat", PROMPT, "--n", "2", "--max-tokens", "24", "--seed", "0", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "reward: " in out and "compute: " in out and "forward passes" in out
+
+
+def test_cli_rejects_bad_settings_before_loading(capsys):
+    assert main(["chat", PROMPT, "--n", "0", "--quiet"]) == 2
+    assert "invalid n=0" in capsys.readouterr().err
+    assert main(["chat", PROMPT, "--strategy", "nope", "--quiet"]) == 2
+    assert "Unknown strategy 'nope'" in capsys.readouterr().err

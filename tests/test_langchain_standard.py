@@ -1,0 +1,36 @@
+"""langchain-tests' standard unit suite for every aligned chat model."""
+
+from __future__ import annotations
+
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from align_chains import BestOfNChatModel
+
+
+class TestBestOfNChatModelStandard(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[BestOfNChatModel]:
+        return BestOfNChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        # construction is lazy: nothing loads in these tests
+        return {"model": "smollm2-135m-instruct", "n": 2}
+
+    # Truthful capability flags. Tool calling and structured output arrive with a later
+    # issue; local text-only policies take no images, audio, video or PDFs.
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False  # the policy is loaded once per chat model, not per call
