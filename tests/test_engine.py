@@ -197,3 +197,40 @@ def test_sampling_filters():
 def test_invalid_sampling_params(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+def test_sampler_draws_from_the_filtered_distribution():
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
+    logits = probs.clamp_min(1e-30).log().expand(40_000, -1)
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_tokens(logits, SamplingParams(temperature=1.0), gen)
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    torch.testing.assert_close(freq[:4], probs[:4], atol=0.01, rtol=0)
+    assert freq[4] == 0  # a zero-probability token is never drawn
+    top2 = sample_tokens(logits, SamplingParams(temperature=1.0, top_k=2), gen)
+    assert set(top2.tolist()) == {2, 3}
+
+
+def test_preallocated_cache_layer_matches_dynamic_layer():
+    from transformers.cache_utils import DynamicLayer
+
+    from align_chains.engine.kv_cache import PreallocatedLayer
+
+    torch.manual_seed(0)
+    k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    reference = DynamicLayer()
+    reference.update(k, v)
+    layer = PreallocatedLayer(k, v, capacity=6)  # room for one token, then it must grow
+    for step in range(4):
+        nk, nv = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+        expected = reference.update(nk, nv)
+        got = layer.update(nk, nv)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert layer.get_seq_length() == reference.get_seq_length() == 6 + step
+    rows = torch.tensor([1, 1, 0])
+    reference.batch_select_indices(rows)
+    layer.batch_select_indices(rows)
+    nk, nv = torch.randn(3, 3, 1, 4), torch.randn(3, 3, 1, 4)
+    assert torch.equal(layer.update(nk, nv)[0], reference.update(nk, nv)[0])
+    layer.crop(-2)
+    assert layer.get_seq_length() == 8 and torch.equal(layer.keys, reference.keys[:, :, :8])

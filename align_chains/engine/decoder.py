@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.kv_cache import expand_into_preallocated
 from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
 from align_chains.errors import InvalidInputError
 from align_chains.models.policy import Policy
@@ -157,7 +158,8 @@ class Decoder:
         )
         source = torch.tensor(row_of_prompt, device=device)[prompt_of_row]
         cache = out.past_key_values
-        cache.batch_select_indices(source)
+        if not expand_into_preallocated(cache, source, params.max_new_tokens):
+            cache.batch_select_indices(source)
         lengths = mask.sum(-1)[source]
         size = int(source.shape[0])
         return Batch(
