@@ -50,4 +50,10 @@ def sample_tokens(
     if params.temperature == 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits.float(), params).softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    # Inverse-CDF sampling: one uniform draw per row. torch.multinomial draws one exponential
+    # per vocabulary entry, which cost ~7 ms a step for 8 rows over SmolLM2's 49k tokens.
+    cdf = probs.double().cumsum(dim=-1)
+    u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    # u is in (0, 1], so the first index whose cdf reaches u * total has non-zero probability
+    index = torch.searchsorted(cdf, u * cdf[:, -1:], right=False).squeeze(-1)
+    return index.clamp_(max=probs.shape[-1] - 1)
