@@ -94,11 +94,12 @@ class EmbeddingReward(RewardModel):
 
     def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:
         queries = [last_user_text(p) for p in prompts]
-        # one encoder call for all distinct queries and responses
+        # Distinct queries and the responses go in separate encoder calls: a batch is padded to
+        # its longest text, and a long prompt (a retrieved document, say) would pad every short
+        # response to its length.
         distinct = list(dict.fromkeys(queries))
-        embedded = self._embed(distinct + responses)
-        query_vecs = embedded[: len(distinct)][[distinct.index(q) for q in queries]]
-        response_vecs = embedded[len(distinct) :]
+        query_vecs = self._embed(distinct)[[distinct.index(q) for q in queries]]
+        response_vecs = self._embed(responses)
         score = self.relevance_weight * (query_vecs * response_vecs).sum(-1)
         if self.principle:
             principle = self._fixed_embedding("principle", [self.principle])
