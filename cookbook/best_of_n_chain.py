@@ -35,7 +35,7 @@ def main() -> None:
     for question, message in zip(questions, messages, strict=True):
         meta = message.response_metadata
         print(f"\n## {question}")
-        for i, candidate in enumerate(meta["candidates"]):
+        for candidate in meta["candidates"]:
             mark = "*" if candidate["text"] == message.content else " "
             print(f" {mark} [{candidate['reward']:.3f}] {candidate['text'][:90]!r}")
         compute = meta["compute"]

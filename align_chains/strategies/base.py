@@ -36,6 +36,7 @@ class Candidate:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens of the answer itself; the EOS that ended it is counted in the compute counters only."""
         return len(self.token_ids)
 
 
