@@ -234,3 +234,31 @@ def test_preallocated_cache_layer_matches_dynamic_layer():
     assert torch.equal(layer.update(nk, nv)[0], reference.update(nk, nv)[0])
     layer.crop(-2)
     assert layer.get_seq_length() == 8 and torch.equal(layer.keys, reference.keys[:, :, :8])
+
+
+def test_restart_samples_again_from_the_cached_prompts(tiny_policy):
+    short, long = tiny_policy.render(OTHER), tiny_policy.render(USER)
+    counters = ComputeCounters()
+    decoder = Decoder(tiny_policy, counters)
+    params = SamplingParams(max_new_tokens=6, temperature=1.0)
+    batch = decoder.start([short, long], rows=2, params=params)
+    decoder.extend(batch, generator=make_generator(0, tiny_policy.device))
+    prefilled = counters.prompt_tokens
+    again = decoder.restart(batch, [3, 1])
+    assert again.prompt_index.tolist() == [0, 0, 0, 1]
+    assert counters.prompt_tokens == prefilled  # nothing prefilled twice
+    torch.testing.assert_close(
+        decoder.logits(again)[[0, 3]],
+        torch.stack(
+            [full_forward_logits(tiny_policy, short)[-1], full_forward_logits(tiny_policy, long)[-1]]
+        ),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    decoder.extend(again, 4, generator=make_generator(1, tiny_policy.device))
+    logits = decoder.logits(again)
+    for row, prompt in enumerate([short, short, short, long]):
+        expected = full_forward_logits(tiny_policy, prompt + again.tokens[row].tolist())[-1]
+        torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(InvalidInputError, match="one non-negative count per prompt"):
+        decoder.restart(again, [1])

@@ -62,6 +62,8 @@ class Batch:
     finished: torch.Tensor  # [B] bool
     stopped: torch.Tensor  # [B] bool: ended by EOS or a stop string (else by length)
     params: SamplingParams
+    prompt_width: int  # cache positions taken by the (left-padded) prompts
+    prompt_logits: torch.Tensor  # [B, V]: logits after the prompt, for restarting rows
     next_logits: torch.Tensor | None = None  # [B, V]; None while a token is pending
     pending: torch.Tensor | None = None  # [B] long: sampled but not yet fed
     stop_criteria: Any = field(default=None, repr=False)
@@ -89,6 +91,7 @@ class Batch:
         for name in (
             "prompt_index", "prompt_lengths", "attention_mask", "positions", "tokens",
             "logprobs", "num_tokens", "finished", "stopped", "next_logits", "pending",
+            "prompt_logits",
         ):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
@@ -162,6 +165,7 @@ class Decoder:
             cache.batch_select_indices(source)
         lengths = mask.sum(-1)[source]
         size = int(source.shape[0])
+        first_logits = out.logits[:, -1, :].float()[source]
         return Batch(
             prompt_index=prompt_of_row,
             prompt_lengths=lengths,
@@ -174,7 +178,55 @@ class Decoder:
             finished=torch.zeros(size, dtype=torch.bool, device=device),
             stopped=torch.zeros(size, dtype=torch.bool, device=device),
             params=params,
-            next_logits=out.logits[:, -1, :].float()[source],
+            prompt_width=width,
+            prompt_logits=first_logits,
+            next_logits=first_logits,
+            stop_criteria=self._stop_criteria(params.stop),
+        )
+
+    def restart(self, batch: Batch, rows: Sequence[int], params: SamplingParams | None = None) -> Batch:
+        """A fresh batch of ``rows[p]`` rows for each prompt p of ``batch``, without a new prefill.
+
+        The cache is cut back to the prompts and its rows copied, so a second round of samples
+        (adaptive Best-of-N's stage 2, say) costs no prompt tokens. Consumes ``batch``.
+        """
+        params = params or batch.params
+        counts = torch.tensor(list(rows), device=batch.tokens.device)
+        num_prompts = int(batch.prompt_index.max()) + 1
+        if counts.numel() != num_prompts or int(counts.min()) < 0 or int(counts.sum()) == 0:
+            raise InvalidInputError(
+                f"restart() needs one non-negative count per prompt ({num_prompts}) and at least one row."
+            )
+        for ids_len in batch.prompt_lengths.tolist():
+            self.policy.check_fits(ids_len, params.max_new_tokens)
+        # the first row of each prompt is its representative
+        first = torch.full((num_prompts,), batch.size, device=counts.device)
+        first = first.scatter_reduce(
+            0, batch.prompt_index, torch.arange(batch.size, device=counts.device), "amin"
+        )
+        source = torch.repeat_interleave(first, counts)
+        prompt_of_row = torch.repeat_interleave(torch.arange(num_prompts, device=counts.device), counts)
+        filled = batch.cache.get_seq_length()
+        if filled > batch.prompt_width:
+            batch.cache.crop(-(filled - batch.prompt_width))
+        batch.cache.batch_select_indices(source.to(batch.attention_mask.device))
+        size = int(source.shape[0])
+        device = batch.tokens.device
+        return Batch(
+            prompt_index=prompt_of_row,
+            prompt_lengths=batch.prompt_lengths[source],
+            cache=batch.cache,
+            attention_mask=batch.attention_mask[source, : batch.prompt_width],
+            positions=batch.prompt_lengths[source].clone(),
+            tokens=torch.empty((size, 0), dtype=torch.long, device=device),
+            logprobs=torch.empty((size, 0), dtype=torch.float32, device=device),
+            num_tokens=torch.zeros(size, dtype=torch.long, device=device),
+            finished=torch.zeros(size, dtype=torch.bool, device=device),
+            stopped=torch.zeros(size, dtype=torch.bool, device=device),
+            params=params,
+            prompt_width=batch.prompt_width,
+            prompt_logits=batch.prompt_logits[source],
+            next_logits=batch.prompt_logits[source],
             stop_criteria=self._stop_criteria(params.stop),
         )
 
