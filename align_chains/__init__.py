@@ -22,13 +22,14 @@ from align_chains.rewards import (
     WeightedReward,
     load_reward,
 )
-from align_chains.strategies import BestOfN, Strategy, StrategyResult, get_strategy
+from align_chains.strategies import AdaptiveBestOfN, BestOfN, Strategy, StrategyResult, get_strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EMBEDDED_POLICY",
     "EMBEDDED_REWARD",
+    "AdaptiveBestOfN",
     "AlignChainsError",
     "AlignedChatModel",
     "BestOfN",

@@ -93,5 +93,5 @@ def test_invalid_n_is_rejected():
 def test_strategy_registry():
     assert get_strategy("best-of-n") is BestOfN
     assert get_strategy("BoN") is BestOfN
-    with pytest.raises(UnknownStrategyError, match="Available: best-of-n"):
+    with pytest.raises(UnknownStrategyError, match="Available: adaptive-best-of-n, best-of-n"):
         get_strategy("beam-me-up")

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from align_chains.errors import UnknownStrategyError
+from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Candidate, Strategy, StrategyResult
 from align_chains.strategies.best_of_n import BestOfN
 
-STRATEGIES: dict[str, type[Strategy]] = {BestOfN.name: BestOfN}
-_ALIASES = {"bon": BestOfN.name, "best_of_n": BestOfN.name, "bestofn": BestOfN.name}
+STRATEGIES: dict[str, type[Strategy]] = {BestOfN.name: BestOfN, AdaptiveBestOfN.name: AdaptiveBestOfN}
+_ALIASES = {
+    "bon": BestOfN.name,
+    "best_of_n": BestOfN.name,
+    "bestofn": BestOfN.name,
+    "adaptive": AdaptiveBestOfN.name,
+    "adaptive_best_of_n": AdaptiveBestOfN.name,
+}
 
 
 def canonical_strategy_name(name: str) -> str:
@@ -25,6 +32,7 @@ def get_strategy(name: str) -> type[Strategy]:
 
 __all__ = [
     "STRATEGIES",
+    "AdaptiveBestOfN",
     "BestOfN",
     "Candidate",
     "Strategy",

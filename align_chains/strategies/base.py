@@ -53,6 +53,7 @@ class StrategyResult:
     counters: ComputeCounters
     trace: list[dict[str, Any]] = field(default_factory=list)  # one flat record per event
     flags: dict[str, Any] = field(default_factory=dict)  # e.g. {"budget_exhausted": True}
+    details: dict[str, Any] = field(default_factory=dict)  # strategy-specific, e.g. {"samples": 8}
 
     @property
     def best(self) -> Candidate:

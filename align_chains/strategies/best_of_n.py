@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -64,63 +64,74 @@ class BestOfN(Strategy):
                     progress,
                 )
             except RewardError as exc:
-                unscored = self._results(completions, [None] * len(completions), counters, len(conversations))
+                unscored = best_per_prompt(self.name, completions, None, counters, len(conversations))
                 raise attach_partial(exc, unscored) from exc
             finally:
                 progress.close()
-        return self._results(completions, scores, counters, len(conversations))
+        return best_per_prompt(self.name, completions, scores, counters, len(conversations))
 
-    def _results(
-        self,
-        completions: list[Completion],
-        scores: Sequence[float | None],
-        counters: ComputeCounters,
-        num_prompts: int,
-    ) -> list[StrategyResult]:
-        results = []
-        for p in range(num_prompts):
-            rows = [i for i, c in enumerate(completions) if c.prompt_index == p]
-            candidates = [
-                Candidate(
-                    text=completions[i].text,
-                    reward=scores[i],
-                    token_ids=completions[i].token_ids,
-                    logprobs=completions[i].logprobs,
-                    finish_reason=completions[i].finish_reason,
-                )
-                for i in rows
-            ]
-            rewards = [c.reward for c in candidates]
-            best = 0
-            if all(r is not None for r in rewards):
-                best = max(range(len(rewards)), key=lambda j: (rewards[j], -j))
-            own = replace(
-                counters,
+
+def best_per_prompt(
+    strategy: str,
+    completions: Sequence[Completion],
+    scores: Sequence[float] | None,
+    counters: ComputeCounters,
+    num_prompts: int,
+    row_info: Sequence[dict[str, Any]] | None = None,
+    details: Sequence[dict[str, Any]] | None = None,
+) -> list[StrategyResult]:
+    """Group scored completions by prompt and pick each prompt's best (ties: earliest).
+
+    ``scores=None`` means the reward failed: candidates keep ``reward=None`` and the result is
+    flagged. ``row_info`` adds fields to each candidate's trace record; ``details`` adds
+    per-prompt entries to the result.
+    """
+    results = []
+    for p in range(num_prompts):
+        rows = [i for i, c in enumerate(completions) if c.prompt_index == p]
+        candidates = [
+            Candidate(
+                text=completions[i].text,
+                reward=None if scores is None else scores[i],
+                token_ids=completions[i].token_ids,
+                logprobs=completions[i].logprobs,
+                finish_reason=completions[i].finish_reason,
+                meta=dict(row_info[i]) if row_info else {},
+            )
+            for i in rows
+        ]
+        best = 0
+        if scores is not None:
+            best = max(range(len(candidates)), key=lambda j: (candidates[j].reward, -j))
+        own = replace(
+            counters,
+            prompt_tokens=completions[rows[0]].prompt_tokens,
+            generated_tokens=sum(completions[i].generated_tokens for i in rows),
+            reward_items=len(rows) if scores is not None else 0,
+        )
+        trace = [
+            {
+                "candidate": j,
+                **c.meta,
+                "reward": c.reward,
+                "tokens": c.num_tokens,
+                "mean_logprob": sum(c.logprobs) / max(len(c.logprobs), 1),
+                "chosen": j == best,
+            }
+            for j, c in enumerate(candidates)
+        ]
+        results.append(
+            StrategyResult(
+                strategy=strategy,
+                text=candidates[best].text,
+                reward=candidates[best].reward,
+                candidates=candidates,
+                best_index=best,
                 prompt_tokens=completions[rows[0]].prompt_tokens,
-                generated_tokens=sum(completions[i].generated_tokens for i in rows),
-                reward_items=len(rows) if scores[rows[0]] is not None else 0,
+                counters=own,
+                trace=trace,
+                flags={} if scores is not None else {"reward_failed": True},
+                details={"samples": len(rows), **(details[p] if details else {})},
             )
-            trace = [
-                {
-                    "candidate": j,
-                    "reward": c.reward,
-                    "tokens": c.num_tokens,
-                    "mean_logprob": sum(c.logprobs) / max(len(c.logprobs), 1),
-                    "chosen": j == best,
-                }
-                for j, c in enumerate(candidates)
-            ]
-            results.append(
-                StrategyResult(
-                    strategy=self.name,
-                    text=candidates[best].text,
-                    reward=candidates[best].reward,
-                    candidates=candidates,
-                    best_index=best,
-                    prompt_tokens=completions[rows[0]].prompt_tokens,
-                    counters=own,
-                    trace=trace,
-                    flags={} if scores[rows[0]] is not None else {"reward_failed": True},
-                )
-            )
-        return results
+        )
+    return results

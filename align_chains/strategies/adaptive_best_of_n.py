@@ -1,0 +1,142 @@
+"""Prompt-adaptive Best-of-N: spend a batch's sample budget where another sample is worth most.
+
+Stage 1 samples d = exploration * budget responses per prompt. Each prompt's rewards give a
+kernel-density estimate of its reward distribution, hence of how much another sample would
+raise its best reward; the remaining (budget - d) * K samples go greedily to the prompts with
+the largest expected gain (``allocation.py``). Stage 2 samples them and every prompt returns
+the best of all its samples. Both stages are one batched decode across prompts, and stage 2
+reuses stage 1's prompt caches: no prompt is prefilled twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.decoder import Decoder
+from align_chains.engine.sampling import SamplingParams, make_generator
+from align_chains.errors import RewardError
+from align_chains.models.policy import Policy
+from align_chains.progress import NullProgress, Progress
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.strategies.allocation import allocate, exploration_size
+from align_chains.strategies.base import (
+    Strategy,
+    StrategyResult,
+    attach_partial,
+    prepare_prompts,
+    score_texts,
+)
+from align_chains.strategies.best_of_n import best_per_prompt
+
+_STAGE2_SEED_OFFSET = 1_000_003  # stage 2 must not replay stage 1's random draws
+
+
+class AdaptiveBestOfN(Strategy):
+    """Best-of-N with the sample budget allocated across a batch of prompts.
+
+    ``budget`` is the average number of samples per prompt; the batch spends exactly
+    ``budget * K``. With one prompt (or a budget below 2) this is uniform Best-of-budget.
+    """
+
+    name: ClassVar[str] = "adaptive-best-of-n"
+
+    budget: int = Field(8, ge=1, description="Average samples per prompt (B).")
+    exploration: float = Field(
+        0.75, gt=0.0, le=1.0, description="Fraction of the budget sampled up front (paper: 0.75)."
+    )
+    mc_draws: int = Field(1024, ge=16, description="Monte Carlo draws per expected-max estimate.")
+
+    def run_batch(
+        self,
+        prompts: Sequence[Prompt],
+        policy: Policy,
+        reward: RewardModel,
+        params: SamplingParams | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> list[StrategyResult]:
+        params = params or SamplingParams()
+        progress = progress or NullProgress()
+        conversations, token_ids = prepare_prompts(prompts, policy, params)
+        k = len(conversations)
+        d = exploration_size(self.budget, self.exploration, k)
+        counters = ComputeCounters(batch_size=k)
+        decoder = Decoder(policy, counters)
+        completions, scores, stage = [], [], []
+        try:
+            with counters.timed():
+                # stage 1: d samples for every prompt, one batch
+                progress.stage(f"exploring: {d * k} samples", params.max_new_tokens)
+                batch = decoder.start(token_ids, d, params)
+                decoder.extend(
+                    batch,
+                    generator=make_generator(params.seed, policy.device),
+                    on_step=lambda _: progress.advance(),
+                )
+                first = decoder.completions(batch)
+                completions += first
+                scores += score_texts(
+                    reward,
+                    [conversations[c.prompt_index] for c in first],
+                    [c.text for c in first],
+                    counters,
+                    progress,
+                )
+                stage += [1] * len(first)
+                explored = [
+                    [s for c, s in zip(first, scores, strict=True) if c.prompt_index == p] for p in range(k)
+                ]
+
+                # allocate the rest greedily by expected gain
+                rng = np.random.default_rng(params.seed)
+                extra = allocate(explored, self.budget, self.mc_draws, rng)
+
+                # stage 2: the allocation, one batch, from stage 1's prompt caches
+                if sum(extra):
+                    seed2 = None if params.seed is None else params.seed + _STAGE2_SEED_OFFSET
+                    progress.stage(f"allocating: {sum(extra)} samples", params.max_new_tokens)
+                    batch = decoder.restart(batch, extra)
+                    decoder.extend(
+                        batch,
+                        generator=make_generator(seed2, policy.device),
+                        on_step=lambda _: progress.advance(),
+                    )
+                    second = decoder.completions(batch)
+                    completions += second
+                    scores += score_texts(
+                        reward,
+                        [conversations[c.prompt_index] for c in second],
+                        [c.text for c in second],
+                        counters,
+                        progress,
+                    )
+                    stage += [2] * len(second)
+        except RewardError as exc:
+            partial = best_per_prompt(self.name, completions, None, counters, k) if completions else None
+            raise attach_partial(exc, partial) from exc
+        finally:
+            progress.close()
+        # stage-1 rows of a prompt come before its stage-2 rows, so ties favour exploration samples
+        order = sorted(range(len(completions)), key=lambda i: (completions[i].prompt_index, stage[i]))
+        details = [
+            {
+                "exploration_samples": d,
+                "extra_samples": extra[p] if sum(extra) else 0,
+                "exploration_rewards": explored[p],
+            }
+            for p in range(k)
+        ]
+        return best_per_prompt(
+            self.name,
+            [completions[i] for i in order],
+            [scores[i] for i in order],
+            counters,
+            k,
+            row_info=[{"stage": stage[i]} for i in order],
+            details=details,
+        )
