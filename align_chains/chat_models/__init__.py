@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from align_chains.chat_models.base import AlignedChatModel
 from align_chains.chat_models.best_of_n import BestOfNChatModel
+from align_chains.errors import UnknownStrategyError
 from align_chains.strategies import canonical_strategy_name
 
 CHAT_MODELS: dict[str, type[AlignedChatModel]] = {"best-of-n": BestOfNChatModel}
@@ -11,7 +12,13 @@ CHAT_MODELS: dict[str, type[AlignedChatModel]] = {"best-of-n": BestOfNChatModel}
 
 def chat_model_class(strategy: str) -> type[AlignedChatModel]:
     """The chat model class for a strategy name (raises UnknownStrategyError)."""
-    return CHAT_MODELS[canonical_strategy_name(strategy)]
+    name = canonical_strategy_name(strategy)
+    if name not in CHAT_MODELS:
+        raise UnknownStrategyError(
+            f"Strategy {name!r} works across a batch of prompts and has no one-prompt chat model: "
+            "use BestOfNChatModel(allocation='adaptive', budget=...).batch([...]) from Python."
+        )
+    return CHAT_MODELS[name]
 
 
 __all__ = ["CHAT_MODELS", "AlignedChatModel", "BestOfNChatModel", "chat_model_class"]

@@ -73,7 +73,7 @@ class AlignedChatModel(BaseChatModel):
     # -- identity ------------------------------------------------------------------------
     @property
     def _llm_type(self) -> str:
-        return f"align-chains-{self.strategy_class.name}"
+        return f"align-chains-{self.build_strategy().name}"
 
     @property
     def model_name(self) -> str:
@@ -84,7 +84,7 @@ class AlignedChatModel(BaseChatModel):
         return {
             "model_name": self.model_name,
             "reward": self.reward if isinstance(self.reward, str) else repr(self.reward),
-            "strategy": self.strategy_class.name,
+            "strategy": self.build_strategy().name,
             **self._strategy_settings(),
             **self._sampling().model_dump(),
         }
@@ -114,9 +114,21 @@ class AlignedChatModel(BaseChatModel):
         return self._policy, self._reward
 
     # -- settings ------------------------------------------------------------------------
+    @classmethod
+    def _strategy_field_names(cls) -> list[str]:
+        """The strategy settings this chat model declares (fields beyond the base class's)."""
+        return [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
+
     def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         overrides = overrides or {}
-        return {name: overrides.get(name, getattr(self, name)) for name in self.strategy_class.model_fields}
+        return {name: overrides.get(name, getattr(self, name)) for name in self._strategy_field_names()}
+
+    def build_strategy(self, **overrides: Any) -> Strategy:
+        """The strategy for one call: the class's strategy built from the same-named fields."""
+        settings = self._strategy_settings(overrides)
+        return self.strategy_class(
+            **{k: v for k, v in settings.items() if k in self.strategy_class.model_fields}
+        )
 
     def _sampling(
         self, stop: list[str] | None = None, overrides: dict[str, Any] | None = None
@@ -132,7 +144,7 @@ class AlignedChatModel(BaseChatModel):
         )
 
     def _split_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        allowed = _SAMPLING_KWARGS | set(self.strategy_class.model_fields)
+        allowed = _SAMPLING_KWARGS | set(self._strategy_field_names())
         unknown = sorted(k for k in kwargs if k not in allowed)
         if unknown:
             raise InvalidInputError(
@@ -150,7 +162,7 @@ class AlignedChatModel(BaseChatModel):
     ) -> list[StrategyResult]:
         """Run the strategy on already-converted conversations (one batched run)."""
         overrides = self._split_kwargs(kwargs)
-        strategy = self.strategy_class(**self._strategy_settings(overrides))
+        strategy = self.build_strategy(**overrides)
         params = self._sampling(stop, overrides)
         policy, reward = self.load()
         progress = TqdmProgress() if self.show_progress else NullProgress()
@@ -177,6 +189,7 @@ class AlignedChatModel(BaseChatModel):
                 {"text": c.text, "reward": c.reward, "tokens": c.num_tokens, "finish_reason": c.finish_reason}
                 for c in result.candidates
             ],
+            **result.details,
             **result.flags,
         }
 

@@ -1,23 +1,54 @@
-"""Best-of-N as a LangChain chat model."""
+"""Best-of-N as a LangChain chat model, uniform or prompt-adaptive across a batch."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from align_chains.chat_models.base import AlignedChatModel
+from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Strategy
 from align_chains.strategies.best_of_n import BestOfN
 
 
 class BestOfNChatModel(AlignedChatModel):
-    """Samples ``n`` answers in one batched run and returns the one the reward likes best.
+    """Samples several answers and returns the one the reward likes best.
+
+    ``allocation="uniform"`` (default) samples ``n`` answers per prompt.
+    ``allocation="adaptive"`` spends an average of ``budget`` samples per prompt across the
+    prompts of a ``batch()``/``abatch()`` call, giving more to prompts where another sample is
+    worth more (Raman et al. 2025); ``invoke()`` on one prompt is uniform Best-of-``budget``.
 
     >>> from align_chains import BestOfNChatModel
     >>> BestOfNChatModel(n=4).invoke("Give me three tips for better sleep.")  # doctest: +SKIP
+    >>> BestOfNChatModel(allocation="adaptive", budget=8).batch(["...", "..."])  # doctest: +SKIP
     """
 
     strategy_class: ClassVar[type[Strategy]] = BestOfN
 
-    n: int = Field(default=4, ge=1, description="Candidates sampled per prompt.")
+    n: int = Field(default=4, ge=1, description="Candidates per prompt (uniform allocation).")
+    allocation: Literal["uniform", "adaptive"] = Field(
+        default="uniform", description="How samples are spread over the prompts of a batch."
+    )
+    budget: int | None = Field(
+        default=None, ge=1, description="Adaptive: average samples per prompt (defaults to n)."
+    )
+    exploration: float = Field(
+        default=0.75, gt=0.0, le=1.0, description="Adaptive: fraction of the budget explored first."
+    )
+
+    @model_validator(mode="after")
+    def _budget_needs_adaptive(self) -> BestOfNChatModel:
+        if self.budget is not None and self.allocation != "adaptive":
+            raise ValueError(
+                "budget= only applies to allocation='adaptive'; for uniform Best-of-N set n= instead."
+            )
+        return self
+
+    def build_strategy(self, **overrides: Any) -> Strategy:
+        settings = self._strategy_settings(overrides)
+        if settings["allocation"] == "adaptive":
+            budget = settings["budget"] if settings["budget"] is not None else settings["n"]
+            return AdaptiveBestOfN(budget=budget, exploration=settings["exploration"])
+        return BestOfN(n=settings["n"])
