@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from align_chains.errors import AlignChainsError
+from align_chains.errors import AlignChainsError, InvalidInputError
 from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD
 from align_chains.strategies import STRATEGIES
 
@@ -72,6 +72,12 @@ def _chat(args: argparse.Namespace) -> int:
     if args.n is not None:
         settings["n"] = args.n
     cls = chat_model_class(args.strategy)
+    unknown = sorted(set(settings) - set(cls._strategy_field_names()))
+    if unknown:
+        raise InvalidInputError(
+            f"Unknown strategy option(s) {unknown} for {args.strategy!r}; "
+            f"it takes {cls._strategy_field_names()}."
+        )
     # construct first: settings are validated before any model loads
     model = cls(
         policy=args.policy,

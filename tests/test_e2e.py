@@ -60,10 +60,3 @@ def test_cli_prints_answer_reward_and_compute(capsys):
     assert main(["chat", PROMPT, "--n", "2", "--max-tokens", "24", "--seed", "0", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "reward: " in out and "compute: " in out and "forward passes" in out
-
-
-def test_cli_rejects_bad_settings_before_loading(capsys):
-    assert main(["chat", PROMPT, "--n", "0", "--quiet"]) == 2
-    assert "invalid n=0" in capsys.readouterr().err
-    assert main(["chat", PROMPT, "--strategy", "nope", "--quiet"]) == 2
-    assert "Unknown strategy 'nope'" in capsys.readouterr().err

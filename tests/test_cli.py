@@ -1,0 +1,42 @@
+"""The CLI's argument handling: bad settings fail before any model loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from align_chains import cli
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if anything tries to load a model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("align_chains.chat_models.base.load_policy", refuse)
+    monkeypatch.setattr("align_chains.chat_models.base.load_reward", refuse)
+    monkeypatch.setattr("align_chains.rewards.load_reward", refuse)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--n", "0"], "invalid n=0"),
+        (["--max-tokens", "0"], "invalid max_tokens=0"),
+        (["--temperature", "-1"], "invalid temperature=-1.0"),
+        (["--strategy", "nope"], "Unknown strategy 'nope'"),
+        (["--strategy", "adaptive"], "BestOfNChatModel(allocation='adaptive'"),
+        (["-o", "beams=3"], "beams"),
+    ],
+)
+def test_bad_settings_fail_before_loading(no_loading, capsys, argv, message):
+    assert cli.main(["chat", "Hello", "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_option_values_are_parsed_as_json():
+    assert cli._parse_option("n=8") == ("n", 8)
+    assert cli._parse_option("allocation=adaptive") == ("allocation", "adaptive")
+    with pytest.raises(Exception, match="KEY=VALUE"):
+        cli._parse_option("novalue")
