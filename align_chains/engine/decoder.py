@@ -68,6 +68,39 @@ class Batch:
     pending: torch.Tensor | None = None  # [B] long: sampled but not yet fed
     stop_criteria: Any = field(default=None, repr=False)
 
+    @classmethod
+    def fresh(
+        cls,
+        *,
+        prompt_index: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+        cache: Any,
+        attention_mask: torch.Tensor,
+        prompt_width: int,
+        prompt_logits: torch.Tensor,
+        params: SamplingParams,
+        stop_criteria: Any,
+    ) -> Batch:
+        """Rows positioned right after their prompts, nothing generated yet."""
+        size, device = int(prompt_index.shape[0]), prompt_index.device
+        return cls(
+            prompt_index=prompt_index,
+            prompt_lengths=prompt_lengths,
+            cache=cache,
+            attention_mask=attention_mask,
+            positions=prompt_lengths.clone(),
+            tokens=torch.empty((size, 0), dtype=torch.long, device=device),
+            logprobs=torch.empty((size, 0), dtype=torch.float32, device=device),
+            num_tokens=torch.zeros(size, dtype=torch.long, device=device),
+            finished=torch.zeros(size, dtype=torch.bool, device=device),
+            stopped=torch.zeros(size, dtype=torch.bool, device=device),
+            params=params,
+            prompt_width=prompt_width,
+            prompt_logits=prompt_logits,
+            next_logits=prompt_logits,
+            stop_criteria=stop_criteria,
+        )
+
     @property
     def size(self) -> int:
         return int(self.prompt_index.shape[0])
@@ -163,24 +196,14 @@ class Decoder:
         cache = out.past_key_values
         if not expand_into_preallocated(cache, source, params.max_new_tokens):
             cache.batch_select_indices(source)
-        lengths = mask.sum(-1)[source]
-        size = int(source.shape[0])
-        first_logits = out.logits[:, -1, :].float()[source]
-        return Batch(
+        return Batch.fresh(
             prompt_index=prompt_of_row,
-            prompt_lengths=lengths,
+            prompt_lengths=mask.sum(-1)[source],
             cache=cache,
             attention_mask=mask[source],
-            positions=lengths.clone(),
-            tokens=torch.empty((size, 0), dtype=torch.long, device=device),
-            logprobs=torch.empty((size, 0), dtype=torch.float32, device=device),
-            num_tokens=torch.zeros(size, dtype=torch.long, device=device),
-            finished=torch.zeros(size, dtype=torch.bool, device=device),
-            stopped=torch.zeros(size, dtype=torch.bool, device=device),
-            params=params,
             prompt_width=width,
-            prompt_logits=first_logits,
-            next_logits=first_logits,
+            prompt_logits=out.logits[:, -1, :].float()[source],
+            params=params,
             stop_criteria=self._stop_criteria(params.stop),
         )
 
@@ -210,23 +233,14 @@ class Decoder:
         if filled > batch.prompt_width:
             batch.cache.crop(-(filled - batch.prompt_width))
         batch.cache.batch_select_indices(source.to(batch.attention_mask.device))
-        size = int(source.shape[0])
-        device = batch.tokens.device
-        return Batch(
+        return Batch.fresh(
             prompt_index=prompt_of_row,
             prompt_lengths=batch.prompt_lengths[source],
             cache=batch.cache,
             attention_mask=batch.attention_mask[source, : batch.prompt_width],
-            positions=batch.prompt_lengths[source].clone(),
-            tokens=torch.empty((size, 0), dtype=torch.long, device=device),
-            logprobs=torch.empty((size, 0), dtype=torch.float32, device=device),
-            num_tokens=torch.zeros(size, dtype=torch.long, device=device),
-            finished=torch.zeros(size, dtype=torch.bool, device=device),
-            stopped=torch.zeros(size, dtype=torch.bool, device=device),
-            params=params,
             prompt_width=batch.prompt_width,
             prompt_logits=batch.prompt_logits[source],
-            next_logits=batch.prompt_logits[source],
+            params=params,
             stop_criteria=self._stop_criteria(params.stop),
         )
 

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from align_chains.engine.counters import ComputeCounters
-from align_chains.engine.decoder import Decoder
+from align_chains.engine.decoder import Batch, Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator
 from align_chains.errors import RewardError
 from align_chains.models.policy import Policy
@@ -68,54 +68,37 @@ class AdaptiveBestOfN(Strategy):
         counters = ComputeCounters(batch_size=k)
         decoder = Decoder(policy, counters)
         completions, scores, stage = [], [], []
+
+        def sample_round(batch: Batch, seed: int | None, label: int) -> None:
+            """Decode the batch to the end, score it in one call, and record the round."""
+            decoder.extend(
+                batch, generator=make_generator(seed, policy.device), on_step=lambda _: progress.advance()
+            )
+            done = decoder.completions(batch)
+            texts, convs = [c.text for c in done], [conversations[c.prompt_index] for c in done]
+            completions.extend(done)
+            scores.extend(score_texts(reward, convs, texts, counters, progress))
+            stage.extend([label] * len(done))
+
         try:
             with counters.timed():
                 # stage 1: d samples for every prompt, one batch
                 progress.stage(f"exploring: {d * k} samples", params.max_new_tokens)
                 batch = decoder.start(token_ids, d, params)
-                decoder.extend(
-                    batch,
-                    generator=make_generator(params.seed, policy.device),
-                    on_step=lambda _: progress.advance(),
-                )
-                first = decoder.completions(batch)
-                completions += first
-                scores += score_texts(
-                    reward,
-                    [conversations[c.prompt_index] for c in first],
-                    [c.text for c in first],
-                    counters,
-                    progress,
-                )
-                stage += [1] * len(first)
+                sample_round(batch, params.seed, 1)
                 explored = [
-                    [s for c, s in zip(first, scores, strict=True) if c.prompt_index == p] for p in range(k)
+                    [s for c, s in zip(completions, scores, strict=True) if c.prompt_index == p]
+                    for p in range(k)
                 ]
 
                 # allocate the rest greedily by expected gain
-                rng = np.random.default_rng(params.seed)
-                extra = allocate(explored, self.budget, self.mc_draws, rng)
+                extra = allocate(explored, self.budget, self.mc_draws, np.random.default_rng(params.seed))
 
                 # stage 2: the allocation, one batch, from stage 1's prompt caches
                 if sum(extra):
-                    seed2 = None if params.seed is None else params.seed + _STAGE2_SEED_OFFSET
                     progress.stage(f"allocating: {sum(extra)} samples", params.max_new_tokens)
-                    batch = decoder.restart(batch, extra)
-                    decoder.extend(
-                        batch,
-                        generator=make_generator(seed2, policy.device),
-                        on_step=lambda _: progress.advance(),
-                    )
-                    second = decoder.completions(batch)
-                    completions += second
-                    scores += score_texts(
-                        reward,
-                        [conversations[c.prompt_index] for c in second],
-                        [c.text for c in second],
-                        counters,
-                        progress,
-                    )
-                    stage += [2] * len(second)
+                    seed2 = None if params.seed is None else params.seed + _STAGE2_SEED_OFFSET
+                    sample_round(decoder.restart(batch, extra), seed2, 2)
         except RewardError as exc:
             partial = best_per_prompt(self.name, completions, None, counters, k) if completions else None
             raise attach_partial(exc, partial) from exc
@@ -126,7 +109,7 @@ class AdaptiveBestOfN(Strategy):
         details = [
             {
                 "exploration_samples": d,
-                "extra_samples": extra[p] if sum(extra) else 0,
+                "extra_samples": extra[p],
                 "exploration_rewards": explored[p],
             }
             for p in range(k)
