@@ -60,3 +60,19 @@ def test_cli_prints_answer_reward_and_compute(capsys):
     assert main(["chat", PROMPT, "--n", "2", "--max-tokens", "24", "--seed", "0", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "reward: " in out and "compute: " in out and "forward passes" in out
+
+
+def test_adaptive_batch_on_embedded_defaults(model):
+    policy, reward = model.load()
+    adaptive = BestOfNChatModel(
+        policy=policy, reward=reward, allocation="adaptive", budget=4, max_tokens=24, seed=0
+    )
+    prompts = ["Name a fruit.", "Give me three tips for better sleep.", "What is 2 + 2?"]
+    answers = adaptive.batch(prompts)
+    samples = [a.response_metadata["samples"] for a in answers]
+    assert sum(samples) == 4 * len(prompts)  # the budget is spent exactly
+    assert all(s >= 3 for s in samples)  # every prompt keeps its exploration samples
+    for a in answers:
+        meta = a.response_metadata
+        assert meta["reward"] == max(c["reward"] for c in meta["candidates"])
+        assert meta["compute"]["reward_calls"] <= 2
