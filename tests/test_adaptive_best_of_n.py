@@ -88,6 +88,8 @@ def test_reward_ties_are_deterministic():
 
 def test_exploration_size_degenerate_cases():
     assert exploration_size(8, 0.75, 5) == 6
+    assert exploration_size(2, 0.75, 5) == 1  # 1.5 rounds down: one sample left to allocate
+    assert exploration_size(6, 0.75, 5) == 4
     assert exploration_size(8, 0.75, 1) == 8  # one prompt: uniform Best-of-B
     assert exploration_size(1, 0.75, 5) == 1  # no budget to explore then reallocate
     assert exploration_size(4, 1.0, 5) == 4  # d >= B: nothing left to allocate

@@ -11,6 +11,7 @@ Pure numpy/scipy, no models, so the allocation can be tested and evaluated on it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,14 +57,14 @@ def greedy_allocation(curves: Sequence[np.ndarray], extra: int) -> list[int]:
 
 
 def exploration_size(budget: int, exploration: float, num_prompts: int) -> int:
-    """Samples per prompt in stage 1: round(exploration * budget), within [1, budget].
+    """Samples per prompt in stage 1: floor(exploration * budget), within [1, budget].
 
     With one prompt, or a budget below 2, there is nothing to reallocate: every sample is
     spent up front, which is uniform Best-of-budget.
     """
     if num_prompts == 1 or budget < 2:
         return budget
-    return min(budget, max(1, round(exploration * budget)))
+    return min(budget, max(1, math.floor(exploration * budget + 1e-9)))
 
 
 def allocate(
