@@ -143,7 +143,7 @@ class AlignedChatModel(BaseChatModel):
             seed=o.get("seed", self.seed),
         )
 
-    def _split_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _checked_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         allowed = _SAMPLING_KWARGS | set(self._strategy_field_names())
         unknown = sorted(k for k in kwargs if k not in allowed)
         if unknown:
@@ -161,7 +161,7 @@ class AlignedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> list[StrategyResult]:
         """Run the strategy on already-converted conversations (one batched run)."""
-        overrides = self._split_kwargs(kwargs)
+        overrides = self._checked_call_kwargs(kwargs)
         strategy = self.build_strategy(**overrides)
         params = self._sampling(stop, overrides)
         policy, reward = self.load()
@@ -169,7 +169,7 @@ class AlignedChatModel(BaseChatModel):
         with policy.lock:
             return strategy.run_batch(list(conversations), policy, reward, params, progress=progress)
 
-    def _message(self, result: StrategyResult, *, chunk: bool = False) -> AIMessage:
+    def _message(self, result: StrategyResult) -> AIMessage:
         usage = UsageMetadata(
             input_tokens=result.prompt_tokens,
             output_tokens=result.best.num_tokens,
