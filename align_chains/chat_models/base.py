@@ -253,6 +253,7 @@ class AlignedChatModel(BaseChatModel):
         stop = kwargs.pop("stop", None)
         outputs: list[Any] = [None] * len(inputs)
         runs: list[tuple[int, Conversation, Any]] = []
+        invocation_params = {**self._identifying_params, "stop": stop, **kwargs}
         for i, (value, cfg) in enumerate(zip(inputs, configs, strict=True)):
             messages = self._convert_input(value).to_messages()
             manager = CallbackManager.configure(
@@ -262,7 +263,7 @@ class AlignedChatModel(BaseChatModel):
             (run_manager,) = manager.on_chat_model_start(
                 self._serialized,
                 [messages],
-                invocation_params={**self._identifying_params, "stop": stop, **kwargs},
+                invocation_params=invocation_params,
                 options={"stop": stop},
                 name=cfg.get("run_name"),
                 run_id=cfg.get("run_id"),

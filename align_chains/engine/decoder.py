@@ -220,8 +220,7 @@ class Decoder:
             raise InvalidInputError(
                 f"restart() needs one non-negative count per prompt ({num_prompts}) and at least one row."
             )
-        for ids_len in batch.prompt_lengths.tolist():
-            self.policy.check_fits(ids_len, params.max_new_tokens)
+        self.policy.check_fits(int(batch.prompt_lengths.max()), params.max_new_tokens)
         # the first row of each prompt is its representative
         first = torch.full((num_prompts,), batch.size, device=counts.device)
         first = first.scatter_reduce(

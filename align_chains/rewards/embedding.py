@@ -97,8 +97,8 @@ class EmbeddingReward(RewardModel):
         # Distinct queries and the responses go in separate encoder calls: a batch is padded to
         # its longest text, and a long prompt (a retrieved document, say) would pad every short
         # response to its length.
-        distinct = list(dict.fromkeys(queries))
-        query_vecs = self._embed(distinct)[[distinct.index(q) for q in queries]]
+        slot = {q: i for i, q in enumerate(dict.fromkeys(queries))}
+        query_vecs = self._embed(list(slot))[[slot[q] for q in queries]]
         response_vecs = self._embed(responses)
         score = self.relevance_weight * (query_vecs * response_vecs).sum(-1)
         if self.principle:

@@ -104,8 +104,6 @@ class AdaptiveBestOfN(Strategy):
             raise attach_partial(exc, partial) from exc
         finally:
             progress.close()
-        # stage-1 rows of a prompt come before its stage-2 rows, so ties favour exploration samples
-        order = sorted(range(len(completions)), key=lambda i: (completions[i].prompt_index, stage[i]))
         details = [
             {
                 "exploration_samples": d,
@@ -114,12 +112,14 @@ class AdaptiveBestOfN(Strategy):
             }
             for p in range(k)
         ]
+        # completions are in round order, so a prompt's stage-1 rows come before its stage-2
+        # rows and ties favour exploration samples
         return best_per_prompt(
             self.name,
-            [completions[i] for i in order],
-            [scores[i] for i in order],
+            completions,
+            scores,
             counters,
             k,
-            row_info=[{"stage": stage[i]} for i in order],
+            row_info=[{"stage": label} for label in stage],
             details=details,
         )
