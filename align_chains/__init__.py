@@ -1,10 +1,10 @@
 """align_chains: inference-time alignment strategies as LangChain chat models.
 
-from align_chains import BestOfNChatModel
-chain = prompt | BestOfNChatModel(n=4) | parser
+from align_chains import SEAChatModel
+chain = prompt | SEAChatModel() | parser
 """
 
-from align_chains.chat_models import AlignedChatModel, BestOfNChatModel
+from align_chains.chat_models import AlignedChatModel, BestOfNChatModel, SEAChatModel
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import (
     AlignChainsError,
@@ -18,17 +18,19 @@ from align_chains.rewards import (
     CallableReward,
     ClassifierReward,
     EmbeddingReward,
+    JudgeReward,
     RewardModel,
     WeightedReward,
     load_reward,
 )
-from align_chains.strategies import AdaptiveBestOfN, BestOfN, Strategy, StrategyResult, get_strategy
+from align_chains.strategies import SEA, AdaptiveBestOfN, BestOfN, Strategy, StrategyResult, get_strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EMBEDDED_POLICY",
     "EMBEDDED_REWARD",
+    "SEA",
     "AdaptiveBestOfN",
     "AlignChainsError",
     "AlignedChatModel",
@@ -40,10 +42,12 @@ __all__ = [
     "Decoder",
     "EmbeddingReward",
     "InvalidInputError",
+    "JudgeReward",
     "ModelLoadError",
     "Policy",
     "RewardError",
     "RewardModel",
+    "SEAChatModel",
     "SamplingParams",
     "Strategy",
     "StrategyResult",

@@ -6,14 +6,20 @@ from align_chains.errors import UnknownStrategyError
 from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Candidate, Strategy, StrategyResult
 from align_chains.strategies.best_of_n import BestOfN
+from align_chains.strategies.sea import SEA
 
-STRATEGIES: dict[str, type[Strategy]] = {BestOfN.name: BestOfN, AdaptiveBestOfN.name: AdaptiveBestOfN}
+STRATEGIES: dict[str, type[Strategy]] = {
+    BestOfN.name: BestOfN,
+    AdaptiveBestOfN.name: AdaptiveBestOfN,
+    SEA.name: SEA,
+}
 _ALIASES = {
     "bon": BestOfN.name,
     "best_of_n": BestOfN.name,
     "bestofn": BestOfN.name,
     "adaptive": AdaptiveBestOfN.name,
     "adaptive_best_of_n": AdaptiveBestOfN.name,
+    "simple-energy-adaptation": SEA.name,
 }
 
 
@@ -31,6 +37,7 @@ def get_strategy(name: str) -> type[Strategy]:
 
 
 __all__ = [
+    "SEA",
     "STRATEGIES",
     "AdaptiveBestOfN",
     "BestOfN",
