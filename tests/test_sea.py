@@ -354,3 +354,52 @@ def test_a_reward_without_a_soft_path_gets_a_clear_error(tiny_policy):
 
 def test_registered_by_name():
     assert get_strategy("sea") is SEA
+
+
+# -- the chat model ------------------------------------------------------------------------------
+@pytest.fixture
+def sea_chat(tiny_policy):
+    from align_chains import SEAChatModel
+
+    reward = TargetTokensReward(tiny_policy, common_tokens(tiny_policy))
+    return SEAChatModel(
+        policy=tiny_policy, reward=reward, chains=2, iterations=3, max_tokens=8, seed=0, patience=None
+    )
+
+
+def test_chat_model_reports_reward_iterations_and_compute(sea_chat):
+    message = sea_chat.invoke("Tell me about the sea.")
+    meta = message.response_metadata
+    assert meta["strategy"] == "sea" and meta["model_name"] == "tiny-llama"
+    assert meta["reward"] == max(c["reward"] for c in meta["candidates"])
+    assert meta["iterations"] == 3 and meta["iterations_per_chain"] == [3, 3]
+    assert meta["reward_path"] == "exact"
+    compute = meta["compute"]
+    # the prompt once, then the revise step's prompts (prompt + best text + instruction) once each
+    assert compute["prompt_tokens"] > 2 * message.usage_metadata["input_tokens"]
+    assert compute["forward_passes"] > 3 and compute["reward_calls"] >= 3 and compute["seconds"] > 0
+
+
+def test_chat_model_streams_the_answer_and_ends_with_usage(sea_chat):
+    chunks = list(sea_chat.stream("Tell me about the sea."))
+    assert "".join(c.content for c in chunks) == sea_chat.invoke("Tell me about the sea.").content
+    assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata is not None
+
+
+def test_chat_model_settings_are_validated_at_construction():
+    from pydantic import ValidationError
+
+    from align_chains import SEAChatModel
+
+    for bad in ({"chains": 0}, {"iterations": 0}, {"lr": 0.0}, {"decode_top_k": 0}, {"max_tokens": 0}):
+        with pytest.raises(ValidationError):
+            SEAChatModel(**bad)
+    model = SEAChatModel()
+    assert model._policy is None and model.reward == "judge"  # construction loads nothing
+
+
+def test_chat_model_default_judge_shares_the_policy(tiny_policy):
+    from align_chains import SEAChatModel
+
+    policy, reward = SEAChatModel(policy=tiny_policy).load()
+    assert isinstance(reward, JudgeReward) and reward.judge is policy
