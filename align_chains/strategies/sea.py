@@ -18,6 +18,7 @@ prompt is one row of the same tensors.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -159,6 +160,8 @@ class _Run:
         self.memo: dict[tuple[int, str], float] = {}
         self.decode_passes = 0
         self.soft_calls = 0
+        self.iteration_seconds: list[float] = []
+        self.iteration_decode_passes: list[int] = []
 
     # -- the policy, with the prompt cache reused ------------------------------------------
     def _policy_logits(self, batch: Batch, tokens: torch.Tensor, keep_cache: bool = False) -> torch.Tensor:
@@ -319,6 +322,7 @@ class _Run:
             if deadline is not None and time.perf_counter() >= deadline:
                 self.flags["time_budget_exhausted"] = True
                 break
+            began, passes_before = time.perf_counter(), self.decode_passes
             sigma = noise_level(it, sea.iterations, sea.noise)
             noise = torch.randn(variable.shape, generator=self.generator, device=self.device)
             noisy = variable + sigma * noise
@@ -365,6 +369,8 @@ class _Run:
                     stale[r] += 1
                     if sea.patience is not None and stale[r] >= sea.patience:
                         active[r] = False
+            self.iteration_seconds.append(time.perf_counter() - began)
+            self.iteration_decode_passes.append(self.decode_passes - passes_before)
             self.progress.advance()
             if not bool(active.any()):
                 break
@@ -476,6 +482,14 @@ class _Run:
                         "reward_path": scorer.path,
                         "vocab_coverage": scorer.coverage,
                         "decode_passes": self.decode_passes,
+                        "seconds_per_iteration": (
+                            statistics.median(self.iteration_seconds) if self.iteration_seconds else None
+                        ),
+                        "decode_passes_per_iteration": (
+                            statistics.median(self.iteration_decode_passes)
+                            if self.iteration_decode_passes
+                            else None
+                        ),
                         "soft_reward_calls": self.soft_calls,
                     },
                 )
