@@ -403,3 +403,21 @@ def test_chat_model_default_judge_shares_the_policy(tiny_policy):
 
     policy, reward = SEAChatModel(policy=tiny_policy).load()
     assert isinstance(reward, JudgeReward) and reward.judge is policy
+
+
+# -- the judge as an ordinary reward --------------------------------------------------------------
+def test_judge_is_a_reward_for_every_strategy(tiny_policy):
+    from align_chains.rewards import load_reward
+    from align_chains.strategies import BestOfN
+
+    judge = load_reward("judge", policy=tiny_policy, principle="Be kind.")
+    assert isinstance(judge, JudgeReward) and judge.judge is tiny_policy and judge.principle == "Be kind."
+    result = BestOfN(n=3).run(PROMPT, tiny_policy, judge, PARAMS)
+    assert result.reward == max(judge.score([PROMPT] * 3, [c.text for c in result.candidates]))
+    # log-odds: P(yes) and P(no) over the judge's single-token spellings
+    assert all(len(tiny_policy.tokenizer.decode([i]).strip()) <= 3 for i in judge.yes_ids + judge.no_ids)
+
+
+def test_judge_rejects_an_empty_principle(tiny_policy):
+    with pytest.raises(InvalidInputError, match="principle"):
+        JudgeReward(tiny_policy, principle="  ")
