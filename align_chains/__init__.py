@@ -4,7 +4,7 @@ from align_chains import BestOfNChatModel
 chain = prompt | BestOfNChatModel(n=4) | parser
 """
 
-from align_chains.chat_models import AlignedChatModel, BestOfNChatModel
+from align_chains.chat_models import AlignedChatModel, BestOfNChatModel, DarwinChatModel
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import (
     AlignChainsError,
@@ -22,7 +22,7 @@ from align_chains.rewards import (
     WeightedReward,
     load_reward,
 )
-from align_chains.strategies import AdaptiveBestOfN, BestOfN, Strategy, StrategyResult, get_strategy
+from align_chains.strategies import AdaptiveBestOfN, BestOfN, Darwin, Strategy, StrategyResult, get_strategy
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,8 @@ __all__ = [
     "CallableReward",
     "ClassifierReward",
     "ComputeCounters",
+    "Darwin",
+    "DarwinChatModel",
     "Decoder",
     "EmbeddingReward",
     "InvalidInputError",

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="Answer one prompt with an alignment strategy.")
     chat.add_argument("prompt", help="The user message.")
     chat.add_argument("--strategy", default="best-of-n", help=f"One of: {', '.join(sorted(STRATEGIES))}.")
-    chat.add_argument("--n", type=int, help="Best-of-N: candidates to sample (default 4).")
+    chat.add_argument(
+        "--n", type=int, help="Best-of-N: candidates (default 4); darwin: mutations per cycle (default 5)."
+    )
     chat.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
     chat.add_argument("--reward", default=EMBEDDED_REWARD, help="Reward model id, directory or 'minilm'.")
     chat.add_argument("--principle", help="For the embedding reward: a principle answers should follow.")
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=128)
     chat.add_argument("--temperature", type=float, default=0.7)
     chat.add_argument("--top-p", type=float, default=1.0)
-    chat.add_argument("--top-k", type=int, default=0)
+    chat.add_argument("--top-k", type=int, help="0 disables (default: the strategy's; darwin uses 40).")
     chat.add_argument("--seed", type=int)
     chat.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
     chat.add_argument(
@@ -71,6 +73,7 @@ def _chat(args: argparse.Namespace) -> int:
     settings: dict[str, Any] = dict(args.option)
     if args.n is not None:
         settings["n"] = args.n
+    sampling = {"top_k": args.top_k} if args.top_k is not None else {}
     cls = chat_model_class(args.strategy)
     unknown = sorted(set(settings) - set(cls._strategy_field_names()))
     if unknown:
@@ -85,10 +88,10 @@ def _chat(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
-        top_k=args.top_k,
         seed=args.seed,
         device=args.device,
         show_progress=not args.quiet,
+        **sampling,
         **settings,
     )
     if args.principle:
@@ -115,6 +118,8 @@ def _chat(args: argparse.Namespace) -> int:
         f"tokens generated, {compute['forward_passes']} forward passes, {compute['reward_calls']} "
         f"reward call(s) over {compute['reward_items']} responses, {compute['seconds']:.2f} s"
     )
+    if meta.get("budget_exhausted"):
+        print(f"budget exhausted: {meta['budget_exhausted']} (the best answer found so far is shown)")
     return 0
 
 

@@ -6,8 +6,13 @@ from align_chains.errors import UnknownStrategyError
 from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Candidate, Strategy, StrategyResult
 from align_chains.strategies.best_of_n import BestOfN
+from align_chains.strategies.darwin import Darwin
 
-STRATEGIES: dict[str, type[Strategy]] = {BestOfN.name: BestOfN, AdaptiveBestOfN.name: AdaptiveBestOfN}
+STRATEGIES: dict[str, type[Strategy]] = {
+    BestOfN.name: BestOfN,
+    AdaptiveBestOfN.name: AdaptiveBestOfN,
+    Darwin.name: Darwin,
+}
 _ALIASES = {
     "bon": BestOfN.name,
     "best_of_n": BestOfN.name,
@@ -35,6 +40,7 @@ __all__ = [
     "AdaptiveBestOfN",
     "BestOfN",
     "Candidate",
+    "Darwin",
     "Strategy",
     "StrategyResult",
     "canonical_strategy_name",

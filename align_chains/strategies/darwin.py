@@ -402,9 +402,8 @@ class _Search:
             ]  # fmt: skip
             # score the rows that changed since their last scoring (finished rows keep theirs)
             stale = [r for r in range(rows) if done[r].generated_tokens != scored_at[r]]
-            for r, score in zip(
-                stale, self._score([owners[r] for r in stale], [done[r].text for r in stale])
-            ):
+            scores = self._score([owners[r] for r in stale], [done[r].text for r in stale])
+            for r, score in zip(stale, scores, strict=True):
                 rewards[r], scored_at[r] = score, done[r].generated_tokens
             last = pop.done or not going
             finished = pop.finished.tolist()

@@ -128,4 +128,4 @@ def with_instruction(conversation: Conversation, instruction: str) -> Conversati
         if message["role"] == "user":
             message["content"] = instruction
             return out
-    return out + [{"role": "user", "content": instruction}]
+    return [*out, {"role": "user", "content": instruction}]
