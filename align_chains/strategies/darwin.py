@@ -506,17 +506,10 @@ class _Search:
         wins: Counter[int],
         final: list[tuple[int, float | None]],
     ) -> None:
-        """Add the two mutations most often in the top k whose best final reward beats A[parent]."""
-        best_final: dict[int, float] = {}
-        for mutation, value in final:
-            if value is not None:
-                best_final[mutation] = max(best_final.get(mutation, value), value)
-        ranked = sorted(wins, key=lambda i: (-wins[i], -best_final.get(i, float("-inf")), i))[:2]
         threshold = state.archive[parent]
-        for i in ranked:
-            value = best_final.get(i)
-            added = value is not None and value > threshold
+        for i, value, added in archive_winners(wins, final, threshold):
             if added:
+                assert value is not None
                 text = mutations[i]
                 state.archive[text] = max(value, state.archive.get(text, value))
             state.trace.append(
@@ -562,6 +555,28 @@ class _Search:
                 )
             )
         return results
+
+
+def archive_winners(
+    wins: Counter[int], final: Sequence[tuple[int, float | None]], parent_reward: float
+) -> list[tuple[int, float | None, bool]]:
+    """The two mutations most often in the top k, their best final reward, and whether it beats the parent.
+
+    ``wins`` counts, per mutation, how often a row decoding from it was in the top k at a
+    scoring; ``final`` is (mutation, final reward) per row at the end of the cycle. Ties in
+    wins go to the higher final reward, then the lower mutation index. A winner that no row
+    carries any more (all its rows were replaced) has no final reward and is not added.
+    """
+    best_final: dict[int, float] = {}
+    for mutation, value in final:
+        if value is not None:
+            best_final[mutation] = max(best_final.get(mutation, value), value)
+    ranked = sorted(wins, key=lambda i: (-wins[i], -best_final.get(i, float("-inf")), i))[:2]
+    out = []
+    for i in ranked:
+        value = best_final.get(i)
+        out.append((i, value, value is not None and value > parent_reward))
+    return out
 
 
 def _value(reward: float | None) -> float:
