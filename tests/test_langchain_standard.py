@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from align_chains import BestOfNChatModel
+from align_chains import BestOfNChatModel, DarwinChatModel
 
 
 class TestBestOfNChatModelStandard(ChatModelUnitTests):
@@ -34,3 +34,13 @@ class TestBestOfNChatModelStandard(ChatModelUnitTests):
     @property
     def supports_model_override(self) -> bool:
         return False  # the policy is loaded once per chat model, not per call
+
+
+class TestDarwinChatModelStandard(TestBestOfNChatModelStandard):
+    @property
+    def chat_model_class(self) -> type[DarwinChatModel]:
+        return DarwinChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "n": 3, "k": 2, "cycles": 1}
