@@ -427,3 +427,15 @@ def test_cli_rejects_bad_darwin_settings_before_loading(monkeypatch, capsys):
     monkeypatch.setattr("align_chains.chat_models.base.load_policy", refuse)
     assert cli.main(["chat", "Hi", "--strategy", "darwin", "-o", "k=9", "--quiet"]) == 2
     assert "k=9 must not exceed n=5" in capsys.readouterr().err
+
+
+def test_trace_plot(tiny_policy, scripted_mutations, tmp_path):
+    pytest.importorskip("matplotlib")
+    from align_chains.plots import plot_darwin_trace
+
+    result = Darwin(**SMALL).run("Tell me a story.", tiny_policy, hash_reward(), PARAMS)
+    figure = plot_darwin_trace(result.trace, tmp_path / "trace.png")
+    assert (tmp_path / "trace.png").stat().st_size > 0
+    assert [ax.get_title() for ax in figure.axes] == ["cycle 1", "cycle 2"]
+    with pytest.raises(ValueError, match="no DARWIN scoring records"):
+        plot_darwin_trace([{"event": "seed", "reward": 1.0}])
