@@ -312,6 +312,37 @@ def test_policy_template_is_used_for_mutations(tiny_policy, length_reward):
     )
 
 
+def count_prefills(policy, run):
+    seen = []
+    hook = policy.model.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].shape[-1] > 1), with_kwargs=True
+    )
+    try:
+        result = run()
+    finally:
+        hook.remove()
+    return result, sum(seen)
+
+
+def test_first_answer_and_first_mutations_share_one_decode(tiny_policy, scripted_mutations):
+    long_lists = {**SMALL, "mutation_max_tokens": 20}  # longer than the answers' 12 tokens
+    result, prefills = count_prefills(
+        tiny_policy, lambda: Darwin(**long_lists).run("Tell me a story.", tiny_policy, hash_reward(), PARAMS)
+    )
+    assert prefills == 4  # s0 + cycle-1 mutations, cycle-1 candidates, cycle-2 mutations, candidates
+    s0 = result.candidates[0]
+    assert s0.meta["cycle"] == 0 and len(s0.token_ids) <= 12  # s0 keeps its own cap
+    if len(s0.token_ids) == 12:
+        assert s0.finish_reason == "length"
+    # stop strings must not cut a mutation list, so then the two decode apart
+    stopping = PARAMS.model_copy(update={"stop": ("k",)})
+    _, prefills = count_prefills(
+        tiny_policy,
+        lambda: Darwin(**long_lists).run("Tell me a story.", tiny_policy, hash_reward(), stopping),
+    )
+    assert prefills == 5
+
+
 # -- several prompts, counters, trace --------------------------------------------------
 
 
@@ -360,7 +391,8 @@ def test_token_budget_returns_the_best_so_far(tiny_policy, scripted_mutations):
 def test_token_budget_inside_the_first_answer(tiny_policy, length_reward):
     result = Darwin(**SMALL, max_total_tokens=5).run("Tell me a story.", tiny_policy, length_reward, PARAMS)
     assert result.flags == {"budget_exhausted": "max_total_tokens"}
-    assert result.counters.generated_tokens == 5 and len(result.candidates) == 1
+    # s0 and cycle 1's mutation list decode together: two tokens a step, so 4 of the 5
+    assert result.counters.generated_tokens == 4 and len(result.candidates) == 1
     assert result.reward == float(len(result.text))
 
 

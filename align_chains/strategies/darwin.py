@@ -80,7 +80,7 @@ class Population(Protocol):
 
     def select(self, rows: Sequence[int]) -> None: ...
 
-    def finish(self, rows: Sequence[int]) -> None: ...
+    def finish(self, rows: Sequence[int], stopped: bool = True) -> None: ...
 
 
 PopulationFactory = Callable[[Decoder, list[list[int]], SamplingParams, list[int], int], Population]
@@ -136,11 +136,12 @@ class CachedPopulation:
     def select(self, rows: Sequence[int]) -> None:
         self.batch.select(rows)
 
-    def finish(self, rows: Sequence[int]) -> None:
-        """End rows early as if they had stopped (their list is complete)."""
+    def finish(self, rows: Sequence[int], stopped: bool = True) -> None:
+        """End unfinished rows early: as stopped (a complete list) or by length (a per-row cap)."""
         index = torch.as_tensor(list(rows), dtype=torch.long, device=self.batch.finished.device)
+        index = index[~self.batch.finished[index]]
         self.batch.finished[index] = True
-        self.batch.stopped[index] = True
+        self.batch.stopped[index] = stopped
 
 
 class _BudgetStop(Exception):
@@ -290,10 +291,11 @@ class _Search:
         return self._results()
 
     def _search(self) -> None:
-        if not self._first_answers():
+        going, first_mutations = self._first_answers()
+        if not going:
             return
         for cycle in range(1, self.s.cycles + 1):
-            if not self._cycle(cycle):
+            if not self._cycle(cycle, first_mutations if cycle == 1 else None):
                 return
 
     # -- decoding with budgets ---------------------------------------------------------
@@ -306,12 +308,20 @@ class _Search:
             state.prompt_tokens += tokens
         return pop
 
-    def _extend(self, pop: Population, steps: int | None, owners: list[int]) -> bool:
+    def _extend(
+        self,
+        pop: Population,
+        steps: int | None,
+        owners: list[int],
+        after_step: Callable[[Batch], None] | None = None,
+    ) -> bool:
         """Decode up to ``steps`` tokens (None: to the end); False when a budget stopped it."""
         before, prefilled = pop.num_tokens.clone(), list(pop.prompt_tokens)
 
         def on_step(batch: Batch) -> None:
             self.progress.advance()
+            if after_step is not None:
+                after_step(batch)
             if not batch.done and self.budget.exhausted(int((~batch.finished).sum())):
                 raise _BudgetStop
 
@@ -339,13 +349,39 @@ class _Search:
         return scores
 
     # -- s0 ----------------------------------------------------------------------------
-    def _first_answers(self) -> bool:
-        """s0 ~ pi(x) for every prompt in one batch; seeds each archive with r(x, s0)."""
-        owners = list(range(len(self.prompts)))
-        self.progress.stage(f"first answers: {len(owners)}", self.params.max_new_tokens)
-        pop = self._start([s.prompt_ids for s in self.prompts], self.params, owners, cached=True)
-        going = self._extend(pop, None, owners)
-        done = pop.completions()
+    def _first_answers(self) -> tuple[bool, list[str] | None]:
+        """s0 ~ pi(x) for every prompt in one batch; seeds each archive with r(x, s0).
+
+        Cycle 1's parent can only be x (the archive holds x alone), so when the settings allow
+        (no stop strings, which must not cut the list; both caps fit the context) the first
+        cycle's mutation lists are decoded in the same batch as s0: one decode instead of two
+        sequential ones. Returns (not out of budget, the mutation texts or None).
+        """
+        K = len(self.prompts)
+        owners = list(range(K))
+        requests = self._mutation_requests([s.instruction for s in self.prompts])
+        cap = max(self.params.max_new_tokens, self.mutation_params.max_new_tokens)
+        limit = self.policy.context_length
+        merge = not self.params.stop and all(
+            len(ids) + cap <= limit for ids in [*requests, *(s.prompt_ids for s in self.prompts)]
+        )
+        if merge:
+            self.progress.stage(f"first answers and mutations: {2 * K}", cap)
+            params = self.mutation_params.model_copy(update={"max_new_tokens": cap})
+            pop = self._start(
+                [s.prompt_ids for s in self.prompts] + requests, params, owners * 2, cached=True
+            )
+            caps = [
+                (self.params.max_new_tokens, owners),
+                (self.mutation_params.max_new_tokens, [K + p for p in owners]),
+            ]
+            going, texts = self._decode_mutations(pop, owners * 2, [K + p for p in owners], caps)
+            done = pop.completions()[:K]
+        else:
+            self.progress.stage(f"first answers: {K}", self.params.max_new_tokens)
+            pop = self._start([s.prompt_ids for s in self.prompts], self.params, owners, cached=True)
+            going, texts = self._extend(pop, None, owners), None
+            done = pop.completions()
         for p, c in enumerate(done):
             self.unscored[p] = [
                 _candidate(c, None, cycle=0, row=0, mutation=None, instruction=self.prompts[p].instruction)
@@ -361,10 +397,10 @@ class _Search:
                  "tokens": len(c.token_ids), "finished": c.finish_reason == "stop"}
             )  # fmt: skip
         self.unscored = [[] for _ in self.prompts]
-        return going
+        return going, texts
 
     # -- one cycle ---------------------------------------------------------------------
-    def _cycle(self, cycle: int) -> bool:
+    def _cycle(self, cycle: int, mutation_texts: list[str] | None = None) -> bool:
         n, k, K = self.s.n, self.s.k, len(self.prompts)
         parents = [self.rng.choice(list(state.archive)) for state in self.prompts]
         for state, parent in zip(self.prompts, parents, strict=True):
@@ -374,9 +410,14 @@ class _Search:
                 for text, value in state.archive.items()
             )  # fmt: skip
 
-        mutations = self._mutate(cycle, parents)
-        if mutations is None:
-            return False
+        if mutation_texts is None:
+            self.progress.stage(f"cycle {cycle}: mutations", self.mutation_params.max_new_tokens)
+            requests = self._mutation_requests(parents)
+            pop = self._start(requests, self.mutation_params, list(range(K)), cached=True)
+            going, mutation_texts = self._decode_mutations(pop, list(range(K)), list(range(K)), [])
+            if not going:
+                return False
+        mutations = self._parse_mutations(cycle, parents, mutation_texts)
 
         # one candidate per mutation, all prompts in one batch (rows grouped by prompt)
         owners = [p for p in range(K) for _ in range(n)]
@@ -456,30 +497,50 @@ class _Search:
         self.unscored = [[] for _ in self.prompts]
         return going
 
-    def _mutate(self, cycle: int, parents: list[str]) -> list[list[str]] | None:
-        """The n mutations of each prompt's parent, all prompts in one decode; None if out of budget."""
-        K, n = len(self.prompts), self.s.n
+    def _mutation_requests(self, parents: list[str]) -> list[list[int]]:
+        """The rendered one-shot request to rewrite each prompt's parent instruction."""
         requests = []
         for state, parent in zip(self.prompts, parents, strict=True):
-            ids = self.policy.render(mutation_request(parent, n))
+            ids = self.policy.render(mutation_request(parent, self.s.n))
             if len(ids) + self.mutation_params.max_new_tokens > self.policy.context_length:
-                ids = self.policy.render(mutation_request(state.instruction, n))  # checked up front
+                ids = self.policy.render(mutation_request(state.instruction, self.s.n))  # checked up front
             requests.append(ids)
-        owners = list(range(K))
-        self.progress.stage(f"cycle {cycle}: mutations", self.mutation_params.max_new_tokens)
-        pop = self._start(requests, self.mutation_params, owners, cached=True)
-        going, texts = True, [""] * K
+        return requests
+
+    def _decode_mutations(
+        self,
+        pop: Population,
+        owners: list[int],
+        list_rows: list[int],
+        caps: list[tuple[int, list[int]]],
+    ) -> tuple[bool, list[str]]:
+        """Decode until done, ending a list row once its list is complete; rows in ``caps`` end
+        at their own token cap. Returns (not out of budget, the texts of ``list_rows``)."""
+
+        def cap_rows(batch: Batch) -> None:
+            for cap, rows in caps:
+                if batch.steps == cap:
+                    pop.finish(rows, stopped=False)
+
+        going, texts = True, [""] * len(list_rows)
         while going and not pop.done:
-            going = self._extend(pop, _MUTATION_CHECK_EVERY, owners)
-            texts = [c.text for c in pop.completions()]
-            complete = [p for p in range(K) if not bool(pop.finished[p]) and list_complete(texts[p], n)]
+            going = self._extend(pop, _MUTATION_CHECK_EVERY, owners, cap_rows if caps else None)
+            done = pop.completions()
+            texts = [done[r].text for r in list_rows]
+            finished = pop.finished.tolist()
+            complete = [
+                r for r, text in zip(list_rows, texts, strict=True)
+                if not finished[r] and list_complete(text, self.s.n)
+            ]  # fmt: skip
             if complete:
                 pop.finish(complete)
-        if not going:
-            return None
+        return going, texts
+
+    def _parse_mutations(self, cycle: int, parents: list[str], texts: list[str]) -> list[list[str]]:
+        """Each prompt's n instructions (the parent where the list falls short), traced."""
         out = []
         for state, parent, text in zip(self.prompts, parents, texts, strict=True):
-            parsed = parse_mutations(text, n, parent)
+            parsed = parse_mutations(text, self.s.n, parent)
             out.append(parsed.instructions)
             state.trace.extend(
                 {"event": "mutation", "cycle": cycle, "mutation": i, "instruction": instruction,

@@ -119,9 +119,10 @@ class RePrefillPopulation:
         self._finished = self._finished[rows]
         self._stopped = self._stopped[rows]
 
-    def finish(self, rows: Sequence[int]) -> None:
-        self._finished[list(rows)] = True
-        self._stopped[list(rows)] = True
+    def finish(self, rows: Sequence[int], stopped: bool = True) -> None:
+        rows = [r for r in rows if not bool(self._finished[r])]
+        self._finished[rows] = True
+        self._stopped[rows] = stopped
 
 
 class DarwinReprefill(Darwin):
