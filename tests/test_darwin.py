@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 import align_chains.strategies.darwin as darwin_module
 from align_chains import DarwinChatModel, cli
-from align_chains.engine import Decoder, SamplingParams
+from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import RewardError
 from align_chains.models.policy import Policy
 from align_chains.rewards import CallableReward
@@ -25,6 +25,7 @@ from align_chains.strategies.mutation import (
     parse_mutations,
     with_instruction,
 )
+from align_chains.strategies.prefix_prefill import common_prefix_length, start_sharing_prefix
 
 PARAMS = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
 # a one-character stop string makes the random model's rows end at scattered steps
@@ -217,6 +218,34 @@ def test_a_replaced_row_carries_its_sources_mutation(tiny_policy, scripted_mutat
         assert c.meta["instruction"].endswith(f"Variant {c.meta['mutation']}:{' more' * c.meta['mutation']}")
 
 
+def test_shared_prefix_prefill_matches_a_full_forward(tiny_policy):
+    system = {"role": "system", "content": "You answer questions about fruit. " * 6}
+    prompts = [
+        tiny_policy.render([system, {"role": "user", "content": text}])
+        for text in (
+            "Name a fruit.",
+            "Name a red fruit, please, and say why it is red.",
+            "Name a fruit.",
+            "Fruit?",
+        )
+    ]
+    shared = common_prefix_length(prompts)
+    assert shared >= 40
+    counters = ComputeCounters()
+    decoder = Decoder(tiny_policy, counters)
+    batch, charged = start_sharing_prefix(decoder, prompts, SamplingParams(max_new_tokens=8, temperature=1.0))
+    distinct = [prompts[0], prompts[1], prompts[3]]
+    assert counters.prompt_tokens == sum(charged) == shared + sum(len(p) - shared for p in distinct)
+    assert charged[2] == 0 and counters.forward_passes == 2
+    decoder.extend(batch, 4, generator=torch.Generator().manual_seed(1))
+    batch.select([1, 3, 3, 0])
+    decoder.extend(batch, 3, generator=torch.Generator().manual_seed(2))
+    logits = decoder.logits(batch)
+    for row, source in enumerate([1, 3, 3, 0]):
+        expected = full_forward_logits(tiny_policy, prompts[source] + batch.tokens[row].tolist())
+        torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
+
+
 # -- equivalence with the re-prefill reference -----------------------------------------
 
 
@@ -313,9 +342,10 @@ def test_policy_template_is_used_for_mutations(tiny_policy, length_reward):
 
 
 def count_prefills(policy, run):
+    """Runs ``run()`` and counts the batches it started (forward passes with no cache yet)."""
     seen = []
     hook = policy.model.register_forward_hook(
-        lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].shape[-1] > 1), with_kwargs=True
+        lambda module, args, kwargs, out: seen.append(kwargs.get("past_key_values") is None), with_kwargs=True
     )
     try:
         result = run()

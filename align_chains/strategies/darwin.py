@@ -55,6 +55,7 @@ from align_chains.strategies.mutation import (
     parse_mutations,
     with_instruction,
 )
+from align_chains.strategies.prefix_prefill import start_sharing_prefix
 
 # the mutation list is checked for completeness every this many tokens
 _MUTATION_CHECK_EVERY = 16
@@ -101,7 +102,8 @@ def prefill_tokens_by_owner(
 
 
 class CachedPopulation:
-    """Rows of one engine ``Batch``: each prompt prefilled once, replacement copies cache rows."""
+    """Rows of one engine ``Batch``: each prompt prefilled once (their common prefix once for
+    all), replacement copies cache rows."""
 
     def __init__(
         self,
@@ -112,8 +114,10 @@ class CachedPopulation:
         num_owners: int,
     ) -> None:
         self.decoder = decoder
-        self.batch = decoder.start(prompts, 1, params)
-        self.prompt_tokens = prefill_tokens_by_owner(prompts, owners, num_owners)
+        self.batch, charged = start_sharing_prefix(decoder, prompts, params)
+        self.prompt_tokens = [0] * num_owners
+        for owner, tokens in zip(owners, charged, strict=True):
+            self.prompt_tokens[owner] += tokens
 
     @property
     def finished(self) -> torch.Tensor:
