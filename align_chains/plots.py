@@ -25,6 +25,7 @@ def plot_darwin_trace(
         if path is not None:
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "plot_darwin_trace needs matplotlib: pip install matplotlib (or -e .[bench])"
@@ -58,7 +59,8 @@ def plot_darwin_trace(
             )  # fmt: skip
         if seed is not None:
             ax.axhline(seed, linestyle="--", color="black", linewidth=1, label="s0")
-        ax.set_title(f"cycle {cycle}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"cycle {cycle} (colour: mutation; arrow: replaced by a copy)", fontsize=9)
         ax.set_xlabel("segment (every m tokens)")
     axes[0][0].set_ylabel("reward vs. the original instruction")
     axes[0][0].legend(loc="lower right", fontsize=8)
