@@ -84,23 +84,6 @@ class Population(Protocol):
     def finish(self, rows: Sequence[int], stopped: bool = True) -> None: ...
 
 
-PopulationFactory = Callable[[Decoder, list[list[int]], SamplingParams, list[int], int], Population]
-
-
-def prefill_tokens_by_owner(
-    seqs: Sequence[Sequence[int]], owners: Sequence[int], num_owners: int
-) -> list[int]:
-    """Tokens one batched prefill of ``seqs`` runs per owner (identical sequences run once)."""
-    per = [0] * num_owners
-    seen: set[tuple[int, ...]] = set()
-    for ids, owner in zip(seqs, owners, strict=True):
-        key = tuple(ids)
-        if key not in seen:
-            seen.add(key)
-            per[owner] += len(ids)
-    return per
-
-
 class CachedPopulation:
     """Rows of one engine ``Batch``: each prompt prefilled once (their common prefix once for
     all), replacement copies cache rows."""

@@ -27,7 +27,21 @@ import torch
 
 from align_chains.engine.decoder import Batch, Completion, Decoder
 from align_chains.engine.sampling import SamplingParams
-from align_chains.strategies.darwin import Darwin, Population, prefill_tokens_by_owner
+from align_chains.strategies.darwin import Darwin, Population
+
+
+def prefill_tokens_by_owner(
+    seqs: Sequence[Sequence[int]], owners: Sequence[int], num_owners: int
+) -> list[int]:
+    """Tokens one batched prefill of ``seqs`` runs per owner (identical sequences run once)."""
+    per = [0] * num_owners
+    seen: set[tuple[int, ...]] = set()
+    for ids, owner in zip(seqs, owners, strict=True):
+        key = tuple(ids)
+        if key not in seen:
+            seen.add(key)
+            per[owner] += len(ids)
+    return per
 
 
 class RePrefillPopulation:
