@@ -12,7 +12,7 @@ from pydantic import ValidationError
 import align_chains.strategies.darwin as darwin_module
 from align_chains import DarwinChatModel, cli
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
-from align_chains.errors import RewardError
+from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.policy import Policy
 from align_chains.rewards import CallableReward
 from align_chains.strategies import get_strategy
@@ -137,6 +137,17 @@ def test_invalid_settings_are_rejected_at_construction(settings, message):
         Darwin(**settings)
     with pytest.raises(ValidationError, match=message):
         DarwinChatModel(**settings)
+
+
+def test_an_instruction_too_long_to_mutate_fails_before_any_model_work(tiny_policy, length_reward):
+    calls = []
+    hook = tiny_policy.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(InvalidInputError, match="lower mutation_max_tokens"):
+            Darwin(mutation_max_tokens=400).run("Name a fruit.", tiny_policy, length_reward, PARAMS)
+    finally:
+        hook.remove()
+    assert calls == []
 
 
 def test_registered_under_its_name():

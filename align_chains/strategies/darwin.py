@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch, Completion, Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator
-from align_chains.errors import RewardError
+from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation, last_user_text
 from align_chains.models.policy import Policy
 from align_chains.progress import NullProgress, Progress
@@ -216,7 +216,13 @@ class Darwin(Strategy):
         )
         for conversation in conversations:  # before any model work
             request = policy.render(mutation_request(last_user_text(conversation), self.n))
-            policy.check_fits(len(request), self.mutation_max_tokens)
+            if len(request) + self.mutation_max_tokens > policy.context_length:
+                raise InvalidInputError(
+                    f"DARWIN's request to rewrite this instruction has {len(request)} tokens and its "
+                    f"list may take mutation_max_tokens={self.mutation_max_tokens} more, beyond the "
+                    f"{policy.context_length}-token context of {policy.name!r}. Shorten the last user "
+                    "message (move context into a system message) or lower mutation_max_tokens."
+                )
         search = _Search(self, conversations, token_ids, policy, reward, params, mutation_params, progress)
         return search.run()
 
