@@ -4,7 +4,7 @@ from align_chains import SEAChatModel
 chain = prompt | SEAChatModel() | parser
 """
 
-from align_chains.chat_models import AlignedChatModel, BestOfNChatModel, SEAChatModel
+from align_chains.chat_models import AlignedChatModel, BestOfNChatModel, DarwinChatModel, SEAChatModel
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import (
     AlignChainsError,
@@ -23,7 +23,15 @@ from align_chains.rewards import (
     WeightedReward,
     load_reward,
 )
-from align_chains.strategies import SEA, AdaptiveBestOfN, BestOfN, Strategy, StrategyResult, get_strategy
+from align_chains.strategies import (
+    SEA,
+    AdaptiveBestOfN,
+    BestOfN,
+    Darwin,
+    Strategy,
+    StrategyResult,
+    get_strategy,
+)
 
 __version__ = "0.1.0"
 
@@ -39,6 +47,8 @@ __all__ = [
     "CallableReward",
     "ClassifierReward",
     "ComputeCounters",
+    "Darwin",
+    "DarwinChatModel",
     "Decoder",
     "EmbeddingReward",
     "InvalidInputError",

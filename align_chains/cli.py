@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="Answer one prompt with an alignment strategy.")
     chat.add_argument("prompt", help="The user message.")
     chat.add_argument("--strategy", default="best-of-n", help=f"One of: {', '.join(sorted(STRATEGIES))}.")
-    chat.add_argument("--n", type=int, help="Best-of-N: candidates to sample (default 4).")
+    chat.add_argument(
+        "--n", type=int, help="Best-of-N: candidates (default 4); darwin: mutations per cycle (default 5)."
+    )
     chat.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
     chat.add_argument(
         "--reward",
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, help="Maximum new tokens (default: the strategy's).")
     chat.add_argument("--temperature", type=float, help="Sampling temperature (default: the strategy's).")
     chat.add_argument("--top-p", type=float, default=1.0)
-    chat.add_argument("--top-k", type=int, default=0)
+    chat.add_argument("--top-k", type=int, help="0 disables (default: the strategy's; darwin uses 40).")
     chat.add_argument("--seed", type=int)
     chat.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
     chat.add_argument(
@@ -85,14 +87,13 @@ def _chat(args: argparse.Namespace) -> int:
             f"Unknown strategy option(s) {unknown} for {args.strategy!r}; "
             f"it takes {cls._strategy_field_names()}."
         )
-    for name in ("reward", "max_tokens", "temperature"):  # unset: the chat model's own default
+    for name in ("reward", "max_tokens", "temperature", "top_k"):  # unset: the chat model's default
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     # construct first: settings are validated before any model loads
     model = cls(
         policy=args.policy,
         top_p=args.top_p,
-        top_k=args.top_k,
         seed=args.seed,
         device=args.device,
         show_progress=not args.quiet,
@@ -126,6 +127,8 @@ def _chat(args: argparse.Namespace) -> int:
         f"tokens generated, {compute['forward_passes']} forward passes, {compute['reward_calls']} "
         f"reward call(s) over {compute['reward_items']} responses, {compute['seconds']:.2f} s"
     )
+    if meta.get("budget_exhausted"):
+        print(f"budget exhausted: {meta['budget_exhausted']} (the best answer found so far is shown)")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from align_chains import BestOfNChatModel, SEAChatModel
+from align_chains import BestOfNChatModel, DarwinChatModel, SEAChatModel
 
 
 class TestBestOfNChatModelStandard(ChatModelUnitTests):
@@ -44,3 +44,13 @@ class TestSEAChatModelStandard(TestBestOfNChatModelStandard):
     @property
     def chat_model_params(self) -> dict:
         return {"model": "smollm2-135m-instruct", "chains": 2, "iterations": 2}
+
+
+class TestDarwinChatModelStandard(TestBestOfNChatModelStandard):
+    @property
+    def chat_model_class(self) -> type[DarwinChatModel]:
+        return DarwinChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "n": 3, "k": 2, "cycles": 1}

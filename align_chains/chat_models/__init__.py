@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from align_chains.chat_models.base import AlignedChatModel
 from align_chains.chat_models.best_of_n import BestOfNChatModel
+from align_chains.chat_models.darwin import DarwinChatModel
 from align_chains.chat_models.sea import SEAChatModel
 from align_chains.errors import UnknownStrategyError
 from align_chains.strategies import canonical_strategy_name
 
-CHAT_MODELS: dict[str, type[AlignedChatModel]] = {"best-of-n": BestOfNChatModel, "sea": SEAChatModel}
+CHAT_MODELS: dict[str, type[AlignedChatModel]] = {
+    "best-of-n": BestOfNChatModel,
+    "darwin": DarwinChatModel,
+    "sea": SEAChatModel,
+}
 
 
 def chat_model_class(strategy: str) -> type[AlignedChatModel]:
@@ -22,4 +27,11 @@ def chat_model_class(strategy: str) -> type[AlignedChatModel]:
     return CHAT_MODELS[name]
 
 
-__all__ = ["CHAT_MODELS", "AlignedChatModel", "BestOfNChatModel", "SEAChatModel", "chat_model_class"]
+__all__ = [
+    "CHAT_MODELS",
+    "AlignedChatModel",
+    "BestOfNChatModel",
+    "DarwinChatModel",
+    "SEAChatModel",
+    "chat_model_class",
+]

@@ -6,12 +6,14 @@ from align_chains.errors import UnknownStrategyError
 from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Candidate, Strategy, StrategyResult
 from align_chains.strategies.best_of_n import BestOfN
+from align_chains.strategies.darwin import Darwin
 from align_chains.strategies.sea import SEA
 
 STRATEGIES: dict[str, type[Strategy]] = {
     BestOfN.name: BestOfN,
     AdaptiveBestOfN.name: AdaptiveBestOfN,
     SEA.name: SEA,
+    Darwin.name: Darwin,
 }
 _ALIASES = {
     "bon": BestOfN.name,
@@ -42,6 +44,7 @@ __all__ = [
     "AdaptiveBestOfN",
     "BestOfN",
     "Candidate",
+    "Darwin",
     "Strategy",
     "StrategyResult",
     "canonical_strategy_name",
