@@ -4,7 +4,12 @@ from align_chains import BestOfNChatModel
 chain = prompt | BestOfNChatModel(n=4) | parser
 """
 
-from align_chains.chat_models import AlignedChatModel, BestOfNChatModel
+from align_chains.chat_models import (
+    AlignedChatModel,
+    BestOfNChatModel,
+    RewardGuidedChatModel,
+    ValueGuidedChatModel,
+)
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import (
     AlignChainsError,
@@ -18,11 +23,20 @@ from align_chains.rewards import (
     CallableReward,
     ClassifierReward,
     EmbeddingReward,
+    ImplicitReward,
     RewardModel,
     WeightedReward,
     load_reward,
 )
-from align_chains.strategies import AdaptiveBestOfN, BestOfN, Strategy, StrategyResult, get_strategy
+from align_chains.strategies import (
+    AdaptiveBestOfN,
+    BestOfN,
+    RewardGuided,
+    Strategy,
+    StrategyResult,
+    ValueGuided,
+    get_strategy,
+)
 
 __version__ = "0.1.0"
 
@@ -39,15 +53,20 @@ __all__ = [
     "ComputeCounters",
     "Decoder",
     "EmbeddingReward",
+    "ImplicitReward",
     "InvalidInputError",
     "ModelLoadError",
     "Policy",
     "RewardError",
+    "RewardGuided",
+    "RewardGuidedChatModel",
     "RewardModel",
     "SamplingParams",
     "Strategy",
     "StrategyResult",
     "UnknownStrategyError",
+    "ValueGuided",
+    "ValueGuidedChatModel",
     "WeightedReward",
     "get_strategy",
     "load_policy",

@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--n", type=int, help="Best-of-N: candidates to sample (default 4).")
     chat.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
     chat.add_argument("--reward", default=EMBEDDED_REWARD, help="Reward model id, directory or 'minilm'.")
-    chat.add_argument("--principle", help="For the embedding reward: a principle answers should follow.")
+    chat.add_argument(
+        "--principle",
+        help="A principle answers should follow: value-guided decoding guides the policy with it; "
+        "other strategies add it to the embedding reward.",
+    )
     chat.add_argument("--system", help="A system message to prepend.")
     chat.add_argument("--max-tokens", type=int, default=128)
     chat.add_argument("--temperature", type=float, default=0.7)
@@ -72,6 +76,9 @@ def _chat(args: argparse.Namespace) -> int:
     if args.n is not None:
         settings["n"] = args.n
     cls = chat_model_class(args.strategy)
+    guided_by_principle = args.principle and "principle" in cls._strategy_field_names()
+    if guided_by_principle:
+        settings["principle"] = args.principle
     unknown = sorted(set(settings) - set(cls._strategy_field_names()))
     if unknown:
         raise InvalidInputError(
@@ -91,7 +98,7 @@ def _chat(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         **settings,
     )
-    if args.principle:
+    if args.principle and not guided_by_principle:
         with err.status("Loading reward model…"):
             model.reward = load_reward(args.reward, device=args.device, principle=args.principle)
     with err.status(f"Loading {args.policy} and the reward (the first run converts the policy, ~30 s)…"):

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from align_chains.chat_models.base import AlignedChatModel
 from align_chains.chat_models.best_of_n import BestOfNChatModel
+from align_chains.chat_models.reward_guided import RewardGuidedChatModel
+from align_chains.chat_models.value_guided import ValueGuidedChatModel
 from align_chains.errors import UnknownStrategyError
 from align_chains.strategies import canonical_strategy_name
 
-CHAT_MODELS: dict[str, type[AlignedChatModel]] = {"best-of-n": BestOfNChatModel}
+CHAT_MODELS: dict[str, type[AlignedChatModel]] = {
+    "best-of-n": BestOfNChatModel,
+    "reward-guided": RewardGuidedChatModel,
+    "value-guided": ValueGuidedChatModel,
+}
 
 
 def chat_model_class(strategy: str) -> type[AlignedChatModel]:
@@ -21,4 +27,11 @@ def chat_model_class(strategy: str) -> type[AlignedChatModel]:
     return CHAT_MODELS[name]
 
 
-__all__ = ["CHAT_MODELS", "AlignedChatModel", "BestOfNChatModel", "chat_model_class"]
+__all__ = [
+    "CHAT_MODELS",
+    "AlignedChatModel",
+    "BestOfNChatModel",
+    "RewardGuidedChatModel",
+    "ValueGuidedChatModel",
+    "chat_model_class",
+]

@@ -19,6 +19,7 @@ from align_chains.rewards.base import Prompt, RewardModel
 from align_chains.rewards.classifier import ClassifierReward
 from align_chains.rewards.embedding import EmbeddingReward
 from align_chains.rewards.function import CallableReward
+from align_chains.rewards.implicit import ImplicitReward
 from align_chains.rewards.weighted import WeightedReward
 
 RewardSpec = str | RewardModel | Callable[..., Any] | Sequence[tuple[Any, float]]
@@ -68,6 +69,7 @@ __all__ = [
     "CallableReward",
     "ClassifierReward",
     "EmbeddingReward",
+    "ImplicitReward",
     "Prompt",
     "RewardModel",
     "RewardSpec",
