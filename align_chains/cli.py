@@ -76,7 +76,7 @@ def _chat(args: argparse.Namespace) -> int:
     if args.n is not None:
         settings["n"] = args.n
     cls = chat_model_class(args.strategy)
-    guided_by_principle = args.principle and "principle" in cls._strategy_field_names()
+    guided_by_principle = args.principle is not None and "principle" in cls._strategy_field_names()
     if guided_by_principle:
         settings["principle"] = args.principle
     unknown = sorted(set(settings) - set(cls._strategy_field_names()))

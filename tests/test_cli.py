@@ -28,6 +28,12 @@ def no_loading(monkeypatch):
         (["--strategy", "nope"], "Unknown strategy 'nope'"),
         (["--strategy", "adaptive"], "BestOfNChatModel(allocation='adaptive'"),
         (["-o", "beams=3"], "beams"),
+        (["--strategy", "args", "-o", "k=0"], "invalid k=0"),
+        (["--strategy", "args", "-o", "w=-1"], "invalid w=-1"),
+        (["--strategy", "ivg", "-o", "beams=0"], "invalid beams=0"),
+        (["--strategy", "ivg", "-o", "chunk_tokens=0"], "invalid chunk_tokens=0"),
+        (["--strategy", "ivg", "-o", "token_guidance=true"], "needs a guide"),
+        (["--strategy", "ivg", "--principle", ""], "principle"),
     ],
 )
 def test_bad_settings_fail_before_loading(no_loading, capsys, argv, message):
