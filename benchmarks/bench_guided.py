@@ -45,7 +45,8 @@ def smollm_classifier(policy: Any, seed: int = 0) -> Any:
 
     from align_chains.rewards import ClassifierReward
 
-    config = policy.model.config.__class__.from_dict({**policy.model.config.to_dict(), "num_labels": 1})
+    settings = {k: v for k, v in policy.model.config.to_dict().items() if k not in ("id2label", "label2id")}
+    config = policy.model.config.__class__.from_dict({**settings, "num_labels": 1})
     model = LlamaForSequenceClassification(config).to(policy.model.dtype)
     model.model.load_state_dict(policy.model.model.state_dict())
     torch.manual_seed(seed)

@@ -119,6 +119,7 @@ def test_ivg_with_a_guide_pair_loads_it(tiny_policy, length_reward, smol_tokeniz
     )
     meta = chat.invoke("Hi").response_metadata
     assert meta["guide"] == "implicit(tiny-llama vs tiny-llama)"
+    assert chat._identifying_params["tuned"] == "tiny-llama"
 
 
 def test_ivg_without_a_guide_searches_chunks_on_the_reward(tiny_policy, length_reward):

@@ -66,6 +66,14 @@ class ValueGuidedChatModel(AlignedChatModel):
             )
         return self
 
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        params = super()._identifying_params
+        for name in ("tuned", "untuned"):  # a loaded Policy is named, not dumped
+            if isinstance(params.get(name), Policy):
+                params[name] = params[name].name
+        return params
+
     def load(self) -> tuple[Any, Any]:
         policy, reward = super().load()
         with self._load_lock:
