@@ -149,6 +149,7 @@ class ImplicitBranchScorer(BranchScorer):
         self.counters = counters
         self.lockstep: Lockstep | None = None
         self.total: torch.Tensor | None = None
+        self._difference: torch.Tensor | None = None
 
     def start(
         self, conversations: Sequence[Conversation], prompt_of_row: Sequence[int], max_new_tokens: int
@@ -161,29 +162,27 @@ class ImplicitBranchScorer(BranchScorer):
         self.counters.reward_items += self.lockstep.size
         self.total = torch.zeros(self.lockstep.size)
 
-    def _step_logprobs(self, view: int) -> torch.Tensor:
+    def _step_difference(self) -> torch.Tensor:
+        """``beta * (log pi_tuned - log pi_untuned)`` over the vocabulary for the next token of every row."""
         assert self.lockstep is not None
-        return torch.log_softmax(self.lockstep.logits(view), dim=-1)
+        if self._difference is None:
+            tuned = torch.log_softmax(self.lockstep.logits(0), dim=-1)
+            untuned = torch.log_softmax(self.lockstep.logits(1), dim=-1)
+            vocab = min(tuned.shape[-1], untuned.shape[-1])
+            self._difference = self.reward.beta * (tuned[:, :vocab] - untuned[:, :vocab].to(tuned.device))
+        return self._difference
 
     def score(self, candidates: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         assert self.total is not None
-        ids = candidates.to(self.reward.tuned.device)
-        tuned = self._step_logprobs(0).gather(-1, ids)
-        untuned = self._step_logprobs(1).gather(-1, ids)
+        step = self._step_difference().gather(-1, candidates.to(self.reward.tuned.device)).cpu()
         self.counters.reward_calls += 1
         self.counters.reward_items += int(candidates.numel())
-        step = self.reward.beta * (tuned - untuned).cpu()
         return (self.total[:, None] + step).to(candidates.device)
 
     def commit(self, column: torch.Tensor, tokens: torch.Tensor) -> None:
         assert self.lockstep is not None and self.total is not None
-        ids = tokens.to(self.reward.tuned.device)[:, None]
-        step = self._step_logprobs(0).gather(-1, ids) - self._step_logprobs(1).gather(-1, ids)
-        self.total = self.total + self.reward.beta * step.squeeze(-1).cpu()
+        step = self._step_difference().gather(-1, tokens.to(self.reward.tuned.device)[:, None])
+        self.total = self.total + step.squeeze(-1).cpu()
+        self._difference = None
         if not self.lockstep.done:
             self.lockstep.append(tokens)
-
-
-def implicit_value(lockstep: Lockstep, tuned_view: int, untuned_view: int, beta: float) -> torch.Tensor:
-    """``beta * (sum log pi_tuned - sum log pi_untuned)`` per row, from log-probs already decoded."""
-    return beta * (lockstep.logprobs(tuned_view).sum(-1) - lockstep.logprobs(untuned_view).sum(-1))
