@@ -35,7 +35,12 @@ from typing import Any
 
 import torch
 
-PROMPT = [{"role": "user", "content": "Give me three tips for better sleep."}]
+PROMPT = [
+    {
+        "role": "user",
+        "content": "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    }
+]
 PRINCIPLE = "Answer concisely and politely."
 
 
@@ -59,6 +64,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--prompt", default=PROMPT[0]["content"], help="The user message.")
     parser.add_argument("--json", help="Also write the raw runs here.")
     args = parser.parse_args()
 
@@ -74,7 +80,8 @@ def main() -> None:
     classifier = smollm_classifier(policy)
     implicit = ImplicitReward(policy, principle=PRINCIPLE)
     unused = CallableReward(lambda p, r: 0.0, name="unused")  # IVG's chunk value is the implicit one here
-    prompt_ids = policy.render(PROMPT)
+    prompt = [{"role": "user", "content": args.prompt}]
+    prompt_ids = policy.render(prompt)
     n = args.max_new_tokens
 
     def params(seed: int, temperature: float = 0.7, top_k: int = 0) -> SamplingParams:
@@ -89,7 +96,7 @@ def main() -> None:
     ) -> Callable[[int], tuple[int, list[int]]]:
         def run(seed: int) -> tuple[int, list[int]]:
             scorer = scorer_factory() if scorer_factory else None
-            (r,) = RewardGuided(k=args.k).run_batch([PROMPT], policy, reward, params(seed), scorer=scorer)
+            (r,) = RewardGuided(k=args.k).run_batch([prompt], policy, reward, params(seed), scorer=scorer)
             return len(r.trace), r.best.token_ids
 
         return run
@@ -97,7 +104,7 @@ def main() -> None:
     def ivg(**settings: Any) -> Callable[[int], tuple[int, list[int]]]:
         def run(seed: int) -> tuple[int, list[int]]:
             r = ValueGuided(principle=PRINCIPLE, **settings).run(
-                PROMPT, policy, unused, params(seed, top_k=50)
+                prompt, policy, unused, params(seed, top_k=50)
             )
             return r.best.num_tokens + (r.finish_reason == "stop"), r.best.token_ids
 
