@@ -155,3 +155,13 @@ def test_registry_and_aliases():
     assert chat_model_class("ivg") is ValueGuidedChatModel
     model = ValueGuidedChatModel(principle=PRINCIPLE)
     assert model._policy is None and model.top_k == 50
+
+
+def test_stream_with_stop_strings_never_sends_text_past_the_stop(args_chat):
+    full = args_chat.invoke("Name a fruit.", max_tokens=20).content
+    assert len(full) > 4
+    stop = full[2:4]  # a stop string the unconstrained answer contains
+    chunks = list(args_chat.stream("Name a fruit.", stop=[stop], max_tokens=20))
+    text = "".join(c.content for c in chunks)
+    assert text == args_chat.invoke("Name a fruit.", stop=[stop], max_tokens=20).content
+    assert stop not in text and full.startswith(text)
