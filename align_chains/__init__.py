@@ -1,13 +1,14 @@
 """align_chains: inference-time alignment strategies as LangChain chat models.
 
-from align_chains import BestOfNChatModel
-chain = prompt | BestOfNChatModel(n=4) | parser
+from align_chains import SEAChatModel
+chain = prompt | SEAChatModel() | parser
 """
 
 from align_chains.chat_models import (
     AlignedChatModel,
     BestOfNChatModel,
     RewardGuidedChatModel,
+    SEAChatModel,
     ValueGuidedChatModel,
 )
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
@@ -24,11 +25,13 @@ from align_chains.rewards import (
     ClassifierReward,
     EmbeddingReward,
     ImplicitReward,
+    JudgeReward,
     RewardModel,
     WeightedReward,
     load_reward,
 )
 from align_chains.strategies import (
+    SEA,
     AdaptiveBestOfN,
     BestOfN,
     RewardGuided,
@@ -43,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EMBEDDED_POLICY",
     "EMBEDDED_REWARD",
+    "SEA",
     "AdaptiveBestOfN",
     "AlignChainsError",
     "AlignedChatModel",
@@ -55,12 +59,14 @@ __all__ = [
     "EmbeddingReward",
     "ImplicitReward",
     "InvalidInputError",
+    "JudgeReward",
     "ModelLoadError",
     "Policy",
     "RewardError",
     "RewardGuided",
     "RewardGuidedChatModel",
     "RewardModel",
+    "SEAChatModel",
     "SamplingParams",
     "Strategy",
     "StrategyResult",

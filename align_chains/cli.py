@@ -39,17 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--strategy", default="best-of-n", help=f"One of: {', '.join(sorted(STRATEGIES))}.")
     chat.add_argument("--n", type=int, help="Best-of-N: candidates to sample (default 4).")
     chat.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
-    chat.add_argument("--reward", default=EMBEDDED_REWARD, help="Reward model id, directory or 'minilm'.")
+    chat.add_argument(
+        "--reward",
+        help=f"Reward: 'minilm', 'judge' (the policy as judge), 'judge:<model>', a model id or directory "
+        f"(default: the strategy's; {EMBEDDED_REWARD!r} for best-of-n, 'judge' for sea).",
+    )
     chat.add_argument(
         "--principle",
         help="A principle answers should follow: value-guided decoding guides the policy with it; "
-        "other strategies add it to the embedding reward.",
+        "other strategies add it to the embedding or judge reward.",
     )
     chat.add_argument("--system", help="A system message to prepend.")
-    chat.add_argument("--max-tokens", type=int, default=128)
-    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--max-tokens", type=int, help="Maximum new tokens (default: the strategy's).")
+    chat.add_argument("--temperature", type=float, help="Sampling temperature (default: the strategy's).")
     chat.add_argument("--top-p", type=float, default=1.0)
-    chat.add_argument("--top-k", type=int, default=0)
+    chat.add_argument("--top-k", type=int, help="Top-k filtering, 0 = off (default: the strategy's).")
     chat.add_argument("--seed", type=int)
     chat.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
     chat.add_argument(
@@ -66,6 +70,7 @@ def _chat(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from align_chains.chat_models import chat_model_class
+    from align_chains.models.policy import load_policy
     from align_chains.rewards import load_reward
 
     err = Console(stderr=True, quiet=args.quiet)
@@ -85,22 +90,25 @@ def _chat(args: argparse.Namespace) -> int:
             f"Unknown strategy option(s) {unknown} for {args.strategy!r}; "
             f"it takes {cls._strategy_field_names()}."
         )
+    for name in ("reward", "max_tokens", "temperature", "top_k"):  # unset: the chat model's own default
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
     # construct first: settings are validated before any model loads
     model = cls(
         policy=args.policy,
-        reward=args.reward,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
         top_p=args.top_p,
-        top_k=args.top_k,
         seed=args.seed,
         device=args.device,
         show_progress=not args.quiet,
         **settings,
     )
     if args.principle and not guided_by_principle:
-        with err.status("Loading reward model…"):
-            model.reward = load_reward(args.reward, device=args.device, principle=args.principle)
+        with err.status("Loading the policy and the reward model…"):
+            policy = load_policy(args.policy, device=args.device)
+            model.policy = policy
+            model.reward = load_reward(
+                model.reward, device=args.device, principle=args.principle, policy=policy
+            )
     with err.status(f"Loading {args.policy} and the reward (the first run converts the policy, ~30 s)…"):
         model.load()
     messages = ([SystemMessage(args.system)] if args.system else []) + [HumanMessage(args.prompt)]

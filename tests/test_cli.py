@@ -34,6 +34,12 @@ def no_loading(monkeypatch):
         (["--strategy", "ivg", "-o", "chunk_tokens=0"], "invalid chunk_tokens=0"),
         (["--strategy", "ivg", "-o", "token_guidance=true"], "needs a guide"),
         (["--strategy", "ivg", "--principle", ""], "principle"),
+        (["--strategy", "sea", "-o", "chains=0"], "invalid chains=0"),
+        (["--strategy", "sea", "-o", "iterations=0"], "invalid iterations=0"),
+        (["--strategy", "sea", "-o", "lr=-1"], "invalid lr=-1"),
+        (["--strategy", "sea", "-o", "decode_top_k=0"], "invalid decode_top_k=0"),
+        (["--strategy", "sea", "--max-tokens", "0"], "invalid max_tokens=0"),
+        (["--strategy", "sea", "--n", "4"], "Unknown strategy option(s) ['n'] for 'sea'"),
     ],
 )
 def test_bad_settings_fail_before_loading(no_loading, capsys, argv, message):

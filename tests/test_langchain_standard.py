@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from align_chains import BestOfNChatModel, RewardGuidedChatModel, ValueGuidedChatModel
+from align_chains import BestOfNChatModel, RewardGuidedChatModel, SEAChatModel, ValueGuidedChatModel
 
 
 class TestBestOfNChatModelStandard(ChatModelUnitTests):
@@ -54,3 +54,13 @@ class TestValueGuidedChatModelStandard(TestBestOfNChatModelStandard):
     @property
     def chat_model_params(self) -> dict:
         return {"model": "smollm2-135m-instruct", "principle": "Answer concisely and politely."}
+
+
+class TestSEAChatModelStandard(TestBestOfNChatModelStandard):
+    @property
+    def chat_model_class(self) -> type[SEAChatModel]:
+        return SEAChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "chains": 2, "iterations": 2}

@@ -1,8 +1,8 @@
 """Reward models and ``load_reward``, which turns a spec into one.
 
 Kinds: sequence-classification reward models, sentence-embedding rewards (the embedded
-MiniLM default), plain Python callables, and weighted sums. New kinds (LLM judges, implicit
-DPO rewards) subclass RewardModel and plug into ``load_reward`` the same way.
+MiniLM default), LLM judges, plain Python callables, and weighted sums. New kinds subclass
+RewardModel and plug into ``load_reward`` the same way.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from typing import Any
 import torch
 
 from align_chains.errors import InvalidInputError
-from align_chains.models.embedded import EMBEDDED_REWARD, REWARD_ALIASES
+from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD, REWARD_ALIASES
+from align_chains.models.policy import Policy
 from align_chains.rewards.base import Prompt, RewardModel
 from align_chains.rewards.classifier import ClassifierReward
 from align_chains.rewards.embedding import EmbeddingReward
 from align_chains.rewards.function import CallableReward
 from align_chains.rewards.implicit import ImplicitReward
+from align_chains.rewards.judge import JudgeReward
 from align_chains.rewards.weighted import WeightedReward
 
 RewardSpec = str | RewardModel | Callable[..., Any] | Sequence[tuple[Any, float]]
@@ -30,11 +32,14 @@ def load_reward(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    policy: Policy | None = None,
     **kwargs: Any,
 ) -> RewardModel:
     """Build a RewardModel from a spec.
 
     - a RewardModel: returned as is (share one loaded reward across chat models);
+    - ``"judge"``: the policy (``policy=``, else the embedded default) as an LLM judge;
+      ``"judge:<model>"`` another causal LM; ``principle=...`` goes to JudgeReward;
     - ``"all-minilm-l6-v2"`` (or ``"minilm"``): the embedded embedding reward; ``kwargs`` such
       as ``principle=...``, ``positive=[...]`` go to EmbeddingReward;
     - a local directory or Hub id: a sentence-transformers model becomes an EmbeddingReward,
@@ -47,6 +52,10 @@ def load_reward(
     if isinstance(spec, str):
         if not spec.strip():
             raise InvalidInputError("Reward spec is empty: pass a model id, a directory or 'minilm'.")
+        kind, _, target = spec.strip().partition(":")
+        if kind.lower() == "judge":
+            judge = target.strip() or (policy if policy is not None else EMBEDDED_POLICY)
+            return JudgeReward(judge, device=device, dtype=dtype, **kwargs)
         if spec.lower() in REWARD_ALIASES:
             return EmbeddingReward(spec, device=device, **kwargs)
         from align_chains.models.hub import resolve_model_dir
@@ -70,6 +79,7 @@ __all__ = [
     "ClassifierReward",
     "EmbeddingReward",
     "ImplicitReward",
+    "JudgeReward",
     "Prompt",
     "RewardModel",
     "RewardSpec",

@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation, as_conversation
+
+if TYPE_CHECKING:
+    from align_chains.rewards.soft import SoftScorer
 
 Prompt = str | Sequence[Mapping[str, Any]]
 
@@ -77,6 +80,24 @@ class RewardModel(ABC):
     @abstractmethod
     def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:
         """Return one score per response."""
+
+    # -- differentiable scoring (SEA) ------------------------------------------------------
+    def soft_scorer(self, prompts: Sequence[Prompt], rows: Sequence[int], policy: Any) -> SoftScorer:
+        """A differentiable scorer of relaxed responses to ``prompts`` (row i answers ``prompts[rows[i]]``).
+
+        Rewards that can score token distributions override this; the prompts are encoded once.
+        """
+        raise InvalidInputError(
+            f"Reward {self.name!r} ({type(self).__name__}) has no differentiable scoring path, which "
+            "SEA needs. Use a reward that has one (a sequence-classification ClassifierReward, a "
+            "JudgeReward, or the MiniLM EmbeddingReward), or a strategy that only needs scores: "
+            "best-of-n, darwin or reward-guided."
+        )
+
+    @property
+    def supports_soft_scoring(self) -> bool:
+        """True when ``soft_scorer`` is implemented (SEA can use this reward)."""
+        return type(self).soft_scorer is not RewardModel.soft_scorer
 
     # rewards compose: 0.7 * relevance + 0.3 * verifier
     def __add__(self, other: RewardModel) -> RewardModel:

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 from align_chains.errors import InvalidInputError, ModelLoadError
-from align_chains.models.chat import Conversation
-from align_chains.rewards.base import RewardModel
+from align_chains.models.chat import Conversation, as_conversation
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.soft import CausalSoftScorer, SoftScorer, split_template
+from align_chains.rewards.vocab_bridge import vocabulary_bridge
 from align_chains.settings import resolve_device, resolve_dtype
 
 
@@ -112,3 +114,39 @@ class ClassifierReward(RewardModel):
                 values = out.logits[:, self.label_index]
             scores.extend(values.float().reshape(len(enc["input_ids"]), -1)[:, 0].tolist())
         return scores
+
+    def _around_response(self, conversation: Conversation) -> tuple[str, str]:
+        return split_template(lambda text: self._texts([conversation], [text])[0])
+
+    def soft_scorer(self, prompts: Sequence[Prompt], rows: Sequence[int], policy: Any) -> SoftScorer:
+        """Score relaxed responses: the templated prompt is prefilled once, the response is soft.
+
+        Exact when the classifier shares the policy's vocabulary, else through the sparse
+        vocabulary bridge. Needs a decoder-only classifier with a ``score`` head (Llama, Qwen,
+        Mistral, Gemma and most reward models built on them).
+        """
+        head = getattr(self.model, "score", None)
+        if not isinstance(head, torch.nn.Module) or not hasattr(self.model, "base_model"):
+            raise InvalidInputError(
+                f"Reward {self.name!r} ({type(self.model).__name__}) has no decoder `score` head, "
+                "which soft scoring (SEA) needs. Use a Llama/Qwen/Mistral-style sequence classifier, "
+                "a JudgeReward, or a strategy that only needs scores (best-of-n, darwin)."
+            )
+        parts = [self._around_response(as_conversation(p)) for p in prompts]
+        suffixes = {after for _, after in parts}
+        if len(suffixes) != 1:
+            raise InvalidInputError(
+                f"Reward {self.name!r}: its template puts different text after each response, "
+                "which soft scoring does not support."
+            )
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        label = self.label_index
+        return CausalSoftScorer(
+            self.model,
+            prefixes=[encode(before) for before, _ in parts],
+            suffix=encode(suffixes.pop()),
+            rows=rows,
+            bridge=vocabulary_bridge(policy.tokenizer, self.tokenizer),
+            head=lambda hidden: head(hidden)[:, label],
+            pad_token_id=self.tokenizer.pad_token_id,
+        )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
-from align_chains.rewards.base import RewardModel
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.soft import SoftScorer, WeightedSoftScorer
 
 
 def check_weight(reward: RewardModel, weight: object) -> float:
@@ -50,3 +52,16 @@ class WeightedReward(RewardModel):
             for i, s in enumerate(reward.score(prompts, responses)):
                 total[i] += weight * s
         return total
+
+    def soft_scorer(self, prompts: Sequence[Prompt], rows: Sequence[int], policy: Any) -> SoftScorer:
+        missing = [r.name for r, _ in self.terms if not r.supports_soft_scoring]
+        if missing:
+            raise InvalidInputError(
+                f"WeightedReward {self.name!r} has terms with no differentiable path ({missing}), so "
+                "SEA cannot use it. Drop those terms for SEA, or use best-of-n, darwin or reward-guided."
+            )
+        return WeightedSoftScorer([(r.soft_scorer(prompts, rows, policy), w) for r, w in self.terms])
+
+    @property
+    def supports_soft_scoring(self) -> bool:
+        return all(r.supports_soft_scoring for r, _ in self.terms)

@@ -7,6 +7,7 @@ from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Candidate, Strategy, StrategyResult
 from align_chains.strategies.best_of_n import BestOfN
 from align_chains.strategies.reward_guided import RewardGuided
+from align_chains.strategies.sea import SEA
 from align_chains.strategies.value_guided import ValueGuided
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -14,6 +15,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     AdaptiveBestOfN.name: AdaptiveBestOfN,
     RewardGuided.name: RewardGuided,
     ValueGuided.name: ValueGuided,
+    SEA.name: SEA,
 }
 _ALIASES = {
     "bon": BestOfN.name,
@@ -25,6 +27,7 @@ _ALIASES = {
     "reward_guided": RewardGuided.name,
     "ivg": ValueGuided.name,
     "value_guided": ValueGuided.name,
+    "simple-energy-adaptation": SEA.name,
 }
 
 
@@ -42,6 +45,7 @@ def get_strategy(name: str) -> type[Strategy]:
 
 
 __all__ = [
+    "SEA",
     "STRATEGIES",
     "AdaptiveBestOfN",
     "BestOfN",

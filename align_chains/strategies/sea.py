@@ -1,0 +1,497 @@
+"""SEA, Simple Energy Adaptation (Yuan et al. 2025): refine responses by gradient descent on logits.
+
+Each chain starts from one of the policy's own samples. The variable is a logit tensor over
+the policy's vocabulary at every response position; Adam lowers the energy
+
+    E = -alpha * r(x, softmax(y / tau_r)) + lambda * NLL_policy(softmax(y) | x)
+
+with fresh Gaussian noise on the logits at each step. Every step the logits are decoded (argmax
+restricted to the policy's top-k at each position) and the text scored by the reward; each
+chain keeps its best text. A revise step lets the policy rewrite each chain's best text, and
+the answer is the highest-reward text among the chains' bests and their revisions.
+
+Work is shared: the prompts are prefilled once in the policy (for the initial samples, then
+reused every step) and once in the reward model (inside its soft scorer); every chain of every
+prompt is one row of the same tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, field_validator
+
+from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.decoder import Batch, Decoder
+from align_chains.engine.sampling import SamplingParams, make_generator
+from align_chains.errors import InvalidInputError, RewardError
+from align_chains.models.chat import Conversation
+from align_chains.models.policy import Policy
+from align_chains.progress import NullProgress, Progress
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.strategies.base import (
+    Candidate,
+    Strategy,
+    StrategyResult,
+    attach_partial,
+    prepare_prompts,
+    score_texts,
+)
+
+REVISE_INSTRUCTION = (
+    "Rewrite your previous answer: fix repetitive language and unfinished sentences, and keep "
+    "its content. Reply with the rewritten answer only."
+)
+
+_MASKED = -1e10
+
+
+def noise_level(iteration: int, iterations: int, levels: Sequence[float]) -> float:
+    """The noise std at ``iteration`` (1-based): ``levels`` spread over equal parts of the run.
+
+    The published schedule is 0.1 / 0.05 / 0.01 / 0.001 over iterations <=50 / <=100 / <=150 /
+    <=200 of 200; with fewer iterations the same four levels cover equal quarters.
+    """
+    if not levels:
+        return 0.0
+    part = min(len(levels) - 1, (iteration - 1) * len(levels) // max(iterations, 1))
+    return float(levels[part])
+
+
+class SEA(Strategy):
+    """Gradient-based refinement of the response in continuous (logit) space.
+
+    Defaults are the published ones (L = ``max_new_tokens`` = 50 in the paper). The reward must
+    offer a differentiable path (``reward.soft_scorer``): a decoder classifier, a JudgeReward,
+    or the MiniLM EmbeddingReward (through the vocabulary bridge).
+    """
+
+    name: ClassVar[str] = "sea"
+
+    chains: int = Field(4, ge=1, description="Chains per prompt, each started from a policy sample.")
+    iterations: int = Field(200, ge=1, description="Adam steps per chain.")
+    lr: float = Field(0.1, gt=0.0, description="Adam learning rate on the logits.")
+    nll_weight: float = Field(0.1, ge=0.0, description="lambda: weight of the policy's NLL.")
+    reward_weight: float = Field(1.0, gt=0.0, description="alpha: weight of the reward.")
+    reward_temperature: float = Field(0.1, gt=0.0, description="tau_r: temperature of the reward's softmax.")
+    init_temperature: float = Field(5.0, gt=0.0, description="Initial logits = policy logits / this.")
+    decode_top_k: int = Field(10, ge=1, description="Decode only among the policy's top-k at each position.")
+    patience: int | None = Field(
+        100, ge=1, description="Stop a chain after this many steps without a better text (None: never)."
+    )
+    noise: tuple[float, ...] = Field(
+        (0.1, 0.05, 0.01, 0.001), description="Noise std levels over equal parts of the run."
+    )
+    revise: bool = Field(True, description="Let the policy rewrite each chain's best text.")
+    time_budget_s: float | None = Field(
+        None, gt=0.0, description="Wall-clock cap; the best text so far is returned when reached."
+    )
+
+    @field_validator("noise")
+    @classmethod
+    def _noise_levels(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not math.isfinite(v) or v < 0 for v in value):
+            raise ValueError(f"noise levels must be finite and >= 0; got {value}")
+        return value
+
+    def run_batch(
+        self,
+        prompts: Sequence[Prompt],
+        policy: Policy,
+        reward: RewardModel,
+        params: SamplingParams | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> list[StrategyResult]:
+        params = params or SamplingParams(max_new_tokens=50, temperature=0.8)
+        progress = progress or NullProgress()
+        conversations, token_ids = prepare_prompts(prompts, policy, params)
+        if not reward.supports_soft_scoring:
+            reward.soft_scorer(conversations, [0], policy)  # raises the explanatory error
+        run = _Run(self, policy, reward, params, conversations, token_ids, progress)
+        try:
+            return run.execute()
+        finally:
+            progress.close()
+
+
+@dataclass
+class _Chain:
+    """The best text a chain has found so far."""
+
+    text: str
+    tokens: list[int]
+    logprobs: list[float]
+    reward: float | None
+    iteration: int
+    finish_reason: str
+
+
+class _Run:
+    """One SEA request: all chains of all prompts as rows of the same tensors."""
+
+    def __init__(
+        self,
+        sea: SEA,
+        policy: Policy,
+        reward: RewardModel,
+        params: SamplingParams,
+        conversations: list[Conversation],
+        token_ids: list[list[int]],
+        progress: Progress,
+    ) -> None:
+        self.sea, self.policy, self.reward, self.params = sea, policy, reward, params
+        self.conversations, self.token_ids, self.progress = conversations, token_ids, progress
+        self.length = params.max_new_tokens
+        self.num_prompts = len(conversations)
+        self.rows = self.num_prompts * sea.chains
+        self.row_prompt = [r // sea.chains for r in range(self.rows)]
+        self.counters = ComputeCounters(batch_size=self.num_prompts)
+        self.device = policy.device
+        self.generator = make_generator(params.seed, self.device)
+        self.trace: list[dict[str, Any]] = []
+        self.flags: dict[str, Any] = {}
+        self.memo: dict[tuple[int, str], float] = {}
+        self.decode_passes = 0
+        self.soft_calls = 0
+        self.iteration_seconds: list[float] = []
+        self.iteration_decode_passes: list[int] = []
+
+    # -- the policy, with the prompt cache reused ------------------------------------------
+    def _policy_logits(self, batch: Batch, tokens: torch.Tensor, keep_cache: bool = False) -> torch.Tensor:
+        """Logits ``[rows, L, V]`` predicting each of ``tokens`` after the prompt (one pass, no grad).
+
+        The cache is cut back to the prompts afterwards unless ``keep_cache`` (then the caller
+        does it with ``_crop``).
+        """
+        first = batch.prompt_logits[:, None, :]
+        if tokens.shape[1] == 1:
+            return first.clone()
+        feed = tokens[:, :-1]
+        new = feed.shape[1]
+        ones = torch.ones((feed.shape[0], new), dtype=batch.attention_mask.dtype, device=self.device)
+        mask = torch.cat([batch.attention_mask, ones], dim=1)
+        positions = batch.prompt_lengths[:, None] + torch.arange(new, device=self.device)[None, :]
+        with torch.no_grad():
+            out = self.policy.model(
+                input_ids=feed,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=batch.cache,
+                use_cache=True,
+            )
+        if not keep_cache:
+            self._crop(batch, 0)
+        self.counters.forward_passes += 1
+        return torch.cat([first, out.logits.float()], dim=1)
+
+    @staticmethod
+    def _crop(batch: Batch, response_tokens: int) -> None:
+        """Cut the cache back to the prompts plus ``response_tokens`` tokens."""
+        extra = batch.cache.get_seq_length() - batch.prompt_width - response_tokens
+        if extra > 0:
+            batch.cache.crop(-extra)
+
+    def _restricted_decode(
+        self, batch: Batch, logits_var: torch.Tensor, hard: torch.Tensor, step_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Argmax of the logits among the policy's top-k at each position, decoding left to right.
+
+        The top-k sets depend on the decoded prefix. This step's policy forward on ``hard``
+        (whose KV cache is still in ``batch``) gives the right top-k up to the first position
+        where the decode leaves ``hard``; from the earliest such position over the rows, the
+        decode continues one token per pass on that cache. When the decode agrees with ``hard``
+        (common once the logits settle) it costs no extra pass; at worst it costs the L
+        single-token passes of an ordinary decode.
+        """
+        k = min(self.sea.decode_top_k, logits_var.shape[-1])
+
+        def pick(position_logits: torch.Tensor, position_var: torch.Tensor) -> torch.Tensor:
+            top = position_logits.topk(k, dim=-1).indices
+            return top.gather(-1, position_var.gather(-1, top).argmax(-1, keepdim=True)).squeeze(-1)
+
+        decoded = pick(step_logits, logits_var)
+        logits = step_logits
+        differs = (decoded != hard).any(0).nonzero()
+        if differs.numel():
+            first = int(differs[0])  # every row's decode equals ``hard`` before this position
+            logits = step_logits.clone()
+            self._crop(batch, first)
+            mask = batch.attention_mask
+            ones = torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)
+            mask = torch.cat([mask, ones.expand(-1, first)], dim=1)
+            for t in range(first, self.length - 1):
+                mask = torch.cat([mask, ones], dim=1)
+                with torch.no_grad():
+                    out = self.policy.model(
+                        input_ids=decoded[:, t : t + 1],
+                        attention_mask=mask,
+                        position_ids=(batch.prompt_lengths + t)[:, None],
+                        past_key_values=batch.cache,
+                        use_cache=True,
+                    )
+                self.counters.forward_passes += 1
+                self.decode_passes += 1
+                logits[:, t + 1] = out.logits[:, -1].float()
+                decoded[:, t + 1] = pick(logits[:, t + 1], logits_var[:, t + 1])
+        self._crop(batch, 0)
+        return decoded, logits
+
+    # -- rewards -------------------------------------------------------------------------
+    def _hard_scores(self, rows: Sequence[int], texts: Sequence[str]) -> list[float]:
+        """Rewards of decoded texts; texts already scored for a prompt are not scored again."""
+        keys = [(self.row_prompt[r], t) for r, t in zip(rows, texts, strict=True)]
+        new = list(dict.fromkeys(k for k in keys if k not in self.memo))
+        if new:
+            scores = score_texts(
+                self.reward, [self.conversations[p] for p, _ in new], [t for _, t in new], self.counters
+            )
+            self.memo.update(zip(new, scores, strict=True))
+        return [self.memo[k] for k in keys]
+
+    # -- the run -------------------------------------------------------------------------
+    def execute(self) -> list[StrategyResult]:
+        sea, policy = self.sea, self.policy
+        start = time.perf_counter()
+        deadline = None if sea.time_budget_s is None else start + sea.time_budget_s
+        with self.counters.timed():
+            scorer = self.reward.soft_scorer(self.conversations, self.row_prompt, policy)
+            limit = getattr(scorer, "max_length", None)
+            if limit is not None and self.length > limit:
+                raise InvalidInputError(
+                    f"SEA's response length (max_tokens={self.length}) exceeds what reward "
+                    f"{self.reward.name!r} can read ({limit} tokens); lower max_tokens."
+                )
+            decoder = Decoder(policy, self.counters)
+            self.progress.stage("sampling the initial responses", self.length)
+            batch = decoder.start(self.token_ids, sea.chains, self.params)
+            decoder.extend(batch, generator=self.generator, on_step=lambda _b: self.progress.advance())
+            initial = decoder.completions(batch)
+            batch = decoder.restart(batch, [sea.chains] * self.num_prompts)  # the prompts' cache, reused
+            try:
+                init_scores = self._hard_scores(range(self.rows), [c.text for c in initial])
+            except RewardError as exc:
+                raise attach_partial(exc, initial) from exc
+            best = [
+                _Chain(c.text, c.token_ids, c.logprobs, s, 0, c.finish_reason)
+                for c, s in zip(initial, init_scores, strict=True)
+            ]
+            for r, chain in enumerate(best):
+                self.trace.append(self._record(r, 0, None, chain.reward, None, None, chain.text))
+            try:
+                iterations_done = self._optimise(batch, scorer, initial, best, deadline)
+                revised = self._revise(best, deadline)
+            except RewardError as exc:
+                raise attach_partial(exc, self._results(best, [], [0] * self.rows, scorer)) from exc
+        return self._results(best, revised, iterations_done, scorer)
+
+    def _optimise(
+        self, batch: Batch, scorer: Any, initial: Sequence[Any], best: list[_Chain], deadline: float | None
+    ) -> list[int]:
+        sea, policy = self.sea, self.policy
+        rows, length = self.rows, self.length
+        vocab = policy.vocab_size
+        # initial logits: the policy's logits along each sample, / init_temperature; noise past its end
+        padded = torch.full((rows, length), policy.pad_token_id, dtype=torch.long, device=self.device)
+        lengths = torch.tensor([len(c.token_ids) for c in initial], device=self.device)
+        for r, c in enumerate(initial):  # builds the start tensor once
+            if c.token_ids:
+                padded[r, : len(c.token_ids)] = torch.tensor(c.token_ids, device=self.device)
+        logits0 = self._policy_logits(batch, padded) / sea.init_temperature
+        noise0 = torch.randn(logits0.shape, generator=self.generator, device=self.device)
+        beyond = torch.arange(length, device=self.device)[None, :] >= lengths[:, None]
+        logits0 = torch.where(beyond[..., None], noise0, logits0)
+        special = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+        special[[i for i in policy.tokenizer.all_special_ids if i < vocab]] = True
+        special[len(policy.tokenizer) :] = True
+        logits0 = logits0.masked_fill(special, _MASKED)
+
+        variable = torch.nn.Parameter(logits0)
+        optimiser = torch.optim.Adam([variable], lr=sea.lr)
+        active = torch.ones(rows, dtype=torch.bool, device=self.device)
+        stale = [0] * rows
+        done = [0] * rows
+        self.progress.stage(f"SEA: {rows} chain(s)", sea.iterations)
+        for it in range(1, sea.iterations + 1):
+            if deadline is not None and time.perf_counter() >= deadline:
+                self.flags["time_budget_exhausted"] = True
+                break
+            began, passes_before = time.perf_counter(), self.decode_passes
+            sigma = noise_level(it, sea.iterations, sea.noise)
+            noise = torch.randn(variable.shape, generator=self.generator, device=self.device)
+            noisy = variable + sigma * noise
+            hard = noisy.detach().argmax(-1)
+            step_logits = self._policy_logits(batch, hard, keep_cache=True)
+            logp = torch.log_softmax(step_logits, dim=-1)  # the policy's graph is detached
+            nll = -(noisy.softmax(-1) * logp).sum(-1).mean(-1)
+            soft_reward = scorer(torch.softmax(noisy / sea.reward_temperature, dim=-1))
+            self.soft_calls += 1
+            self.counters.reward_calls += 1
+            self.counters.reward_items += rows
+            energy = -sea.reward_weight * soft_reward + sea.nll_weight * nll
+            finite = torch.isfinite(energy)
+            use = finite & active
+            optimiser.zero_grad(set_to_none=False)
+            if bool(use.any()):
+                torch.where(use, energy, torch.zeros_like(energy)).sum().backward(inputs=[variable])
+                grad = variable.grad
+                assert grad is not None
+                grad.masked_fill_(~use[:, None, None], 0.0)
+                grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+                optimiser.step()
+            with torch.no_grad():
+                tokens, decode_logits = self._restricted_decode(batch, variable.detach(), hard, step_logits)
+            live = [r for r in range(rows) if bool(active[r])]
+            ids = tokens.tolist()
+            texts = {r: policy.decode(ids[r]) for r in live}
+            scores = dict(zip(live, self._hard_scores(live, [texts[r] for r in live]), strict=True))
+            logprobs = torch.log_softmax(decode_logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+            for r in live:  # per-step bookkeeping of at most a few chains, not a decode step
+                done[r] = it
+                e, s = float(energy[r].detach()), float(soft_reward[r].detach())
+                self.trace.append(
+                    self._record(r, it, s, scores[r], float(nll[r].detach()), e, texts[r], sigma)
+                )
+                if not math.isfinite(e):
+                    active[r] = False
+                    self.flags.setdefault("nonfinite_energy_chains", []).append(r)
+                    continue
+                if best[r].reward is None or scores[r] > best[r].reward:
+                    best[r] = _Chain(texts[r], ids[r], logprobs[r].tolist(), scores[r], it, "length")
+                    stale[r] = 0
+                else:
+                    stale[r] += 1
+                    if sea.patience is not None and stale[r] >= sea.patience:
+                        active[r] = False
+            self.iteration_seconds.append(time.perf_counter() - began)
+            self.iteration_decode_passes.append(self.decode_passes - passes_before)
+            self.progress.advance()
+            if not bool(active.any()):
+                break
+        return done
+
+    def _revise(self, best: list[_Chain], deadline: float | None) -> list[_Chain]:
+        if not self.sea.revise:
+            return []
+        if deadline is not None and time.perf_counter() >= deadline:
+            self.flags["time_budget_exhausted"] = True
+            self.flags["revise_skipped"] = True
+            return []
+        conversations = [
+            [
+                *self.conversations[self.row_prompt[r]],
+                {"role": "assistant", "content": chain.text},
+                {"role": "user", "content": REVISE_INSTRUCTION},
+            ]
+            for r, chain in enumerate(best)
+        ]
+        greedy = SamplingParams(
+            max_new_tokens=self.length, temperature=0.0, stop=self.params.stop, seed=self.params.seed
+        )
+        self.progress.stage("revising", self.length)
+        ids = [self.policy.render(c) for c in conversations]
+        completions = Decoder(self.policy, self.counters).generate(
+            ids, 1, greedy, on_step=lambda _b: self.progress.advance()
+        )
+        scores = self._hard_scores(range(self.rows), [c.text for c in completions])
+        return [
+            _Chain(c.text, c.token_ids, c.logprobs, s, -1, c.finish_reason)
+            for c, s in zip(completions, scores, strict=True)
+        ]
+
+    # -- results -------------------------------------------------------------------------
+    def _record(
+        self,
+        row: int,
+        iteration: int,
+        soft: float | None,
+        hard: float | None,
+        nll: float | None,
+        energy: float | None,
+        text: str,
+        sigma: float | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "prompt": self.row_prompt[row],
+            "chain": row % self.sea.chains,
+            "iteration": iteration,
+            "soft_reward": soft,
+            "hard_reward": hard,
+            "nll": nll,
+            "energy": energy,
+            "noise": sigma,
+            "text": text,
+        }
+
+    def _results(
+        self, best: list[_Chain], revised: list[_Chain], iterations_done: list[int], scorer: Any
+    ) -> list[StrategyResult]:
+        results = []
+        chains = self.sea.chains
+        for p in range(self.num_prompts):
+            rows = range(p * chains, (p + 1) * chains)
+            candidates = [
+                Candidate(
+                    text=best[r].text,
+                    reward=best[r].reward,
+                    token_ids=best[r].tokens,
+                    logprobs=best[r].logprobs,
+                    finish_reason=best[r].finish_reason,
+                    meta={"chain": r % chains, "kind": "optimized", "iteration": best[r].iteration},
+                )
+                for r in rows
+            ]
+            for r in rows if revised else ():
+                candidates.append(
+                    Candidate(
+                        text=revised[r].text,
+                        reward=revised[r].reward,
+                        token_ids=revised[r].tokens,
+                        logprobs=revised[r].logprobs,
+                        finish_reason=revised[r].finish_reason,
+                        meta={"chain": r % chains, "kind": "revised"},
+                    )
+                )
+            scored = [j for j, c in enumerate(candidates) if c.reward is not None]
+            best_index = max(scored, key=lambda j: (candidates[j].reward, -j)) if scored else 0
+            nonfinite = [r % chains for r in self.flags.get("nonfinite_energy_chains", []) if r in rows]
+            flags = {k: v for k, v in self.flags.items() if k != "nonfinite_energy_chains"}
+            if nonfinite:
+                flags["nonfinite_energy_chains"] = nonfinite
+            results.append(
+                StrategyResult(
+                    strategy=self.sea.name,
+                    text=candidates[best_index].text,
+                    reward=candidates[best_index].reward,
+                    candidates=candidates,
+                    best_index=best_index,
+                    prompt_tokens=len(self.token_ids[p]),
+                    counters=replace(self.counters),
+                    trace=[t for t in self.trace if t["prompt"] == p],
+                    flags=flags,
+                    details={
+                        "iterations": max(iterations_done[r] for r in rows),
+                        "iterations_per_chain": [iterations_done[r] for r in rows],
+                        "chains": chains,
+                        "reward_path": scorer.path,
+                        "vocab_coverage": scorer.coverage,
+                        "decode_passes": self.decode_passes,
+                        "seconds_per_iteration": (
+                            statistics.median(self.iteration_seconds) if self.iteration_seconds else None
+                        ),
+                        "decode_passes_per_iteration": (
+                            statistics.median(self.iteration_decode_passes)
+                            if self.iteration_decode_passes
+                            else None
+                        ),
+                        "soft_reward_calls": self.soft_calls,
+                    },
+                )
+            )
+        return results

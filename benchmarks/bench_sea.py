@@ -1,0 +1,128 @@
+"""SEA on the embedded default: time per iteration, and reward against Best-of-N at equal wall-clock.
+
+One process, models loaded once (loading is never timed). On ``--prompts`` prompts from
+``benchmarks/data/adaptive_eval_prompts.txt`` (held out from any tuning):
+
+1. SEA runs on all prompts in one batch (every chain of every prompt is a row of the same
+   tensors). Its wall-clock T, the time per iteration (optimisation loop only, from the
+   per-iteration timestamps in the trace) and its work counters are recorded.
+2. Best-of-N runs on the same prompts, in one batch, with N = 1, 2, 4, ... until a run takes
+   longer than T. "BoN at equal wall-clock" is the largest N whose run took at most T; the
+   next N (which took longer than SEA) is reported too.
+
+Both are scored by the same reward (the one SEA optimises; Best-of-N selects with it too).
+The report gives per-prompt rewards, the mean, SEA's win rate against each BoN, and medians.
+
+Run from the repository root::
+
+    python benchmarks/bench_sea.py --reward judge --prompts 10 --json bench-results/sea_judge.json
+    python benchmarks/bench_sea.py --reward minilm --prompts 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from align_chains import SEA, BestOfN, SamplingParams, load_policy, load_reward
+
+PROMPTS = Path(__file__).parent / "data" / "adaptive_eval_prompts.txt"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reward", default="judge", help="'judge' (exact path) or 'minilm' (bridge).")
+    parser.add_argument("--prompts", type=int, default=10)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-n", type=int, default=64)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    prompts = [line.strip() for line in PROMPTS.read_text().splitlines() if line.strip()][: args.prompts]
+    policy = load_policy()
+    reward = load_reward(args.reward, policy=policy)
+    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=0.8, seed=args.seed)
+    sea = SEA(chains=args.chains, iterations=args.iterations, patience=None)
+
+    # warm-up (untimed): allocator, kernels, the reward's first call
+    SEA(chains=1, iterations=1).run(
+        prompts[0], policy, reward, params.model_copy(update={"max_new_tokens": 4})
+    )
+
+    start = time.perf_counter()
+    results = sea.run_batch(prompts, policy, reward, params)
+    sea_seconds = time.perf_counter() - start
+    sea_rewards = [r.reward for r in results]
+    per_iteration = results[0].details.get("seconds_per_iteration")
+    print(f"SEA: {sea_seconds:.1f} s for {len(prompts)} prompts, {per_iteration:.2f} s per iteration")
+    print(f"     mean reward {statistics.fmean(sea_rewards):.4f}; counters {results[0].counters.as_dict()}")
+
+    bon: dict[int, dict[str, Any]] = {}
+    n = 1
+    while n <= args.max_n:
+        start = time.perf_counter()
+        out = BestOfN(n=n).run_batch(prompts, policy, reward, params)
+        seconds = time.perf_counter() - start
+        bon[n] = {"seconds": seconds, "rewards": [r.reward for r in out]}
+        print(f"BoN-{n}: {seconds:.1f} s, mean reward {statistics.fmean(bon[n]['rewards']):.4f}")
+        if seconds > sea_seconds:
+            break
+        n *= 2
+
+    within = [k for k, v in bon.items() if v["seconds"] <= sea_seconds]
+    equal_n = max(within) if within else min(bon)
+    above = [k for k, v in bon.items() if v["seconds"] > sea_seconds]
+    report: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+        "settings": {**vars(args), "json": str(args.json) if args.json else None},
+        "sea": {
+            "seconds": sea_seconds,
+            "seconds_per_iteration": per_iteration,
+            "rewards": sea_rewards,
+            "mean_reward": statistics.fmean(sea_rewards),
+            "median_reward": statistics.median(sea_rewards),
+            "details": {k: v for k, v in results[0].details.items() if k != "iterations_per_chain"},
+            "counters": results[0].counters.as_dict(),
+        },
+        "best_of_n": {
+            str(k): {
+                **v,
+                "mean_reward": statistics.fmean(v["rewards"]),
+                "median_reward": statistics.median(v["rewards"]),
+                "sea_win_rate": statistics.fmean(
+                    [
+                        1.0 if s > b else 0.5 if s == b else 0.0
+                        for s, b in zip(sea_rewards, v["rewards"], strict=True)
+                    ]
+                ),
+            }
+            for k, v in bon.items()
+        },
+        "equal_wall_clock_n": equal_n,
+        "next_n_slower_than_sea": min(above) if above else None,
+    }
+    eq = report["best_of_n"][str(equal_n)]
+    print(
+        f"\nAt equal wall-clock (BoN-{equal_n}, {eq['seconds']:.1f} s vs SEA {sea_seconds:.1f} s): "
+        f"mean reward SEA {report['sea']['mean_reward']:.4f} vs BoN {eq['mean_reward']:.4f}; "
+        f"SEA wins {eq['sea_win_rate']:.2f} of prompts"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
