@@ -4,7 +4,14 @@ from align_chains import SEAChatModel
 chain = prompt | SEAChatModel() | parser
 """
 
-from align_chains.chat_models import AlignedChatModel, BestOfNChatModel, DarwinChatModel, SEAChatModel
+from align_chains.chat_models import (
+    AlignedChatModel,
+    BestOfNChatModel,
+    DarwinChatModel,
+    RewardGuidedChatModel,
+    SEAChatModel,
+    ValueGuidedChatModel,
+)
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import (
     AlignChainsError,
@@ -18,6 +25,7 @@ from align_chains.rewards import (
     CallableReward,
     ClassifierReward,
     EmbeddingReward,
+    ImplicitReward,
     JudgeReward,
     RewardModel,
     WeightedReward,
@@ -28,8 +36,10 @@ from align_chains.strategies import (
     AdaptiveBestOfN,
     BestOfN,
     Darwin,
+    RewardGuided,
     Strategy,
     StrategyResult,
+    ValueGuided,
     get_strategy,
 )
 
@@ -51,17 +61,22 @@ __all__ = [
     "DarwinChatModel",
     "Decoder",
     "EmbeddingReward",
+    "ImplicitReward",
     "InvalidInputError",
     "JudgeReward",
     "ModelLoadError",
     "Policy",
     "RewardError",
+    "RewardGuided",
+    "RewardGuidedChatModel",
     "RewardModel",
     "SEAChatModel",
     "SamplingParams",
     "Strategy",
     "StrategyResult",
     "UnknownStrategyError",
+    "ValueGuided",
+    "ValueGuidedChatModel",
     "WeightedReward",
     "get_strategy",
     "load_policy",

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: the strategy's; {EMBEDDED_REWARD!r} for best-of-n, 'judge' for sea).",
     )
     chat.add_argument(
-        "--principle", help="For the embedding or judge reward: a principle answers should follow."
+        "--principle",
+        help="A principle answers should follow: value-guided decoding guides the policy with it; "
+        "other strategies add it to the embedding or judge reward.",
     )
     chat.add_argument("--system", help="A system message to prepend.")
     chat.add_argument("--max-tokens", type=int, help="Maximum new tokens (default: the strategy's).")
@@ -81,6 +83,9 @@ def _chat(args: argparse.Namespace) -> int:
     if args.n is not None:
         settings["n"] = args.n
     cls = chat_model_class(args.strategy)
+    guided_by_principle = args.principle is not None and "principle" in cls._strategy_field_names()
+    if guided_by_principle:
+        settings["principle"] = args.principle
     unknown = sorted(set(settings) - set(cls._strategy_field_names()))
     if unknown:
         raise InvalidInputError(
@@ -99,7 +104,7 @@ def _chat(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         **settings,
     )
-    if args.principle:
+    if args.principle and not guided_by_principle:
         with err.status("Loading the policy and the reward model…"):
             policy = load_policy(args.policy, device=args.device)
             model.policy = policy

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from align_chains import BestOfNChatModel, DarwinChatModel, SEAChatModel
+from align_chains import (
+    BestOfNChatModel,
+    DarwinChatModel,
+    RewardGuidedChatModel,
+    SEAChatModel,
+    ValueGuidedChatModel,
+)
 
 
 class TestBestOfNChatModelStandard(ChatModelUnitTests):
@@ -34,6 +40,26 @@ class TestBestOfNChatModelStandard(ChatModelUnitTests):
     @property
     def supports_model_override(self) -> bool:
         return False  # the policy is loaded once per chat model, not per call
+
+
+class TestRewardGuidedChatModelStandard(TestBestOfNChatModelStandard):
+    @property
+    def chat_model_class(self) -> type[RewardGuidedChatModel]:
+        return RewardGuidedChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "k": 4}
+
+
+class TestValueGuidedChatModelStandard(TestBestOfNChatModelStandard):
+    @property
+    def chat_model_class(self) -> type[ValueGuidedChatModel]:
+        return ValueGuidedChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "principle": "Answer concisely and politely."}
 
 
 class TestSEAChatModelStandard(TestBestOfNChatModelStandard):

@@ -5,13 +5,17 @@ from __future__ import annotations
 from align_chains.chat_models.base import AlignedChatModel
 from align_chains.chat_models.best_of_n import BestOfNChatModel
 from align_chains.chat_models.darwin import DarwinChatModel
+from align_chains.chat_models.reward_guided import RewardGuidedChatModel
 from align_chains.chat_models.sea import SEAChatModel
+from align_chains.chat_models.value_guided import ValueGuidedChatModel
 from align_chains.errors import UnknownStrategyError
 from align_chains.strategies import canonical_strategy_name
 
 CHAT_MODELS: dict[str, type[AlignedChatModel]] = {
     "best-of-n": BestOfNChatModel,
     "darwin": DarwinChatModel,
+    "reward-guided": RewardGuidedChatModel,
+    "value-guided": ValueGuidedChatModel,
     "sea": SEAChatModel,
 }
 
@@ -32,6 +36,8 @@ __all__ = [
     "AlignedChatModel",
     "BestOfNChatModel",
     "DarwinChatModel",
+    "RewardGuidedChatModel",
     "SEAChatModel",
+    "ValueGuidedChatModel",
     "chat_model_class",
 ]

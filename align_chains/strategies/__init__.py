@@ -7,11 +7,15 @@ from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Candidate, Strategy, StrategyResult
 from align_chains.strategies.best_of_n import BestOfN
 from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.reward_guided import RewardGuided
 from align_chains.strategies.sea import SEA
+from align_chains.strategies.value_guided import ValueGuided
 
 STRATEGIES: dict[str, type[Strategy]] = {
     BestOfN.name: BestOfN,
     AdaptiveBestOfN.name: AdaptiveBestOfN,
+    RewardGuided.name: RewardGuided,
+    ValueGuided.name: ValueGuided,
     SEA.name: SEA,
     Darwin.name: Darwin,
 }
@@ -21,6 +25,10 @@ _ALIASES = {
     "bestofn": BestOfN.name,
     "adaptive": AdaptiveBestOfN.name,
     "adaptive_best_of_n": AdaptiveBestOfN.name,
+    "args": RewardGuided.name,
+    "reward_guided": RewardGuided.name,
+    "ivg": ValueGuided.name,
+    "value_guided": ValueGuided.name,
     "simple-energy-adaptation": SEA.name,
 }
 
@@ -45,8 +53,10 @@ __all__ = [
     "BestOfN",
     "Candidate",
     "Darwin",
+    "RewardGuided",
     "Strategy",
     "StrategyResult",
+    "ValueGuided",
     "canonical_strategy_name",
     "get_strategy",
 ]
