@@ -87,7 +87,7 @@ def main() -> None:
     above = [k for k, v in bon.items() if v["seconds"] > sea_seconds]
     report: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
-        "settings": {**vars(args), "json": str(args.json) if args.json else None},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "sea": {
             "seconds": sea_seconds,
             "seconds_per_iteration": per_iteration,
