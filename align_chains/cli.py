@@ -81,7 +81,7 @@ def _serve(argv: list[str]) -> int:
     try:
         from align_chains_server.cli import main as serve_main
     except ImportError as exc:
-        if exc.name not in ("align_chains_server", "fastapi", "uvicorn", "starlette"):
+        if (exc.name or "").split(".")[0] not in ("align_chains_server", "fastapi", "uvicorn", "starlette"):
             raise
         print(f"align-chains: error: {SERVER_INSTALL_HINT} ({exc})", file=sys.stderr)
         return 2

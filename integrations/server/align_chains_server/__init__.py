@@ -9,4 +9,11 @@ from __future__ import annotations
 from align_chains_server.app import ServerLimits, create_app
 from align_chains_server.service import DEFAULT_LIMITS, RequestError, ServedModel, resolve_reward_spec
 
-__all__ = ["DEFAULT_LIMITS", "RequestError", "ServedModel", "ServerLimits", "create_app", "resolve_reward_spec"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "RequestError",
+    "ServedModel",
+    "ServerLimits",
+    "create_app",
+    "resolve_reward_spec",
+]

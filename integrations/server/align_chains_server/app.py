@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
 from align_chains_server.schemas import ChatCompletionRequest, describe_validation_error, error_body
 from align_chains_server.service import RequestError, ServedModel
 
@@ -40,8 +40,9 @@ class ServerLimits:
     max_body_bytes: int = 1_000_000
 
 
-def _error(status: int, message: str, *, kind: str | None = None, param: str | None = None,
-           code: str | None = None) -> JSONResponse:  # fmt: skip
+def _error(
+    status: int, message: str, *, kind: str | None = None, param: str | None = None, code: str | None = None
+) -> JSONResponse:
     kind = kind or ("invalid_request_error" if status < 500 else "server_error")
     return JSONResponse(error_body(message, kind=kind, param=param, code=code), status_code=status)
 
@@ -60,7 +61,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(served: ServedModel, *, limits: ServerLimits | None = None, api_key: str | None = None) -> FastAPI:
+def create_app(
+    served: ServedModel, *, limits: ServerLimits | None = None, api_key: str | None = None
+) -> FastAPI:
     """Build the app. ``served`` loads at startup; ``api_key`` (if set) is required as a bearer token."""
     limits = limits or ServerLimits()
     executor = ThreadPoolExecutor(max_workers=limits.max_concurrency, thread_name_prefix="align-chains")
@@ -88,11 +91,15 @@ def create_app(served: ServedModel, *, limits: ServerLimits | None = None, api_k
     async def _auth(request: Request, call_next: Any) -> Any:
         if api_key and request.url.path.startswith("/v1/"):
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), api_key.encode()
+            ):
                 return _error(
-                    401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                    kind="authentication_error", code="invalid_api_key",
-                )  # fmt: skip
+                    401,
+                    "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                    kind="authentication_error",
+                    code="invalid_api_key",
+                )
         return await call_next(request)
 
     @app.get("/health")
@@ -137,9 +144,11 @@ def create_app(served: ServedModel, *, limits: ServerLimits | None = None, api_k
         body = await _read_body(request, limits.max_body_bytes)
         if state["in_flight"] >= limits.max_concurrency:
             return _error(
-                429, f"The server is busy ({limits.max_concurrency} requests in flight); retry shortly.",
-                kind="rate_limit_error", code="too_many_requests",
-            )  # fmt: skip
+                429,
+                f"The server is busy ({limits.max_concurrency} requests in flight); retry shortly.",
+                kind="rate_limit_error",
+                code="too_many_requests",
+            )
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -167,12 +176,15 @@ def create_app(served: ServedModel, *, limits: ServerLimits | None = None, api_k
         loop = asyncio.get_running_loop()
         future.add_done_callback(_release)
         try:
-            result, pieces = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), limits.timeout_s)
+            result, pieces = await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), limits.timeout_s
+            )
         except TimeoutError as exc:
             raise RequestError(
-                504, f"The request did not finish within {limits.timeout_s:g} s; ask for fewer tokens or samples.",
+                504,
+                f"The request did not finish within {limits.timeout_s:g} s; ask for fewer tokens or samples.",
                 kind="timeout_error",
-            ) from exc  # fmt: skip
+            ) from exc
         except (InvalidInputError, ValueError) as exc:
             raise RequestError(400, str(exc)) from exc
         except RewardError as exc:
@@ -210,8 +222,16 @@ def create_app(served: ServedModel, *, limits: ServerLimits | None = None, api_k
             }
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         return StreamingResponse(
-            _sse(completion_id, created, served.model_id, pieces, result.finish_reason, usage, extension,
-                 include_usage),  # fmt: skip
+            _sse(
+                completion_id,
+                created,
+                served.model_id,
+                pieces,
+                result.finish_reason,
+                usage,
+                extension,
+                include_usage,
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -219,8 +239,16 @@ def create_app(served: ServedModel, *, limits: ServerLimits | None = None, api_k
     return app
 
 
-async def _sse(completion_id: str, created: int, model_id: str, pieces: list[str], finish_reason: str,
-               usage: dict[str, int], extension: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:  # fmt: skip
+async def _sse(
+    completion_id: str,
+    created: int,
+    model_id: str,
+    pieces: list[str],
+    finish_reason: str,
+    usage: dict[str, int],
+    extension: dict[str, Any],
+    include_usage: bool,
+) -> AsyncIterator[str]:
     """OpenAI chunks: the role, the answer token by token, the finish reason, usage, then [DONE]."""
 
     def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
@@ -229,7 +257,9 @@ async def _sse(completion_id: str, created: int, model_id: str, pieces: list[str
             "object": "chat.completion.chunk",
             "created": created,
             "model": model_id,
-            "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": []
+            if delta is None
+            else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if include_usage:
             body["usage"] = None

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from align_chains.errors import AlignChainsError
-from align_chains.models.embedded import EMBEDDED_POLICY
 from pydantic import ValidationError
 
+from align_chains.errors import AlignChainsError
+from align_chains.models.embedded import EMBEDDED_POLICY
 from align_chains_server.app import ServerLimits, create_app
 from align_chains_server.service import DEFAULT_LIMITS, ServedModel
 
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="align-chains serve",
         description="Serve an aligned chat model over the OpenAI chat-completions API.",
     )
-    parser.add_argument("--strategy", default="best-of-n", help="A registered strategy name (default best-of-n).")
+    parser.add_argument(
+        "--strategy", default="best-of-n", help="A registered strategy name (default best-of-n)."
+    )
     parser.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
     parser.add_argument(
         "--reward",
@@ -45,22 +47,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
     parser.add_argument(
-        "--option", "-o", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+        "--option",
+        "-o",
+        action="append",
+        type=_parse_option,
+        default=[],
+        metavar="KEY=VALUE",
         help="A default strategy or sampling setting, e.g. -o n=8 -o max_tokens=256 (repeatable).",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--limit", action="append", type=_parse_option, default=[], metavar="KEY=MAX",
+        "--limit",
+        action="append",
+        type=_parse_option,
+        default=[],
+        metavar="KEY=MAX",
         help=f"Largest value a request may ask for (defaults: {DEFAULT_LIMITS}); repeatable.",
-    )  # fmt: skip
-    parser.add_argument("--max-concurrency", type=int, default=4, help="Requests in flight before 429 (default 4).")
+    )
+    parser.add_argument(
+        "--max-concurrency", type=int, default=4, help="Requests in flight before 429 (default 4)."
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="Seconds before a request gets 504.")
     parser.add_argument("--max-body-bytes", type=int, default=1_000_000, help="Larger bodies get 413.")
     parser.add_argument(
-        "--api-key-env", default=API_KEY_ENV,
+        "--api-key-env",
+        default=API_KEY_ENV,
         help=f"Environment variable holding the bearer token clients must send (default {API_KEY_ENV}; "
         "unset or empty: no auth).",
-    )  # fmt: skip
-    parser.add_argument("--api-key-file", type=Path, help="A file holding the bearer token (overrides the env).")
+    )
+    parser.add_argument(
+        "--api-key-file", type=Path, help="A file holding the bearer token (overrides the env)."
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -77,8 +93,11 @@ def read_api_key(env_name: str, file: Path | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name, value in (("max-concurrency", args.max_concurrency), ("timeout", args.timeout),
-                        ("max-body-bytes", args.max_body_bytes)):  # fmt: skip
+    for name, value in (
+        ("max-concurrency", args.max_concurrency),
+        ("timeout", args.timeout),
+        ("max-body-bytes", args.max_body_bytes),
+    ):
         if value <= 0:
             print(f"align-chains serve: error: --{name} must be positive, got {value}", file=sys.stderr)
             return 2
@@ -100,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"invalid {'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
             )
         print(f"align-chains serve: error: {message}", file=sys.stderr)
+        return 2
+    print(f"align-chains serve: loading {args.policy} and the reward…", file=sys.stderr)
+    try:
+        served.load()  # before binding the port: a bad policy or reward is a clear error, not a traceback
+    except (AlignChainsError, OSError, ValueError) as exc:
+        print(f"align-chains serve: error: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 

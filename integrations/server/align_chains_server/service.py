@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from align_chains.chat_models import AlignedChatModel, chat_model_class
 from align_chains.chat_models.base import _pieces
 from align_chains.errors import InvalidInputError
@@ -20,8 +22,6 @@ from align_chains.models.chat import Conversation, validate_conversation
 from align_chains.models.policy import Policy, load_policy
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import StrategyResult
-from pydantic import ValidationError
-
 from align_chains_server.schemas import ChatCompletionRequest, describe_validation_error
 
 # Per-request sampling settings beyond the OpenAI fields (vLLM accepts top_k the same way).
@@ -59,7 +59,9 @@ def resolve_reward_spec(spec: Any) -> Any:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise InvalidInputError(f"Reward {spec!r}: cannot import module {module_name!r} ({exc}).") from exc
+            raise InvalidInputError(
+                f"Reward {spec!r}: cannot import module {module_name!r} ({exc})."
+            ) from exc
         fn = getattr(module, attr, None)
         if not callable(fn):
             raise InvalidInputError(f"Reward {spec!r}: {module_name} has no callable {attr!r}.")
@@ -115,29 +117,37 @@ class ServedModel:
 
     # -- per-request settings ------------------------------------------------------------------
     def _settable(self) -> set[str]:
-        return set(self.cls._strategy_field_names()) | SAMPLING_EXTRAS | {"max_tokens", "temperature", "top_p"}
+        return (
+            set(self.cls._strategy_field_names()) | SAMPLING_EXTRAS | {"max_tokens", "temperature", "top_p"}
+        )
 
     def strategy_fields(self) -> dict[str, Any]:
         """Name -> JSON-able default of every per-request setting (for /v1/models)."""
         out = {}
         for name in sorted(self._settable()):
             default = self.defaults.get(name, self.cls.model_fields[name].default)
-            out[name] = default if isinstance(default, int | float | str | bool | type(None)) else repr(default)
+            out[name] = (
+                default if isinstance(default, int | float | str | bool | type(None)) else repr(default)
+            )
         return out
 
     def _base_fields(self, **extra: Any) -> dict[str, Any]:
         return {"device": self.device, **extra}
 
-    def prepare(self, request: ChatCompletionRequest) -> tuple[AlignedChatModel, Conversation, list[str] | None]:
+    def prepare(
+        self, request: ChatCompletionRequest
+    ) -> tuple[AlignedChatModel, Conversation, list[str] | None]:
         """Validate everything a client sent; return the chat model for this request."""
         problem = request.unsupported()
         if problem:
             raise RequestError(400, problem[1], param=problem[0])
         if request.model not in (None, "", self.model_id):
             raise RequestError(
-                404, f"Model {request.model!r} is not served here; this server serves {self.model_id!r}.",
-                param="model", kind="invalid_request_error",
-            )  # fmt: skip
+                404,
+                f"Model {request.model!r} is not served here; this server serves {self.model_id!r}.",
+                param="model",
+                kind="invalid_request_error",
+            )
         settings = request.extra_settings()
         settings.update(request.align_chains or {})
         prefix = {k: ("align_chains." if k in (request.align_chains or {}) else "") for k in settings}
@@ -152,8 +162,12 @@ class ServedModel:
             )
         sampling: dict[str, Any] = {}
         tokens = request.max_completion_tokens or request.max_tokens
-        for name, value in (("max_tokens", tokens), ("temperature", request.temperature),
-                            ("top_p", request.top_p), ("seed", request.seed)):  # fmt: skip
+        for name, value in (
+            ("max_tokens", tokens),
+            ("temperature", request.temperature),
+            ("top_p", request.top_p),
+            ("seed", request.seed),
+        ):
             if value is not None:
                 sampling[name] = value
         values = {**self.defaults, **sampling, **settings}
@@ -161,16 +175,18 @@ class ServedModel:
             value = values.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value > limit:
                 raise RequestError(
-                    400, f"{name}={value} is above this server's limit of {limit:g}; ask for less.",
+                    400,
+                    f"{name}={value} is above this server's limit of {limit:g}; ask for less.",
                     param=prefix.get(name, "") + name,
-                )  # fmt: skip
+                )
         try:
             model = self.cls(**self._base_fields(policy=self.policy, reward=self._reward), **values)
         except ValidationError as exc:
             message, param = describe_validation_error(exc)
             raise RequestError(400, message, param=param) from exc
         conversation = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in request.messages
         ]
         if conversation[-1]["role"] not in ("user", "tool"):
             raise RequestError(
@@ -186,8 +202,13 @@ class ServedModel:
         return model, conversation, request.stop_list()
 
     # -- running (blocking: call from a worker thread) -------------------------------------------
-    def run(self, model: AlignedChatModel, conversation: Conversation, stop: list[str] | None,
-            pieces: bool = False) -> tuple[StrategyResult, list[str]]:  # fmt: skip
+    def run(
+        self,
+        model: AlignedChatModel,
+        conversation: Conversation,
+        stop: list[str] | None,
+        pieces: bool = False,
+    ) -> tuple[StrategyResult, list[str]]:
         """Run the strategy (under the policy's lock); with ``pieces`` also split the answer into tokens."""
         (result,) = model.run_strategy([conversation], stop)
         parts = list(_pieces(self.policy, result.best.token_ids, result.text)) if pieces else []
