@@ -6,33 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_test_helpers import API_KEY, Server, launch_server, smol_tokenizer, wait_ready
+from server_test_helpers import API_KEY, Server, launch_server, wait_ready
+
+from align_chains.testing import tiny_policy
 
 
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama policy with SmolLM2's tokenizer and chat template, saved to a directory."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = smol_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
+    """A tiny random Llama with SmolLM2's tokenizer, saved so ``--policy <dir>`` loads it like any model."""
+    policy = tiny_policy()
     path = tmp_path_factory.mktemp("tiny-policy")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    policy.model.save_pretrained(path)
+    policy.tokenizer.save_pretrained(path)
     return path
 
 

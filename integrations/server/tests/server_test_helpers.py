@@ -1,11 +1,5 @@
-"""Helpers for the server tests: start a real ``align-chains serve`` process, wait for it.
-
-Real server processes on 127.0.0.1 over a tiny random policy saved to disk.
-
-The policy is a 2-layer random Llama with SmolLM2's real tokenizer (as in tests/conftest.py),
-saved with ``save_pretrained`` so that ``align-chains serve --policy <dir>`` loads it like any
-model directory. The reward is the Python function ``server_test_rewards:length``.
-"""
+"""Helpers for the server tests: start a real ``align-chains serve`` process on a free
+127.0.0.1 port and wait until /health says it is ready."""
 
 from __future__ import annotations
 
@@ -21,22 +15,6 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-
-
-def smol_tokenizer():
-    from transformers import AutoTokenizer
-
-    from align_chains.models.embedded import gguf_path
-    from align_chains.settings import cache_dir
-
-    models = cache_dir() / "models"
-    converted = (
-        next(models.glob("smollm2-135m-instruct-v*/tokenizer.json"), None) if models.is_dir() else None
-    )
-    if converted is not None:
-        return AutoTokenizer.from_pretrained(str(converted.parent))
-    gguf = gguf_path()
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 def free_port() -> int:
