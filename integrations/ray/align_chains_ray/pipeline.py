@@ -150,15 +150,24 @@ def align_dataset(
     cls = chat_model_class(strategy)  # unknown strategy: fails here, before Ray starts anything
     cls(**settings)  # settings validated before any actor loads a model
 
-    dataset = prompts if isinstance(prompts, ray.data.Dataset) else ray.data.from_items(_rows(prompts))
-    missing = {"id", "prompt"} - set(dataset.columns())
-    if missing:
-        raise InvalidInputError(f"The dataset needs 'id' and 'prompt' columns; missing {sorted(missing)}.")
-    total = dataset.count()
     done = finished_ids(output_dir) if resume else set()
-    if done:
-        dataset = dataset.filter(lambda row: str(row["id"]) not in done)
-    todo = dataset.count() if done else total
+    if isinstance(prompts, ray.data.Dataset):
+        dataset = prompts
+        missing = {"id", "prompt"} - set(dataset.columns())
+        if missing:
+            raise InvalidInputError(
+                f"The dataset needs 'id' and 'prompt' columns; it lacks {sorted(missing)}."
+            )
+        total = dataset.count()
+        if done:
+            dataset = dataset.filter(lambda row: str(row["id"]) not in done)
+        todo = dataset.count() if done else total
+    else:  # in-memory prompts: skip finished ones here, without a Ray pass
+        rows = _rows(prompts)
+        total = len(rows)
+        rows = [r for r in rows if r["id"] not in done]
+        todo = len(rows)
+        dataset = ray.data.from_items(rows) if rows else None
     if todo:
         aligned = dataset.map_batches(
             AlignActor,

@@ -13,6 +13,7 @@ from align_chains.testing import tiny_policy
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     import ray
+
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield

@@ -63,7 +63,13 @@ def test_align_then_resume_after_failures(ray_cluster, ray_policy_dir, tmp_path)
     assert sorted(r["id"] for r in new_rows) == ["q3", "q4", "q5"]
     assert all(r["error"] is None for r in new_rows)
     assert finished_ids(out) == {f"q{i}" for i in range(6)}
-    assert align_dataset(everything, out, settings={**settings, "reward": length}).processed == 0
+    # a Ray Dataset as input takes the same path: everything is finished, no actor starts
+    import ray
+
+    again = align_dataset(ray.data.from_items(everything), out, settings={**settings, "reward": length})
+    assert (again.total, again.skipped, again.processed) == (6, 6, 0)
+    with pytest.raises(InvalidInputError, match="lacks \\['prompt'\\]"):
+        align_dataset(ray.data.from_items([{"id": "x", "text": "hi"}]), out)
 
 
 def test_finished_ids_reads_parquet_and_tolerates_a_cut_jsonl(tmp_path):
