@@ -173,7 +173,7 @@ def align_dataset(
             AlignActor,
             fn_constructor_kwargs={"strategy": strategy, "settings": settings, "system": system},
             batch_size=batch_size,
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=num_cpus_per_actor,
             num_gpus=num_gpus_per_actor,
             batch_format="numpy",

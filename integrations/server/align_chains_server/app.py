@@ -185,7 +185,7 @@ def create_app(
                 f"The request did not finish within {limits.timeout_s:g} s; ask for fewer tokens or samples.",
                 kind="timeout_error",
             ) from exc
-        except (InvalidInputError, ValueError) as exc:
+        except InvalidInputError as exc:
             raise RequestError(400, str(exc)) from exc
         except RewardError as exc:
             log.error("reward failed: %s", exc)
