@@ -4,7 +4,14 @@ from align_chains import SEAChatModel
 chain = prompt | SEAChatModel() | parser
 """
 
-from align_chains.chat_models import AlignedChatModel, BestOfNChatModel, SEAChatModel
+from align_chains.chat_models import (
+    AlignedChatModel,
+    BestOfNChatModel,
+    DarwinChatModel,
+    RewardGuidedChatModel,
+    SEAChatModel,
+    ValueGuidedChatModel,
+)
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import (
     AlignChainsError,
@@ -18,12 +25,23 @@ from align_chains.rewards import (
     CallableReward,
     ClassifierReward,
     EmbeddingReward,
+    ImplicitReward,
     JudgeReward,
     RewardModel,
     WeightedReward,
     load_reward,
 )
-from align_chains.strategies import SEA, AdaptiveBestOfN, BestOfN, Strategy, StrategyResult, get_strategy
+from align_chains.strategies import (
+    SEA,
+    AdaptiveBestOfN,
+    BestOfN,
+    Darwin,
+    RewardGuided,
+    Strategy,
+    StrategyResult,
+    ValueGuided,
+    get_strategy,
+)
 
 __version__ = "0.1.0"
 
@@ -39,19 +57,26 @@ __all__ = [
     "CallableReward",
     "ClassifierReward",
     "ComputeCounters",
+    "Darwin",
+    "DarwinChatModel",
     "Decoder",
     "EmbeddingReward",
+    "ImplicitReward",
     "InvalidInputError",
     "JudgeReward",
     "ModelLoadError",
     "Policy",
     "RewardError",
+    "RewardGuided",
+    "RewardGuidedChatModel",
     "RewardModel",
     "SEAChatModel",
     "SamplingParams",
     "Strategy",
     "StrategyResult",
     "UnknownStrategyError",
+    "ValueGuided",
+    "ValueGuidedChatModel",
     "WeightedReward",
     "get_strategy",
     "load_policy",

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="Answer one prompt with an alignment strategy.")
     chat.add_argument("prompt", help="The user message.")
     chat.add_argument("--strategy", default="best-of-n", help=f"One of: {', '.join(sorted(STRATEGIES))}.")
-    chat.add_argument("--n", type=int, help="Best-of-N: candidates to sample (default 4).")
+    chat.add_argument(
+        "--n", type=int, help="Best-of-N: candidates (default 4); darwin: mutations per cycle (default 5)."
+    )
     chat.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
     chat.add_argument(
         "--reward",
@@ -45,13 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: the strategy's; {EMBEDDED_REWARD!r} for best-of-n, 'judge' for sea).",
     )
     chat.add_argument(
-        "--principle", help="For the embedding or judge reward: a principle answers should follow."
+        "--principle",
+        help="A principle answers should follow: value-guided decoding guides the policy with it; "
+        "other strategies add it to the embedding or judge reward.",
     )
     chat.add_argument("--system", help="A system message to prepend.")
     chat.add_argument("--max-tokens", type=int, help="Maximum new tokens (default: the strategy's).")
     chat.add_argument("--temperature", type=float, help="Sampling temperature (default: the strategy's).")
     chat.add_argument("--top-p", type=float, default=1.0)
-    chat.add_argument("--top-k", type=int, default=0)
+    chat.add_argument("--top-k", type=int, help="0 disables (default: the strategy's; darwin uses 40).")
     chat.add_argument("--seed", type=int)
     chat.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
     chat.add_argument(
@@ -104,26 +108,28 @@ def _chat(args: argparse.Namespace) -> int:
     if args.n is not None:
         settings["n"] = args.n
     cls = chat_model_class(args.strategy)
+    guided_by_principle = args.principle is not None and "principle" in cls._strategy_field_names()
+    if guided_by_principle:
+        settings["principle"] = args.principle
     unknown = sorted(set(settings) - set(cls._strategy_field_names()))
     if unknown:
         raise InvalidInputError(
             f"Unknown strategy option(s) {unknown} for {args.strategy!r}; "
             f"it takes {cls._strategy_field_names()}."
         )
-    for name in ("reward", "max_tokens", "temperature"):  # unset: the chat model's own default
+    for name in ("reward", "max_tokens", "temperature", "top_k"):  # unset: the chat model's default
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     # construct first: settings are validated before any model loads
     model = cls(
         policy=args.policy,
         top_p=args.top_p,
-        top_k=args.top_k,
         seed=args.seed,
         device=args.device,
         show_progress=not args.quiet,
         **settings,
     )
-    if args.principle:
+    if args.principle and not guided_by_principle:
         with err.status("Loading the policy and the reward model…"):
             policy = load_policy(args.policy, device=args.device)
             model.policy = policy
@@ -151,6 +157,8 @@ def _chat(args: argparse.Namespace) -> int:
         f"tokens generated, {compute['forward_passes']} forward passes, {compute['reward_calls']} "
         f"reward call(s) over {compute['reward_items']} responses, {compute['seconds']:.2f} s"
     )
+    if meta.get("budget_exhausted"):
+        print(f"budget exhausted: {meta['budget_exhausted']} (the best answer found so far is shown)")
     return 0
 
 

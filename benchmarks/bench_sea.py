@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-n", type=int, default=64)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="Save a plot of prompt 0's trace (needs matplotlib).")
     args = parser.parse_args()
 
     prompts = [line.strip() for line in PROMPTS.read_text().splitlines() if line.strip()][: args.prompts]
@@ -119,9 +120,38 @@ def main() -> None:
         f"mean reward SEA {report['sea']['mean_reward']:.4f} vs BoN {eq['mean_reward']:.4f}; "
         f"SEA wins {eq['sea_win_rate']:.2f} of prompts"
     )
+    report["trace_prompt_0"] = [{k: v for k, v in t.items() if k != "text"} for t in results[0].trace]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot_trace(results[0].trace, args.plot, title=f"SEA on {prompts[0]!r} ({args.reward} reward)")
+
+
+def plot_trace(trace: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Soft and hard reward per iteration for each chain of one prompt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for chain in sorted({t["chain"] for t in trace}):
+        rows = [t for t in trace if t["chain"] == chain and t["iteration"] > 0]
+        its = [t["iteration"] for t in rows]
+        (line,) = ax.plot(its, [t["soft_reward"] for t in rows], label=f"chain {chain}: soft")
+        ax.plot(
+            its, [t["hard_reward"] for t in rows], "--", color=line.get_color(), label=f"chain {chain}: hard"
+        )
+        start = next(t["hard_reward"] for t in trace if t["chain"] == chain and t["iteration"] == 0)
+        ax.scatter([0], [start], color=line.get_color())
+    ax.set_xlabel("iteration (0 = the policy's sample)")
+    ax.set_ylabel("reward")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

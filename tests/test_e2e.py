@@ -76,3 +76,20 @@ def test_adaptive_batch_on_embedded_defaults(model):
         meta = a.response_metadata
         assert meta["reward"] == max(c["reward"] for c in meta["candidates"])
         assert meta["compute"]["reward_calls"] <= 2
+
+
+def test_darwin_on_embedded_defaults(model):
+    from align_chains import DarwinChatModel
+
+    policy, reward = model.load()
+    darwin = DarwinChatModel(
+        policy=policy, reward=reward, n=3, k=2, m=16, cycles=1, mutation_max_tokens=96, max_tokens=32, seed=0
+    )
+    meta = darwin.invoke(PROMPT).response_metadata
+    rewards = [c["reward"] for c in meta["candidates"]]
+    assert len(rewards) == 1 + 3 and all(math.isfinite(r) for r in rewards)
+    assert meta["reward"] == max(rewards)
+    assert meta["cycles_completed"] == 1 and meta["archive"][0]["instruction"] == PROMPT
+    # s0, the mutation list, then one candidate decode with a reward call every 16 tokens
+    assert meta["compute"]["reward_calls"] >= 2
+    assert meta["compute"]["generated_tokens"] <= 32 + 96 + 3 * 32

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from align_chains import BestOfNChatModel, SEAChatModel
+from align_chains import (
+    BestOfNChatModel,
+    DarwinChatModel,
+    RewardGuidedChatModel,
+    SEAChatModel,
+    ValueGuidedChatModel,
+)
 
 
 class TestBestOfNChatModelStandard(ChatModelUnitTests):
@@ -36,6 +42,26 @@ class TestBestOfNChatModelStandard(ChatModelUnitTests):
         return False  # the policy is loaded once per chat model, not per call
 
 
+class TestRewardGuidedChatModelStandard(TestBestOfNChatModelStandard):
+    @property
+    def chat_model_class(self) -> type[RewardGuidedChatModel]:
+        return RewardGuidedChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "k": 4}
+
+
+class TestValueGuidedChatModelStandard(TestBestOfNChatModelStandard):
+    @property
+    def chat_model_class(self) -> type[ValueGuidedChatModel]:
+        return ValueGuidedChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "principle": "Answer concisely and politely."}
+
+
 class TestSEAChatModelStandard(TestBestOfNChatModelStandard):
     @property
     def chat_model_class(self) -> type[SEAChatModel]:
@@ -44,3 +70,13 @@ class TestSEAChatModelStandard(TestBestOfNChatModelStandard):
     @property
     def chat_model_params(self) -> dict:
         return {"model": "smollm2-135m-instruct", "chains": 2, "iterations": 2}
+
+
+class TestDarwinChatModelStandard(TestBestOfNChatModelStandard):
+    @property
+    def chat_model_class(self) -> type[DarwinChatModel]:
+        return DarwinChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "n": 3, "k": 2, "cycles": 1}

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from align_chains.chat_models.base import AlignedChatModel
 from align_chains.chat_models.best_of_n import BestOfNChatModel
+from align_chains.chat_models.darwin import DarwinChatModel
+from align_chains.chat_models.reward_guided import RewardGuidedChatModel
 from align_chains.chat_models.sea import SEAChatModel
+from align_chains.chat_models.value_guided import ValueGuidedChatModel
 from align_chains.errors import UnknownStrategyError
 from align_chains.strategies import canonical_strategy_name
 
-CHAT_MODELS: dict[str, type[AlignedChatModel]] = {"best-of-n": BestOfNChatModel, "sea": SEAChatModel}
+CHAT_MODELS: dict[str, type[AlignedChatModel]] = {
+    "best-of-n": BestOfNChatModel,
+    "darwin": DarwinChatModel,
+    "reward-guided": RewardGuidedChatModel,
+    "value-guided": ValueGuidedChatModel,
+    "sea": SEAChatModel,
+}
 
 
 def chat_model_class(strategy: str) -> type[AlignedChatModel]:
@@ -22,4 +31,13 @@ def chat_model_class(strategy: str) -> type[AlignedChatModel]:
     return CHAT_MODELS[name]
 
 
-__all__ = ["CHAT_MODELS", "AlignedChatModel", "BestOfNChatModel", "SEAChatModel", "chat_model_class"]
+__all__ = [
+    "CHAT_MODELS",
+    "AlignedChatModel",
+    "BestOfNChatModel",
+    "DarwinChatModel",
+    "RewardGuidedChatModel",
+    "SEAChatModel",
+    "ValueGuidedChatModel",
+    "chat_model_class",
+]

@@ -7,8 +7,10 @@ batching, callbacks) lives here.
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
@@ -32,6 +34,11 @@ from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import Strategy, StrategyResult
 
 _SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed"}
+logger = logging.getLogger(__name__)
+
+
+class _StreamClosed(Exception):
+    """Raised inside a streaming strategy when its consumer stopped reading."""
 
 
 class AlignedChatModel(BaseChatModel):
@@ -154,20 +161,32 @@ class AlignedChatModel(BaseChatModel):
         return kwargs
 
     # -- running -------------------------------------------------------------------------
+    def _run_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for the strategy's ``run_batch`` (e.g. guide models)."""
+        return {}
+
     def run_strategy(
         self,
         conversations: Sequence[Conversation],
         stop: list[str] | None = None,
+        *,
+        on_commit: Callable[[int, list[int]], None] | None = None,
         **kwargs: Any,
     ) -> list[StrategyResult]:
-        """Run the strategy on already-converted conversations (one batched run)."""
+        """Run the strategy on already-converted conversations (one batched run).
+
+        ``on_commit(prompt_index, token_ids)`` is called as a streaming strategy commits tokens.
+        """
         overrides = self._checked_call_kwargs(kwargs)
         strategy = self.build_strategy(**overrides)
         params = self._sampling(stop, overrides)
         policy, reward = self.load()
+        extra = self._run_kwargs()
+        if on_commit is not None and getattr(strategy, "streams", False):
+            extra["on_commit"] = on_commit
         progress = TqdmProgress() if self.show_progress else NullProgress()
         with policy.lock:
-            return strategy.run_batch(list(conversations), policy, reward, params, progress=progress)
+            return strategy.run_batch(list(conversations), policy, reward, params, progress=progress, **extra)
 
     def _message(self, result: StrategyResult) -> AIMessage:
         usage = UsageMetadata(
@@ -219,14 +238,26 @@ class AlignedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        """Yield the chosen response token by token once the strategy has picked it."""
-        (result,) = self.run_strategy([to_conversation(messages)], stop, **kwargs)
+        """Yield the answer token by token, then a ``chunk_position="last"`` chunk with metadata.
+
+        A strategy that commits tokens as it goes (``streams = True``: ARGS, value-guided
+        decoding) runs in a worker thread and its tokens are yielded as they are committed;
+        others stream the chosen answer once it is picked.
+        """
+        conversation = to_conversation(messages)
+        strategy = self.build_strategy(**self._checked_call_kwargs(dict(kwargs)))
         policy, _ = self.load()
-        for piece in _pieces(policy, result.best.token_ids, result.text):
+        if getattr(strategy, "streams", False):
+            pieces, holder = self._live_pieces(conversation, stop, kwargs)
+        else:
+            (result,) = self.run_strategy([conversation], stop, **kwargs)
+            pieces, holder = _pieces(policy, result.best.token_ids, result.text), [result]
+        for piece in pieces:
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
+        result = holder[0]
         final = self._message(result)
         yield ChatGenerationChunk(
             message=AIMessageChunk(
@@ -237,6 +268,64 @@ class AlignedChatModel(BaseChatModel):
             ),
             generation_info={"finish_reason": result.finish_reason},
         )
+
+    def _live_pieces(
+        self, conversation: Conversation, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[Iterator[str], list[StrategyResult]]:
+        """Text pieces as the strategy commits tokens (worker thread); the result lands in the list."""
+        policy, _ = self.load()
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        closed = threading.Event()
+        holder: list[StrategyResult] = []
+
+        def on_commit(_prompt: int, token_ids: list[int]) -> None:
+            if closed.is_set():
+                raise _StreamClosed
+            events.put(("tokens", token_ids))
+
+        def work() -> None:
+            try:
+                events.put(
+                    ("done", self.run_strategy([conversation], stop, on_commit=on_commit, **kwargs)[0])
+                )
+            except BaseException as exc:  # handed to the consuming thread
+                events.put(("error", exc))
+
+        # a stop string may only be recognised a few characters late: hold that much text back
+        stops = stop if stop is not None else (self.stop or [])
+        hold = max((len(s) for s in stops), default=0)
+
+        def pieces() -> Iterator[str]:
+            worker = threading.Thread(target=work, name="align-chains-stream", daemon=True)
+            worker.start()
+            ids: list[int] = []
+            emitted = ""
+            try:
+                while True:
+                    kind, value = events.get()
+                    if kind == "error":
+                        raise value
+                    if kind == "done":
+                        holder.append(value)
+                        break
+                    ids.extend(value)
+                    text = policy.decode(ids)
+                    ready = len(text) - hold
+                    if text.endswith("\ufffd") or ready <= len(emitted):
+                        continue
+                    yield text[len(emitted) : ready]
+                    emitted = text[:ready]
+            finally:
+                closed.set()
+            final = holder[0].text
+            if final.startswith(emitted):
+                if len(final) > len(emitted):
+                    yield final[len(emitted) :]
+            else:  # never expected: committed tokens always prefix the answer
+                logger.warning("streamed text is not a prefix of the final answer; sending the rest as is")
+                yield final[len(emitted) :]
+
+        return pieces(), holder
 
     # -- batching: all inputs in one strategy run, callbacks per input ---------------------
     def batch(

@@ -20,6 +20,7 @@ from align_chains.rewards.base import Prompt, RewardModel
 from align_chains.rewards.classifier import ClassifierReward
 from align_chains.rewards.embedding import EmbeddingReward
 from align_chains.rewards.function import CallableReward
+from align_chains.rewards.implicit import ImplicitReward
 from align_chains.rewards.judge import JudgeReward
 from align_chains.rewards.weighted import WeightedReward
 
@@ -77,6 +78,7 @@ __all__ = [
     "CallableReward",
     "ClassifierReward",
     "EmbeddingReward",
+    "ImplicitReward",
     "JudgeReward",
     "Prompt",
     "RewardModel",

@@ -84,6 +84,17 @@ class ClassifierReward(RewardModel):
             for conv, resp in zip(prompts, responses, strict=True)
         ]
 
+    def prefix_ids(self, prompt: Conversation) -> list[int]:
+        """Token ids of the prompt with the assistant turn opened: what a partial response follows.
+
+        Token-level guidance (ARGS) scores ``prefix_ids + response tokens`` incrementally.
+        """
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n\n".join(m["content"] for m in prompt) + "\n\n"
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:
         texts = self._texts(prompts, responses)
         device = self.model.get_input_embeddings().weight.device

@@ -58,23 +58,21 @@ class VocabularyBridge:
             embeds = embeds + rest.to(weight.dtype) * weight[self.fill_id]
         return embeds
 
-    def one_hot_mass(self, probs: torch.Tensor) -> torch.Tensor:
-        """Probability mass per position that reaches the reward (1.0 everywhere when exact)."""
-        return probs[..., self.sources.to(probs.device)].sum(-1)
 
-
-_BRIDGES: weakref.WeakKeyDictionary[Any, dict[int, VocabularyBridge]] = weakref.WeakKeyDictionary()
+_BRIDGES: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, VocabularyBridge]] = (
+    weakref.WeakKeyDictionary()
+)
 _LOCK = threading.Lock()
 
 
 def vocabulary_bridge(policy_tokenizer: Any, reward_tokenizer: Any) -> VocabularyBridge:
-    """The bridge between two tokenizers (built once per pair and cached)."""
+    """The bridge between two tokenizers (built once per pair, cached while both are alive)."""
     with _LOCK:
-        per_policy = _BRIDGES.setdefault(policy_tokenizer, {})
-        bridge = per_policy.get(id(reward_tokenizer))
+        per_policy = _BRIDGES.setdefault(policy_tokenizer, weakref.WeakKeyDictionary())
+        bridge = per_policy.get(reward_tokenizer)
         if bridge is None:
             bridge = _build(policy_tokenizer, reward_tokenizer)
-            per_policy[id(reward_tokenizer)] = bridge
+            per_policy[reward_tokenizer] = bridge
         return bridge
 
 

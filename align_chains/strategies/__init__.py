@@ -6,12 +6,18 @@ from align_chains.errors import UnknownStrategyError
 from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Candidate, Strategy, StrategyResult
 from align_chains.strategies.best_of_n import BestOfN
+from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.reward_guided import RewardGuided
 from align_chains.strategies.sea import SEA
+from align_chains.strategies.value_guided import ValueGuided
 
 STRATEGIES: dict[str, type[Strategy]] = {
     BestOfN.name: BestOfN,
     AdaptiveBestOfN.name: AdaptiveBestOfN,
+    RewardGuided.name: RewardGuided,
+    ValueGuided.name: ValueGuided,
     SEA.name: SEA,
+    Darwin.name: Darwin,
 }
 _ALIASES = {
     "bon": BestOfN.name,
@@ -19,6 +25,10 @@ _ALIASES = {
     "bestofn": BestOfN.name,
     "adaptive": AdaptiveBestOfN.name,
     "adaptive_best_of_n": AdaptiveBestOfN.name,
+    "args": RewardGuided.name,
+    "reward_guided": RewardGuided.name,
+    "ivg": ValueGuided.name,
+    "value_guided": ValueGuided.name,
     "simple-energy-adaptation": SEA.name,
 }
 
@@ -42,8 +52,11 @@ __all__ = [
     "AdaptiveBestOfN",
     "BestOfN",
     "Candidate",
+    "Darwin",
+    "RewardGuided",
     "Strategy",
     "StrategyResult",
+    "ValueGuided",
     "canonical_strategy_name",
     "get_strategy",
 ]

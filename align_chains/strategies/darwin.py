@@ -1,0 +1,659 @@
+"""DARWIN: evolutionary search over mutated instructions with reward-guided replacement.
+
+Hung et al., arXiv 2406.15193. Exploration decodes from rewrites ("mutations") of the user's
+instruction; exploitation replaces, every ``m`` tokens, the poorly rewarded unfinished
+candidates with copies of well-rewarded ones. Per prompt::
+
+    s0 ~ pi(x); archive A = {x: r(x, s0)}
+    repeat cycles times:
+        x_c ~ uniform(A); the policy rewrites x_c into n instructions (one-shot prompt)
+        decode one candidate per instruction; every m tokens score all against the ORIGINAL x,
+        keep the top k, and turn every other unfinished candidate into a copy of a random top-k one
+        add to A the (up to) two mutations most often in the top k whose final reward beats A[x_c]
+    return the best response of all cycles, s0 included
+
+How it runs here: every candidate keeps its own KV cache, prefilled once from its own
+mutated prompt (distinct prompts are left-padded into one prefill); a replacement is
+``Batch.select``, which copies cache rows, so a copy continues from the same state with the
+same instruction and nothing is re-encoded. All prompts of a request share each batch: one
+decode for the first answers, one for the mutations of a cycle, one for the candidates of a
+cycle, and one reward call per segment. The authors' code instead re-encodes every prompt
+and partial answer every ``m`` tokens; ``darwin_reference.py`` does that for comparison.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Protocol
+
+import torch
+from pydantic import Field, model_validator
+
+from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.decoder import Batch, Completion, Decoder
+from align_chains.engine.sampling import SamplingParams, make_generator
+from align_chains.errors import InvalidInputError, RewardError
+from align_chains.models.chat import Conversation, last_user_text
+from align_chains.models.policy import Policy
+from align_chains.progress import NullProgress, Progress
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.strategies.base import (
+    Candidate,
+    Strategy,
+    StrategyResult,
+    attach_partial,
+    prepare_prompts,
+    score_texts,
+)
+from align_chains.strategies.mutation import (
+    list_complete,
+    mutation_request,
+    parse_mutations,
+    with_instruction,
+)
+from align_chains.strategies.prefix_prefill import start_sharing_prefix
+
+# the mutation list is checked for completeness every this many tokens
+_MUTATION_CHECK_EVERY = 16
+
+
+class Population(Protocol):
+    """Candidate rows decoded in lockstep; what the search needs from a decoding backend."""
+
+    prompt_tokens: list[int]  # prompt tokens prefilled so far, per owner (user prompt)
+
+    @property
+    def finished(self) -> torch.Tensor: ...
+
+    @property
+    def num_tokens(self) -> torch.Tensor: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def extend(self, steps: int | None, generator: Any, on_step: Callable[[Batch], None]) -> None: ...
+
+    def completions(self) -> list[Completion]: ...
+
+    def select(self, rows: Sequence[int]) -> None: ...
+
+    def finish(self, rows: Sequence[int], stopped: bool = True) -> None: ...
+
+
+class CachedPopulation:
+    """Rows of one engine ``Batch``: each prompt prefilled once (their common prefix once for
+    all), replacement copies cache rows."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        owners: list[int],
+        num_owners: int,
+    ) -> None:
+        self.decoder = decoder
+        self.batch, charged = start_sharing_prefix(decoder, prompts, params)
+        self.prompt_tokens = [0] * num_owners
+        for owner, tokens in zip(owners, charged, strict=True):
+            self.prompt_tokens[owner] += tokens
+
+    @property
+    def finished(self) -> torch.Tensor:
+        return self.batch.finished
+
+    @property
+    def num_tokens(self) -> torch.Tensor:
+        return self.batch.num_tokens
+
+    @property
+    def done(self) -> bool:
+        return self.batch.done
+
+    def extend(self, steps: int | None, generator: Any, on_step: Callable[[Batch], None]) -> None:
+        self.decoder.extend(self.batch, steps, generator, on_step)
+
+    def completions(self) -> list[Completion]:
+        return self.decoder.completions(self.batch)
+
+    def select(self, rows: Sequence[int]) -> None:
+        self.batch.select(rows)
+
+    def finish(self, rows: Sequence[int], stopped: bool = True) -> None:
+        """End unfinished rows early: as stopped (a complete list) or by length (a per-row cap)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.batch.finished.device)
+        index = index[~self.batch.finished[index]]
+        self.batch.finished[index] = True
+        self.batch.stopped[index] = stopped
+
+
+class _BudgetStop(Exception):
+    """Raised from a decoding step when a budget would be overrun by the next step."""
+
+
+class _Budget:
+    """Per-request caps on generated tokens and wall seconds; remembers which one ran out."""
+
+    def __init__(self, counters: ComputeCounters, max_tokens: int | None, seconds: float | None) -> None:
+        self.counters = counters
+        self.max_tokens = max_tokens
+        self.deadline = None if seconds is None else time.perf_counter() + seconds
+        self.reason: str | None = None
+
+    def exhausted(self, next_rows: int) -> bool:
+        """Whether a step generating ``next_rows`` tokens must not run."""
+        if self.reason is None:
+            if self.max_tokens is not None and self.counters.generated_tokens + next_rows > self.max_tokens:
+                self.reason = "max_total_tokens"
+            elif self.deadline is not None and time.perf_counter() >= self.deadline:
+                self.reason = "time_budget_s"
+        return self.reason is not None
+
+
+class Darwin(Strategy):
+    """DARWIN (Hung et al. 2024): mutate the instruction, decode, replace losers, evolve an archive.
+
+    Defaults are the paper's: n=5 mutations, replacement every m=40 tokens, top k=3, 3 cycles
+    (use temperature 0.7 and top-k 40 sampling, as ``DarwinChatModel`` does by default).
+    ``max_total_tokens`` and ``time_budget_s`` cap a request; when one runs out the best
+    answer so far is returned and ``flags["budget_exhausted"]`` names the cap.
+    """
+
+    name: ClassVar[str] = "darwin"
+
+    n: int = Field(5, ge=1, description="Mutated instructions (candidates) per cycle.")
+    m: int = Field(40, ge=1, description="Tokens between two reward-guided replacements.")
+    k: int = Field(3, ge=1, description="Candidates kept at each replacement (k <= n).")
+    cycles: int = Field(3, ge=1, description="Mutation cycles after the first answer.")
+    mutation_max_tokens: int = Field(
+        192, ge=16, description="Token cap for the policy's list of rewritten instructions."
+    )
+    max_total_tokens: int | None = Field(
+        None, ge=1, description="Cap on tokens generated by one request (answers and mutations)."
+    )
+    time_budget_s: float | None = Field(None, gt=0, description="Cap on one request's wall seconds.")
+
+    @model_validator(mode="after")
+    def _k_at_most_n(self) -> Darwin:
+        if self.k > self.n:
+            raise ValueError(
+                f"k={self.k} must not exceed n={self.n}: the top k are kept out of n candidates; "
+                "lower k or raise n."
+            )
+        return self
+
+    def population(
+        self,
+        decoder: Decoder,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        owners: list[int],
+        num_owners: int,
+    ) -> Population:
+        """The decoding backend of the candidate phase (the reference re-prefills instead)."""
+        return CachedPopulation(decoder, prompts, params, owners, num_owners)
+
+    def run_batch(
+        self,
+        prompts: Sequence[Prompt],
+        policy: Policy,
+        reward: RewardModel,
+        params: SamplingParams | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> list[StrategyResult]:
+        params = params or SamplingParams()
+        conversations, token_ids = prepare_prompts(prompts, policy, params)
+        mutation_params = SamplingParams(
+            max_new_tokens=self.mutation_max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+        )
+        for conversation in conversations:  # before any model work
+            request = policy.render(mutation_request(last_user_text(conversation), self.n))
+            if len(request) + self.mutation_max_tokens > policy.context_length:
+                raise InvalidInputError(
+                    f"DARWIN's request to rewrite this instruction has {len(request)} tokens and its "
+                    f"list may take mutation_max_tokens={self.mutation_max_tokens} more, beyond the "
+                    f"{policy.context_length}-token context of {policy.name!r}. Shorten the last user "
+                    "message (move context into a system message) or lower mutation_max_tokens."
+                )
+        search = _Search(self, conversations, token_ids, policy, reward, params, mutation_params, progress)
+        return search.run()
+
+
+@dataclass
+class _PromptState:
+    """One user prompt's search: archive, candidates so far, trace and its own work counts."""
+
+    conversation: Conversation
+    instruction: str
+    prompt_ids: list[int]
+    archive: dict[str, float] = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    reward_items: int = 0
+    cycles_completed: int = 0
+
+
+class _Search:
+    """One ``run_batch`` call: all prompts searched together, batch by batch."""
+
+    def __init__(
+        self,
+        strategy: Darwin,
+        conversations: list[Conversation],
+        token_ids: list[list[int]],
+        policy: Policy,
+        reward: RewardModel,
+        params: SamplingParams,
+        mutation_params: SamplingParams,
+        progress: Progress | None,
+    ) -> None:
+        self.s = strategy
+        self.policy, self.reward, self.params, self.mutation_params = policy, reward, params, mutation_params
+        self.progress = progress or NullProgress()
+        self.counters = ComputeCounters(batch_size=len(conversations))
+        self.decoder = Decoder(policy, self.counters)
+        self.generator = make_generator(params.seed, policy.device)
+        self.rng = random.Random(params.seed)
+        self.budget = _Budget(self.counters, strategy.max_total_tokens, strategy.time_budget_s)
+        self.prompts = [
+            _PromptState(conversation=c, instruction=last_user_text(c), prompt_ids=ids)
+            for c, ids in zip(conversations, token_ids, strict=True)
+        ]
+        self.unscored: list[list[Candidate]] = [[] for _ in self.prompts]  # in flight at a failure
+
+    # -- driver ------------------------------------------------------------------------
+    def run(self) -> list[StrategyResult]:
+        try:
+            with self.counters.timed():
+                try:
+                    self._search()
+                finally:
+                    self.progress.close()
+        except RewardError as exc:
+            raise attach_partial(exc, self._results(reward_failed=True)) from exc
+        return self._results()
+
+    def _search(self) -> None:
+        going, first_mutations = self._first_answers()
+        if not going:
+            return
+        for cycle in range(1, self.s.cycles + 1):
+            if not self._cycle(cycle, first_mutations if cycle == 1 else None):
+                return
+
+    # -- decoding with budgets ---------------------------------------------------------
+    def _start(
+        self, prompts: list[list[int]], params: SamplingParams, owners: list[int], cached: bool
+    ) -> Population:
+        make = CachedPopulation if cached else self.s.population
+        pop = make(self.decoder, prompts, params, owners, len(self.prompts))
+        for state, tokens in zip(self.prompts, pop.prompt_tokens, strict=True):
+            state.prompt_tokens += tokens
+        return pop
+
+    def _extend(
+        self,
+        pop: Population,
+        steps: int | None,
+        owners: list[int],
+        after_step: Callable[[Batch], None] | None = None,
+    ) -> bool:
+        """Decode up to ``steps`` tokens (None: to the end); False when a budget stopped it."""
+        before, prefilled = pop.num_tokens.clone(), list(pop.prompt_tokens)
+
+        def on_step(batch: Batch) -> None:
+            self.progress.advance()
+            if after_step is not None:
+                after_step(batch)
+            if not batch.done and self.budget.exhausted(int((~batch.finished).sum())):
+                raise _BudgetStop
+
+        stopped = self.budget.exhausted(int((~pop.finished).sum()))
+        if not stopped:
+            try:
+                pop.extend(steps, self.generator, on_step)
+            except _BudgetStop:
+                stopped = True
+        for owner, delta in zip(owners, (pop.num_tokens - before).tolist(), strict=True):
+            self.prompts[owner].generated_tokens += int(delta)
+        for state, now, then in zip(self.prompts, pop.prompt_tokens, prefilled, strict=True):
+            state.prompt_tokens += now - then  # re-prefills, if the backend does them
+        return not stopped
+
+    def _score(self, owners: Sequence[int], texts: Sequence[str]) -> list[float]:
+        """One counted reward call, every text scored against its prompt's ORIGINAL conversation."""
+        if not texts:
+            return []
+        scores = score_texts(
+            self.reward, [self.prompts[o].conversation for o in owners], texts, self.counters, self.progress
+        )
+        for owner in owners:
+            self.prompts[owner].reward_items += 1
+        return scores
+
+    # -- s0 ----------------------------------------------------------------------------
+    def _first_answers(self) -> tuple[bool, list[str] | None]:
+        """s0 ~ pi(x) for every prompt in one batch; seeds each archive with r(x, s0).
+
+        Cycle 1's parent can only be x (the archive holds x alone), so when the settings allow
+        (no stop strings, which must not cut the list; both caps fit the context) the first
+        cycle's mutation lists are decoded in the same batch as s0: one decode instead of two
+        sequential ones. Returns (not out of budget, the mutation texts or None).
+        """
+        K = len(self.prompts)
+        owners = list(range(K))
+        requests = self._mutation_requests([s.instruction for s in self.prompts])
+        cap = max(self.params.max_new_tokens, self.mutation_params.max_new_tokens)
+        limit = self.policy.context_length
+        merge = not self.params.stop and all(
+            len(ids) + cap <= limit for ids in [*requests, *(s.prompt_ids for s in self.prompts)]
+        )
+        if merge:
+            self.progress.stage(f"first answers and mutations: {2 * K}", cap)
+            params = self.mutation_params.model_copy(update={"max_new_tokens": cap})
+            pop = self._start(
+                [s.prompt_ids for s in self.prompts] + requests, params, owners * 2, cached=True
+            )
+            caps = [
+                (self.params.max_new_tokens, owners),
+                (self.mutation_params.max_new_tokens, [K + p for p in owners]),
+            ]
+            going, texts = self._decode_mutations(pop, owners * 2, [K + p for p in owners], caps)
+            done = pop.completions()[:K]
+        else:
+            self.progress.stage(f"first answers: {K}", self.params.max_new_tokens)
+            pop = self._start([s.prompt_ids for s in self.prompts], self.params, owners, cached=True)
+            going, texts = self._extend(pop, None, owners), None
+            done = pop.completions()
+        for p, c in enumerate(done):
+            self.unscored[p] = [
+                _candidate(c, None, cycle=0, row=0, mutation=None, instruction=self.prompts[p].instruction)
+            ]
+        scores = self._score(owners, [c.text for c in done])
+        for state, c, score in zip(self.prompts, done, scores, strict=True):
+            state.candidates.append(
+                _candidate(c, score, cycle=0, row=0, mutation=None, instruction=state.instruction)
+            )
+            state.archive[state.instruction] = score
+            state.trace.append(
+                {"event": "seed", "cycle": 0, "instruction": state.instruction, "reward": score,
+                 "tokens": len(c.token_ids), "finished": c.finish_reason == "stop"}
+            )  # fmt: skip
+        self.unscored = [[] for _ in self.prompts]
+        return going, texts
+
+    # -- one cycle ---------------------------------------------------------------------
+    def _cycle(self, cycle: int, mutation_texts: list[str] | None = None) -> bool:
+        n, k, K = self.s.n, self.s.k, len(self.prompts)
+        parents = [self.rng.choice(list(state.archive)) for state in self.prompts]
+        for state, parent in zip(self.prompts, parents, strict=True):
+            state.trace.extend(
+                {"event": "archive", "cycle": cycle, "instruction": text, "reward": value,
+                 "parent": text == parent}
+                for text, value in state.archive.items()
+            )  # fmt: skip
+
+        if mutation_texts is None:
+            self.progress.stage(f"cycle {cycle}: mutations", self.mutation_params.max_new_tokens)
+            requests = self._mutation_requests(parents)
+            pop = self._start(requests, self.mutation_params, list(range(K)), cached=True)
+            going, mutation_texts = self._decode_mutations(pop, list(range(K)), list(range(K)), [])
+            if not going:
+                return False
+        mutations = self._parse_mutations(cycle, parents, mutation_texts)
+
+        # one candidate per mutation, all prompts in one batch (rows grouped by prompt)
+        owners = [p for p in range(K) for _ in range(n)]
+        cand_ids = [
+            self._candidate_prompt(p, mutations[p][i], parents[p]) for p in range(K) for i in range(n)
+        ]
+        self.progress.stage(f"cycle {cycle}: {K * n} candidates", self.params.max_new_tokens)
+        pop = self._start(cand_ids, self.params, owners, cached=False)
+        rows = K * n
+        lineage = [i for _ in range(K) for i in range(n)]  # which mutation each row decodes from
+        rewards: list[float | None] = [None] * rows
+        scored_at = [-1] * rows  # tokens a row had when last scored
+        wins = [Counter[int]() for _ in range(K)]
+        segment = 0
+        while True:
+            going = self._extend(pop, self.s.m, owners)
+            segment += 1
+            done = pop.completions()
+            self.unscored = [
+                [_candidate(done[r], None, cycle, r - p * n, lineage[r], mutations[p][lineage[r]])
+                 for r in range(p * n, (p + 1) * n)]
+                for p in range(K)
+            ]  # fmt: skip
+            # score the rows that changed since their last scoring (finished rows keep theirs)
+            stale = [r for r in range(rows) if done[r].generated_tokens != scored_at[r]]
+            scores = self._score([owners[r] for r in stale], [done[r].text for r in stale])
+            for r, score in zip(stale, scores, strict=True):
+                rewards[r], scored_at[r] = score, done[r].generated_tokens
+            last = pop.done or not going
+            finished = pop.finished.tolist()
+            index = list(range(rows))
+            for p in range(K):
+                group = range(p * n, (p + 1) * n)
+                order = sorted(group, key=lambda r: (-_value(rewards[r]), r))
+                top = order[:k]
+                wins[p].update(lineage[r] for r in top)
+                self.prompts[p].trace.extend(
+                    {"event": "score", "cycle": cycle, "segment": segment, "row": r - p * n,
+                     "mutation": lineage[r], "reward": rewards[r], "tokens": int(done[r].generated_tokens),
+                     "finished": bool(finished[r]), "top_k": r in top}
+                    for r in group
+                )  # fmt: skip
+                if last:
+                    continue
+                for r in group:
+                    if r in top or finished[r]:
+                        continue
+                    source = self.rng.choice(top)
+                    index[r] = source
+                    self.prompts[p].trace.append(
+                        {"event": "replace", "cycle": cycle, "segment": segment, "row": r - p * n,
+                         "source": source - p * n, "reward": rewards[r], "source_reward": rewards[source],
+                         "mutation": lineage[r], "source_mutation": lineage[source]}
+                    )  # fmt: skip
+            if last:
+                break
+            if index != list(range(rows)):
+                pop.select(index)
+                lineage = [lineage[i] for i in index]
+                rewards = [rewards[i] for i in index]
+                scored_at = [scored_at[i] for i in index]
+
+        for p, state in enumerate(self.prompts):
+            group = range(p * n, (p + 1) * n)
+            state.candidates.extend(
+                _candidate(done[r], rewards[r], cycle, r - p * n, lineage[r], mutations[p][lineage[r]])
+                for r in group
+            )
+            if going:
+                self._update_archive(state, cycle, parents[p], mutations[p], wins[p],
+                                     [(lineage[r], rewards[r]) for r in group])  # fmt: skip
+                state.cycles_completed = cycle
+            state.trace.append(
+                {"event": "cycle_end", "cycle": cycle,
+                 "reward": max(_value(rewards[r]) for r in group), "best_reward": _best(state)[1]}
+            )  # fmt: skip
+        self.unscored = [[] for _ in self.prompts]
+        return going
+
+    def _mutation_requests(self, parents: list[str]) -> list[list[int]]:
+        """The rendered one-shot request to rewrite each prompt's parent instruction."""
+        requests = []
+        for state, parent in zip(self.prompts, parents, strict=True):
+            ids = self.policy.render(mutation_request(parent, self.s.n))
+            if len(ids) + self.mutation_params.max_new_tokens > self.policy.context_length:
+                ids = self.policy.render(mutation_request(state.instruction, self.s.n))  # checked up front
+            requests.append(ids)
+        return requests
+
+    def _decode_mutations(
+        self,
+        pop: Population,
+        owners: list[int],
+        list_rows: list[int],
+        caps: list[tuple[int, list[int]]],
+    ) -> tuple[bool, list[str]]:
+        """Decode until done, ending a list row once its list is complete; rows in ``caps`` end
+        at their own token cap. Returns (not out of budget, the texts of ``list_rows``)."""
+
+        def cap_rows(batch: Batch) -> None:
+            for cap, rows in caps:
+                if batch.steps == cap:
+                    pop.finish(rows, stopped=False)
+
+        going, texts = True, [""] * len(list_rows)
+        while going and not pop.done:
+            going = self._extend(pop, _MUTATION_CHECK_EVERY, owners, cap_rows if caps else None)
+            done = pop.completions()
+            texts = [done[r].text for r in list_rows]
+            finished = pop.finished.tolist()
+            complete = [
+                r for r, text in zip(list_rows, texts, strict=True)
+                if not finished[r] and list_complete(text, self.s.n)
+            ]  # fmt: skip
+            if complete:
+                pop.finish(complete)
+        return going, texts
+
+    def _parse_mutations(self, cycle: int, parents: list[str], texts: list[str]) -> list[list[str]]:
+        """Each prompt's n instructions (the parent where the list falls short), traced."""
+        out = []
+        for state, parent, text in zip(self.prompts, parents, texts, strict=True):
+            parsed = parse_mutations(text, self.s.n, parent)
+            out.append(parsed.instructions)
+            state.trace.extend(
+                {"event": "mutation", "cycle": cycle, "mutation": i, "instruction": instruction,
+                 "parent_instruction": parent, "parsed": i < parsed.parsed}
+                for i, instruction in enumerate(parsed.instructions)
+            )  # fmt: skip
+        return out
+
+    def _candidate_prompt(self, p: int, instruction: str, parent: str) -> list[int]:
+        """The prompt with the mutated instruction; falls back to the parent, then the original."""
+        state = self.prompts[p]
+        for text in (instruction, parent):
+            ids = self.policy.render(with_instruction(state.conversation, text))
+            if len(ids) + self.params.max_new_tokens <= self.policy.context_length:
+                return ids
+        return state.prompt_ids
+
+    def _update_archive(
+        self,
+        state: _PromptState,
+        cycle: int,
+        parent: str,
+        mutations: list[str],
+        wins: Counter[int],
+        final: list[tuple[int, float | None]],
+    ) -> None:
+        threshold = state.archive[parent]
+        for i, value, added in archive_winners(wins, final, threshold):
+            if added:
+                assert value is not None
+                text = mutations[i]
+                state.archive[text] = max(value, state.archive.get(text, value))
+            state.trace.append(
+                {"event": "winner", "cycle": cycle, "mutation": i, "instruction": mutations[i],
+                 "wins": wins[i], "reward": value, "parent_reward": threshold, "added": added}
+            )  # fmt: skip
+
+    # -- results -----------------------------------------------------------------------
+    def _results(self, reward_failed: bool = False) -> list[StrategyResult]:
+        results = []
+        for p, state in enumerate(self.prompts):
+            candidates = state.candidates + self.unscored[p]
+            best, reward = _best(state)
+            if best is None:
+                best = 0
+            flags: dict[str, Any] = {}
+            if self.budget.reason is not None:
+                flags["budget_exhausted"] = self.budget.reason
+            if reward_failed:
+                flags["reward_failed"] = True
+            counters = replace(
+                self.counters,
+                prompt_tokens=state.prompt_tokens,
+                generated_tokens=state.generated_tokens,
+                reward_items=state.reward_items,
+            )
+            trace = [{"prompt": p, **record} for record in state.trace]
+            results.append(
+                StrategyResult(
+                    strategy=self.s.name,
+                    text=candidates[best].text,
+                    reward=reward,
+                    candidates=candidates,
+                    best_index=best,
+                    prompt_tokens=len(state.prompt_ids),
+                    counters=counters,
+                    trace=trace,
+                    flags=flags,
+                    details={
+                        "cycles_completed": state.cycles_completed,
+                        "archive": [{"instruction": t, "reward": r} for t, r in state.archive.items()],
+                    },
+                )
+            )
+        return results
+
+
+def archive_winners(
+    wins: Counter[int], final: Sequence[tuple[int, float | None]], parent_reward: float
+) -> list[tuple[int, float | None, bool]]:
+    """The two mutations most often in the top k, their best final reward, and whether it beats the parent.
+
+    ``wins`` counts, per mutation, how often a row decoding from it was in the top k at a
+    scoring; ``final`` is (mutation, final reward) per row at the end of the cycle. Ties in
+    wins go to the higher final reward, then the lower mutation index. A winner that no row
+    carries any more (all its rows were replaced) has no final reward and is not added.
+    """
+    best_final: dict[int, float] = {}
+    for mutation, value in final:
+        if value is not None:
+            best_final[mutation] = max(best_final.get(mutation, value), value)
+    ranked = sorted(wins, key=lambda i: (-wins[i], -best_final.get(i, float("-inf")), i))[:2]
+    out = []
+    for i in ranked:
+        value = best_final.get(i)
+        out.append((i, value, value is not None and value > parent_reward))
+    return out
+
+
+def _value(reward: float | None) -> float:
+    return float("-inf") if reward is None else reward
+
+
+def _best(state: _PromptState) -> tuple[int | None, float | None]:
+    """Index and reward of the best scored candidate (ties: earliest), or (None, None)."""
+    scored = [i for i, c in enumerate(state.candidates) if c.reward is not None]
+    if not scored:
+        return None, None
+    best = max(scored, key=lambda i: (state.candidates[i].reward, -i))
+    return best, state.candidates[best].reward
+
+
+def _candidate(
+    c: Completion, reward: float | None, cycle: int, row: int, mutation: int | None, instruction: str | None
+) -> Candidate:
+    return Candidate(
+        text=c.text,
+        reward=reward,
+        token_ids=c.token_ids,
+        logprobs=c.logprobs,
+        finish_reason=c.finish_reason,
+        meta={"cycle": cycle, "row": row, "mutation": mutation, "instruction": instruction},
+    )

@@ -1,0 +1,164 @@
+"""ARGS: reward-guided token search (Khanov et al. 2024).
+
+At every token each row takes the policy's top-k next tokens, scores the k extended responses
+with the reward and picks by ``log pi(token) + w * r(x, y<t + token)``: the argmax (greedy) or a
+sample from ``softmax(score / T)`` over the k candidates.
+
+The k branches are scored incrementally when the reward allows it (a classifier reward on the
+policy's vocabulary keeps its own KV cache and scores the k candidates as k one-token branches
+of one forward, see ``rewards/incremental.py``); any other reward falls back to decoding the
+branches to text and calling ``reward.score``, which is correct but re-reads the whole response
+for every candidate at every token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.decoder import Decoder
+from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
+from align_chains.errors import InvalidInputError, RewardError
+from align_chains.models.policy import Policy
+from align_chains.progress import NullProgress, Progress
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.incremental import BranchScorer, ClassifierBranchScorer, TextBranchScorer
+from align_chains.strategies.base import (
+    Strategy,
+    StrategyResult,
+    attach_partial,
+    prepare_prompts,
+    score_texts,
+)
+from align_chains.strategies.best_of_n import best_per_prompt
+
+OnCommit = Callable[[int, list[int]], None]
+
+
+def branch_scorer(
+    reward: RewardModel, policy: Policy, counters: ComputeCounters, scoring: str = "auto"
+) -> BranchScorer:
+    """The incremental scorer when the reward offers one on the policy's vocabulary, else text.
+
+    ``scoring="incremental"`` insists on the fast path and raises when the reward cannot take it.
+    """
+    incremental = getattr(reward, "branch_scorer", None)
+    if scoring != "text":
+        if incremental is not None:
+            scorer = incremental(policy, counters)
+            if scorer is not None:
+                return scorer
+        elif ClassifierBranchScorer.supports(reward, policy):
+            return ClassifierBranchScorer(reward, policy, counters)
+        if scoring == "incremental":
+            raise InvalidInputError(
+                f"scoring='incremental' needs a reward that shares the policy's vocabulary: reward "
+                f"{reward.name!r} cannot score tokens of policy {policy.name!r} (a classifier reward "
+                "with a different tokenizer, or a reward that only reads text). Use scoring='auto' "
+                "to re-tokenise text instead (correct, slower)."
+            )
+    return TextBranchScorer(reward, policy, counters)
+
+
+class RewardGuided(Strategy):
+    """ARGS settings: ``k`` candidates per token, reward weight ``w``, greedy or sampled choice."""
+
+    name: ClassVar[str] = "reward-guided"
+    streams: ClassVar[bool] = True
+
+    k: int = Field(10, ge=1, le=1000, description="Top-k policy tokens scored at every step.")
+    w: float = Field(1.5, ge=0.0, allow_inf_nan=False, description="Weight of the reward against log pi.")
+    mode: Literal["greedy", "sample"] = Field(
+        "greedy", description="greedy: argmax of log pi + w r; sample: softmax((log pi + w r) / T)."
+    )
+    scoring: Literal["auto", "incremental", "text"] = Field(
+        "auto", description="auto: incremental when the reward shares the policy's vocabulary, else text."
+    )
+
+    def run_batch(
+        self,
+        prompts: Sequence[Prompt],
+        policy: Policy,
+        reward: RewardModel,
+        params: SamplingParams | None = None,
+        *,
+        progress: Progress | None = None,
+        on_commit: OnCommit | None = None,
+        scorer: BranchScorer | None = None,
+    ) -> list[StrategyResult]:
+        """Guide one row per prompt. ``scorer`` overrides the branch scorer (tests, benchmarks)."""
+        params = params or SamplingParams()
+        progress = progress or NullProgress()
+        conversations, token_ids = prepare_prompts(prompts, policy, params)
+        counters = ComputeCounters(batch_size=len(conversations))
+        k = min(self.k, policy.vocab_size)
+        with counters.timed():
+            decoder = Decoder(policy, counters)
+            scorer = scorer or branch_scorer(reward, policy, counters, self.scoring)
+            batch = decoder.start(token_ids, 1, params)
+            scorer.start(conversations, list(range(len(conversations))), params.max_new_tokens)
+            generator = make_generator(params.seed, policy.device)
+            choose = SamplingParams(temperature=params.temperature, max_new_tokens=1)
+            sampled = self.mode == "sample" and params.temperature > 0
+            steps: list[tuple[torch.Tensor, ...]] = []
+            progress.stage(f"reward-guided decoding (k={k})", params.max_new_tokens)
+            try:
+                while not batch.done:
+                    logprobs = torch.log_softmax(decoder.logits(batch), dim=-1)
+                    top_logprobs, top_ids = logprobs.topk(k, dim=-1)
+                    alive = ~batch.finished
+                    rewards = scorer.score(top_ids, alive).to(top_logprobs.device)
+                    total = top_logprobs + self.w * rewards
+                    column = sample_tokens(total, choose, generator) if sampled else total.argmax(-1)
+                    tokens = top_ids.gather(-1, column[:, None]).squeeze(-1)
+                    decoder.append(batch, tokens)
+                    scorer.commit(column, tokens)
+                    steps.append((alive, tokens, column, rewards.gather(-1, column[:, None]).squeeze(-1)))
+                    if on_commit is not None:
+                        for p in alive.nonzero().flatten().tolist():
+                            on_commit(p, [int(tokens[p])])
+                    progress.advance()
+                completions = decoder.completions(batch)
+                scores = score_texts(reward, conversations, [c.text for c in completions], counters)
+            except RewardError as exc:
+                done = decoder.completions(batch)
+                raise attach_partial(
+                    exc, best_per_prompt(self.name, done, None, counters, len(conversations))
+                ) from exc
+            finally:
+                progress.close()
+        results = best_per_prompt(
+            self.name,
+            completions,
+            scores,
+            counters,
+            len(conversations),
+            details=[{"k": k, "w": self.w, "mode": self.mode, "scoring": type(scorer).__name__}]
+            * len(conversations),
+        )
+        for p, result in enumerate(results):
+            result.counters.reward_items = counters.reward_items  # branch scoring is shared by the batch
+            result.trace = _token_trace(steps, p, result.best.logprobs)
+        return results
+
+
+def _token_trace(steps: list[tuple[torch.Tensor, ...]], row: int, logprobs: list[float]) -> list[dict]:
+    """One record per committed token of ``row``: token, its rank among the k, its partial reward."""
+    records = []
+    for step, (alive, tokens, column, reward) in enumerate(steps):
+        if not bool(alive[row]):
+            break
+        records.append(
+            {
+                "step": step,
+                "token": int(tokens[row]),
+                "rank": int(column[row]),
+                "logprob": logprobs[step] if step < len(logprobs) else None,
+                "reward": float(reward[row]),
+            }
+        )
+    return records

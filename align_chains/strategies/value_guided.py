@@ -1,0 +1,229 @@
+"""IVG: Integrated Value Guidance (Liu et al., EMNLP 2024 Findings), token- and chunk-level.
+
+- Token level (implicit value): next-token logits = base + w * (tuned - untuned), then
+  temperature / top-k / top-p and a sample. The guide pair is an ``ImplicitReward``: two LMs
+  sharing the policy's vocabulary, or the policy itself with and without a principle in its
+  system prompt (classifier-free-guidance style; one forward per token serves both prompts).
+- Chunk level (explicit value): W beams per prompt; every L tokens each beam has been extended
+  into K samples; the W*K partial responses are scored (by any RewardModel on re-tokenised
+  text, or by the implicit reward sum log pi_tuned - sum log pi_untuned read from log-probs the
+  decoder already has) and the top W are kept and duplicated K times by selecting KV-cache rows
+  of every model involved. Nothing is recomputed.
+
+Either signal works alone; both together are IVG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.lockstep import Lockstep, View
+from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
+from align_chains.errors import InvalidInputError, RewardError
+from align_chains.models.policy import Policy
+from align_chains.progress import NullProgress, Progress
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.implicit import ImplicitReward, check_shared_vocabulary
+from align_chains.strategies.base import (
+    Strategy,
+    StrategyResult,
+    attach_partial,
+    prepare_prompts,
+    score_texts,
+)
+from align_chains.strategies.best_of_n import best_per_prompt
+
+OnCommit = Callable[[int, list[int]], None]
+
+
+class ValueGuided(Strategy):
+    """IVG settings. ``token_guidance``/``chunk_value`` of None mean: implicit guidance when a
+    guide (principle or tuned/untuned pair) is available, else chunk-level search on the reward."""
+
+    name: ClassVar[str] = "value-guided"
+    streams: ClassVar[bool] = True
+
+    w: float = Field(1.0, ge=0.0, le=100.0, allow_inf_nan=False, description="Token-level guidance weight.")
+    beams: int = Field(2, ge=1, le=64, description="W: beams kept after every chunk.")
+    samples: int = Field(2, ge=1, le=64, description="K: samples each beam is extended into.")
+    chunk_tokens: int = Field(30, ge=1, description="L: tokens per chunk between selections.")
+    token_guidance: bool | None = Field(None, description="Implicit token-level guidance (None: auto).")
+    chunk_value: Literal["implicit", "reward", "none"] | None = Field(
+        None, description="Chunk scoring: implicit value, the reward model, or no chunk search (None: auto)."
+    )
+    principle: str | None = Field(
+        None, min_length=1, description="Guide the policy with itself, with and without this principle."
+    )
+
+    def resolved(self, guide: ImplicitReward | None) -> tuple[bool, str]:
+        """(token guidance on?, chunk value) once the guide is known; raises on impossible asks."""
+        token = self.token_guidance if self.token_guidance is not None else guide is not None
+        chunk = self.chunk_value or ("implicit" if guide is not None else "reward")
+        if guide is None and (token or chunk == "implicit"):
+            raise InvalidInputError(
+                "Implicit value guidance needs a guide: set principle='...' (the policy guides itself) "
+                "or pass tuned/untuned models; or use chunk_value='reward' with token_guidance=False."
+            )
+        if not token and chunk == "none":
+            raise InvalidInputError(
+                "Both guidance signals are off (token_guidance=False, chunk_value='none'): that is plain "
+                "sampling. Turn one of them on."
+            )
+        return token, chunk
+
+    def run_batch(
+        self,
+        prompts: Sequence[Prompt],
+        policy: Policy,
+        reward: RewardModel,
+        params: SamplingParams | None = None,
+        *,
+        progress: Progress | None = None,
+        on_commit: OnCommit | None = None,
+        guide: ImplicitReward | None = None,
+    ) -> list[StrategyResult]:
+        params = params or SamplingParams()
+        progress = progress or NullProgress()
+        if guide is None and self.principle is not None:
+            guide = ImplicitReward(policy, principle=self.principle)
+        token, chunk = self.resolved(guide)
+        if guide is not None:
+            check_shared_vocabulary(policy, guide.tuned, "Value guidance (IVG)")
+            check_shared_vocabulary(policy, guide.untuned, "Value guidance (IVG)")
+        conversations, token_ids = prepare_prompts(prompts, policy, params)
+        num = len(conversations)
+        width = self.beams * self.samples if chunk != "none" else 1
+        counters = ComputeCounters(batch_size=num)
+        views = [View(policy, token_ids)]
+        if guide is not None:
+            views.extend(guide.views(conversations))
+        with counters.timed():
+            lock = Lockstep(views, [width] * num, params, counters)
+            generator = make_generator(params.seed, policy.device)
+            prompt_of_row = torch.arange(num).repeat_interleave(width)
+            copy = torch.zeros(num * width, dtype=torch.long)  # index of a row among its beam's K copies
+            emitted = [0] * num
+            trace: list[dict] = []
+            values: torch.Tensor | None = None
+            progress.stage("value-guided decoding", params.max_new_tokens)
+            try:
+                while not lock.done:
+                    start_finished = lock.finished.cpu()
+                    for _ in range(self.chunk_tokens if chunk != "none" else params.max_new_tokens):
+                        if lock.done:
+                            break
+                        logits = self._guided_logits(lock, token, guide)
+                        alive = ~lock.finished
+                        tokens = sample_tokens(logits, params, generator)
+                        lock.append(tokens)
+                        if on_commit is not None and chunk == "none":
+                            for p in alive.nonzero().flatten().tolist():
+                                on_commit(p, [int(tokens[p])])
+                        progress.advance()
+                    if chunk == "none":
+                        break
+                    values = self._chunk_values(
+                        lock, chunk, guide, reward, conversations, prompt_of_row, counters
+                    )
+                    # a finished beam's K copies are identical: only its first copy competes
+                    ranked = values.masked_fill(start_finished & (copy > 0), float("-inf")).view(num, width)
+                    step = lock.base.steps
+                    trace.extend(
+                        {"step": step, "prompt": int(prompt_of_row[i]), "row": i % width, "value": float(v)}
+                        for i, v in enumerate(values.tolist())
+                    )
+                    if lock.done:  # final pick: ties (a finished beam's copies) go to the first
+                        break
+                    keep = ranked.topk(self.beams, dim=-1).indices  # [num, W]
+                    rows = (keep + torch.arange(num)[:, None] * width).repeat_interleave(self.samples, dim=1)
+                    lock.select(rows.flatten())
+                    copy = torch.arange(self.samples).repeat(num * self.beams)
+                    if on_commit is not None:
+                        self._emit_shared_prefix(lock, num, width, emitted, on_commit)
+                completions = lock.completions()
+                if values is None:  # token-level only: score the answer with the reward model
+                    scores = score_texts(reward, conversations, [c.text for c in completions], counters)
+                else:
+                    scores = values.tolist()
+            except RewardError as exc:
+                done = lock.completions()
+                raise attach_partial(exc, best_per_prompt(self.name, done, None, counters, num)) from exc
+            finally:
+                progress.close()
+        results = best_per_prompt(
+            self.name,
+            completions,
+            scores,
+            counters,
+            num,
+            details=[
+                {
+                    "token_guidance": token,
+                    "w": self.w if token else 0.0,
+                    "chunk_value": chunk,
+                    "beams": self.beams if chunk != "none" else 1,
+                    "samples": self.samples if chunk != "none" else 1,
+                    "chunk_tokens": self.chunk_tokens if chunk != "none" else None,
+                    "guide": guide.name if guide is not None else None,
+                    "value": "reward" if values is None else chunk,
+                }
+            ]
+            * num,
+        )
+        for p, result in enumerate(results):
+            result.counters.reward_items = counters.reward_items
+            result.counters.prompt_tokens = lock.prompt_tokens[p]  # the guides' prefills included
+            result.trace = [r for r in trace if r["prompt"] == p] or result.trace
+        return results
+
+    def _guided_logits(self, lock: Lockstep, token: bool, guide: ImplicitReward | None) -> torch.Tensor:
+        base = lock.logits(0)
+        if not token or self.w == 0:
+            return base
+        tuned, untuned = lock.logits(1), lock.logits(2)
+        vocab = min(base.shape[-1], tuned.shape[-1], untuned.shape[-1])
+        guided = base[:, :vocab] + self.w * (tuned[:, :vocab] - untuned[:, :vocab]).to(base.device)
+        if vocab < base.shape[-1]:  # tokens the guides do not have keep the base logit
+            guided = torch.cat([guided, base[:, vocab:]], dim=-1)
+        return guided
+
+    @staticmethod
+    def _chunk_values(
+        lock: Lockstep,
+        chunk: str,
+        guide: ImplicitReward | None,
+        reward: RewardModel,
+        conversations: list,
+        prompt_of_row: torch.Tensor,
+        counters: ComputeCounters,
+    ) -> torch.Tensor:
+        if chunk == "implicit":
+            assert guide is not None
+            counters.reward_calls += 1
+            counters.reward_items += lock.size
+            tuned = lock.logprobs(1).sum(-1).cpu()
+            untuned = lock.logprobs(2).sum(-1).cpu()
+            return guide.beta * (tuned - untuned)
+        texts = [c.text for c in lock.completions()]
+        scores = score_texts(reward, [conversations[int(p)] for p in prompt_of_row], texts, counters)
+        return torch.tensor(scores, dtype=torch.float32)
+
+    @staticmethod
+    def _emit_shared_prefix(
+        lock: Lockstep, num: int, width: int, emitted: list[int], on_commit: OnCommit
+    ) -> None:
+        """Stream the tokens every surviving beam of a prompt agrees on."""
+        batch = lock.base
+        tokens = lock._rows(batch.tokens, 0).view(num, width, -1)
+        counts = lock._rows(batch.num_tokens, 0).view(num, width).min(-1).values
+        same = (tokens == tokens[:, :1]).all(1).long().cumprod(-1).sum(-1)
+        shared = torch.minimum(same, counts).tolist()
+        for p in range(num):
+            if shared[p] > emitted[p]:
+                on_commit(p, tokens[p, 0, emitted[p] : shared[p]].tolist())
+                emitted[p] = shared[p]
