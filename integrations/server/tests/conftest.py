@@ -31,7 +31,7 @@ def servers(tiny_server_args, tmp_path_factory) -> Iterator[tuple[Server, Server
     """Two servers, started side by side (their start-up overlaps):
 
     - open: no auth, four requests in flight;
-    - strict: a bearer key from a file, one request in flight, a 1.5 s timeout, 20 kB bodies.
+    - strict: a bearer key from a file, one request in flight, a 2 s timeout, 20 kB bodies.
     """
     tmp = tmp_path_factory.mktemp("servers")
     key_file = tmp / "key"
@@ -46,7 +46,7 @@ def servers(tiny_server_args, tmp_path_factory) -> Iterator[tuple[Server, Server
                 "--max-concurrency",
                 "1",
                 "--timeout",
-                "1.5",
+                "2",
                 "--max-body-bytes",
                 "20000",
             ],
