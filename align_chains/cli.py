@@ -64,7 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     chat.add_argument("--json", action="store_true", help="Print the full result as JSON.")
     chat.add_argument("--quiet", action="store_true", help="No progress output.")
+    serve = commands.add_parser(
+        "serve",
+        add_help=False,
+        help="Serve a strategy over the OpenAI chat-completions API (needs align-chains-server; "
+        "'align-chains serve --help' for its options).",
+    )
+    serve.add_argument("serve_args", nargs=argparse.REMAINDER)
     return parser
+
+
+SERVER_INSTALL_HINT = (
+    "'align-chains serve' needs the server package: from a checkout run "
+    "python -m pip install -e integrations/server (or pip install align-chains-server)."
+)
+
+
+def _serve(argv: list[str]) -> int:
+    """Hand the arguments to align_chains_server, imported only now (it is an optional package)."""
+    try:
+        from align_chains_server.cli import main as serve_main
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("align_chains_server", "fastapi", "uvicorn", "starlette"):
+            raise
+        print(f"align-chains: error: {SERVER_INSTALL_HINT} ({exc})", file=sys.stderr)
+        return 2
+    return serve_main(argv)
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -138,6 +163,9 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # its options belong to the server package
+        return _serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,133 @@
+"""The OpenAI chat-completions request, parsed strictly, and OpenAI-style error bodies.
+
+Fields the OpenAI API defines are declared here; any other top-level field (what the openai
+client's ``extra_body`` adds) is a strategy setting, validated later against the chat model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# OpenAI fields we accept and ignore because they do not change the answer.
+IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    """One chat message; ``developer`` is OpenAI's newer name for ``system``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The OpenAI fields of a chat-completions request (extra fields are kept for the strategy)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = Field(default=None, description="OpenAI's number of choices: only 1 is served.")
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    align_chains: dict[str, Any] | None = Field(
+        default=None, description="Strategy settings, namespaced (needed for names OpenAI also uses, e.g. n)."
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """The first OpenAI feature this server cannot honour, as (field, reason), or None."""
+        if self.n not in (None, 1):
+            return "n", (
+                "OpenAI's n (number of choices) must be 1: the server returns the one answer the strategy "
+                "chose. To set a strategy's own n (e.g. Best-of-N's sample count), send "
+                "extra_body={'align_chains': {'n': 8}}."
+            )
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name) not in (None, 0, 0.0):
+                return name, f"{name} is not supported by local aligned models; leave it unset."
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported; leave it unset."
+        if self.logprobs or self.top_logprobs:
+            return "logprobs", "logprobs are not returned by this server; leave logprobs unset."
+        if self.tools or self.functions or self.tool_choice not in (None, "none", "auto"):
+            return "tools", "tool calling is not supported by this server; send plain chat messages."
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            return "response_format", "only response_format={'type': 'text'} is supported."
+        return None
+
+    def extra_settings(self) -> dict[str, Any]:
+        """Top-level fields that are not OpenAI fields: strategy settings from extra_body."""
+        extra = dict(self.model_extra or {})
+        return {k: v for k, v in extra.items() if k not in IGNORED_FIELDS}
+
+    def stop_list(self) -> list[str] | None:
+        if self.stop is None:
+            return None
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def error_body(
+    message: str, *, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI error shape, which the openai client turns into its exception classes."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> tuple[str, str | None]:
+    """A one-line message naming every bad field, and the first field's name (OpenAI's ``param``)."""
+    parts = []
+    first: str | None = None
+    for problem in exc.errors(include_url=False):
+        name = prefix + ".".join(str(p) for p in problem["loc"])
+        first = first or name or None
+        shown = repr(problem.get("input"))
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        parts.append(f"{name or 'body'}: {problem['msg']} (got {shown})")
+    return "Invalid request: " + "; ".join(parts), first

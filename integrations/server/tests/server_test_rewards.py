@@ -1,0 +1,15 @@
+"""Rewards the test servers load by ``--reward server_test_rewards:<name>``."""
+
+from __future__ import annotations
+
+import time
+
+SLOW_MARKER = "[slow]"
+SLOW_SECONDS = 3.0
+
+
+def length(prompt: str, response: str) -> float:
+    """Longer answers score higher; a prompt containing ``[slow]`` holds the worker for a while."""
+    if SLOW_MARKER in prompt:
+        time.sleep(SLOW_SECONDS)
+    return float(len(response))
