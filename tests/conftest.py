@@ -9,44 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from align_chains.models.embedded import gguf_path
+from align_chains import testing
 from align_chains.models.policy import Policy
-from align_chains.settings import cache_dir
+from align_chains.testing import tiny_llama_config
+
+__all__ = ["tiny_llama_config"]  # imported by test modules that build their own tiny models
 
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
-    from transformers import AutoTokenizer
-
-    converted = (
-        next((cache_dir() / "models").glob("smollm2-135m-instruct-v*/tokenizer.json"), None)
-        if (cache_dir() / "models").is_dir()
-        else None
-    )
-    if converted is not None:
-        return AutoTokenizer.from_pretrained(str(converted.parent))
-    gguf = gguf_path()
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-
-
-def tiny_llama_config(tokenizer, **overrides):
-    from transformers import LlamaConfig
-
-    values = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    values.update(overrides)
-    return LlamaConfig(**values)
+    return testing.smol_tokenizer()
 
 
 @pytest.fixture(scope="session")
