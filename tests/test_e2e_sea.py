@@ -28,8 +28,9 @@ def test_sea_on_embedded_defaults(reward, path):
     assert meta["compute"]["reward_calls"] >= 2
 
 
-def test_cli_runs_sea(capsys):
-    argv = ["chat", PROMPT, "--strategy", "sea", "--quiet", "--max-tokens", "12", "--seed", "0"]
+@pytest.mark.parametrize("reward", [[], ["--reward", "minilm"]], ids=["judge", "minilm"])
+def test_cli_runs_sea(capsys, reward):
+    argv = ["chat", PROMPT, "--strategy", "sea", "--quiet", "--max-tokens", "12", "--seed", "0", *reward]
     assert main([*argv, "-o", "iterations=2", "-o", "chains=2"]) == 0
     out = capsys.readouterr().out
     assert "(sea," in out and "reward:" in out
