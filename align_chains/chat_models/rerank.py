@@ -1,0 +1,258 @@
+"""Rerank ANY LangChain chat model: sample n answers through its own API, keep the reward's best.
+
+This is how a served policy (a ``ChatOpenAI`` pointed at a vLLM or SGLang server, a hosted
+model) is aligned when the local engine is not the one generating: the wrapped model is called
+``n`` times concurrently, each call retried on transient errors with tenacity, and the
+successful answers are scored by an align_chains reward in one batched call.
+
+Only response-level strategies can work this way. Strategies that steer decoding token by token
+(reward-guided, value-guided) need the policy's logits, and SEA needs gradients through it; a
+remote chat model exposes neither, so asking for them is an error at construction.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables.config import get_executor_for_config
+from pydantic import ConfigDict, Field, PrivateAttr
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from align_chains.chat_models.messages import to_conversation
+from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
+from align_chains.models.embedded import EMBEDDED_REWARD
+from align_chains.rewards import RewardModel, load_reward
+from align_chains.strategies import canonical_strategy_name
+
+# what each strategy the wrapper cannot run would need from the policy
+_NEEDS_THE_MODEL = {
+    "reward-guided": "the policy's next-token logits at every step (ARGS)",
+    "value-guided": "the policy's next-token logits at every step (IVG)",
+    "sea": "gradients through the policy's embeddings (SEA)",
+}
+_SUPPORTED = ("best-of-n",)
+
+# HTTP statuses worth another try: timeout, too early, rate limit, server-side failures
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_TRANSIENT_NAMES = (
+    "timeout",
+    "connection",
+    "ratelimit",
+    "serviceunavailable",
+    "internalserver",
+    "overloaded",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed chat-model call is worth retrying.
+
+    The rule: builtin ``TimeoutError``/``ConnectionError`` (and subclasses); an exception carrying
+    an HTTP status (``status_code``, ``status``, or ``response.status_code``) in
+    ``TRANSIENT_STATUS``; or an exception class, anywhere in its MRO, whose name contains
+    Timeout, Connection, RateLimit, ServiceUnavailable, InternalServer or Overloaded (the
+    openai/httpx/anthropic client errors). Everything else (bad request, auth, validation,
+    our own errors) fails at once.
+    """
+    if isinstance(exc, AlignChainsError):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    response = getattr(exc, "response", None)
+    for status in (getattr(exc, "status_code", None), getattr(exc, "status", None),
+                   getattr(response, "status_code", None)):  # fmt: skip
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status in TRANSIENT_STATUS
+    names = [cls.__name__.lower().replace("_", "") for cls in type(exc).__mro__]
+    return any(key in name for name in names for key in _TRANSIENT_NAMES)
+
+
+def _response_level_only(value: str) -> str:
+    """The canonical strategy name, or a clear error for one a wrapped chat model cannot run."""
+    name = canonical_strategy_name(value)
+    if name in _NEEDS_THE_MODEL:
+        raise InvalidInputError(
+            f"Strategy {name!r} needs {_NEEDS_THE_MODEL[name]}, which a wrapped chat model does not "
+            "expose. Use strategy='best-of-n' here, or run it on a local policy with "
+            f"chat_model_class({name!r})(model=...)."
+        )
+    if name not in _SUPPORTED:
+        raise InvalidInputError(
+            f"RerankChatModel does not implement strategy {name!r} yet; supported: {list(_SUPPORTED)}."
+        )
+    return name
+
+
+class SamplingFailedError(AlignChainsError, RuntimeError):
+    """Every sample of a reranked call failed; ``errors`` holds each sample's last exception."""
+
+    def __init__(self, message: str, errors: Sequence[BaseException]) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+class RerankChatModel(BaseChatModel):
+    """Best-of-N over any LangChain chat model, scored by an align_chains reward.
+
+    >>> from langchain_openai import ChatOpenAI  # doctest: +SKIP
+    >>> served = ChatOpenAI(base_url="http://localhost:8000/v1", api_key="EMPTY", model="...")
+    >>> RerankChatModel(chat_model=served, reward="minilm", n=8, max_concurrency=8).invoke("...")
+
+    The answer is the chosen candidate's own message (tool calls and all) with
+    ``response_metadata`` saying how it was chosen, and ``usage_metadata`` summed over the
+    successful samples (when the wrapped model reports usage).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    chat_model: BaseChatModel = Field(description="The chat model that generates the candidates.")
+    reward: Any = Field(
+        default=EMBEDDED_REWARD,
+        description="Reward spec for load_reward(): 'minilm', a model id, a function or a RewardModel.",
+    )
+    n: int = Field(default=4, ge=1, description="Candidates sampled per prompt.")
+    strategy: str = Field(default="best-of-n", description="Only response-level 'best-of-n' for now.")
+    max_concurrency: int | None = Field(default=None, ge=1, description="Parallel calls (None: n).")
+    retry_attempts: int = Field(default=3, ge=1, description="Tries per sample on transient errors.")
+    retry_wait: float = Field(default=0.5, ge=0.0, description="First back-off in seconds (doubles).")
+    retry_max_wait: float = Field(default=20.0, ge=0.0, description="Longest single back-off in seconds.")
+
+    _reward: RewardModel | None = PrivateAttr(default=None)
+    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, **kwargs: Any) -> None:
+        # checked before pydantic so the error stays an InvalidInputError, not a ValidationError
+        if isinstance(kwargs.get("strategy"), str):
+            kwargs["strategy"] = _response_level_only(kwargs["strategy"])
+        super().__init__(**kwargs)
+
+    @property
+    def _llm_type(self) -> str:
+        return f"align-chains-rerank-{self.strategy}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "chat_model": self.chat_model._llm_type,
+            "reward": self.reward if isinstance(self.reward, str) else repr(self.reward),
+            "strategy": self.strategy,
+            "n": self.n,
+        }
+
+    def load_reward(self) -> RewardModel:
+        """Load (once, thread-safely) and return the reward."""
+        with self._load_lock:
+            if self._reward is None:
+                self._reward = load_reward(self.reward)
+        return self._reward
+
+    # -- sampling ----------------------------------------------------------------------------
+    def _sample(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> tuple[list[AIMessage | BaseException], int]:
+        """``n`` calls of the wrapped model (concurrent, each retried); returns outcomes and calls made."""
+        calls = [0]
+        lock = threading.Lock()
+        config = {"max_concurrency": self.max_concurrency or self.n}
+        if run_manager is not None:  # the samples trace as children of this run
+            config["callbacks"] = CallbackManager(
+                handlers=[],
+                inheritable_handlers=run_manager.inheritable_handlers,
+                parent_run_id=run_manager.run_id,
+                inheritable_tags=run_manager.inheritable_tags,
+                inheritable_metadata=run_manager.inheritable_metadata,
+            )
+
+        def one(_: int) -> AIMessage | BaseException:
+            retrying = Retrying(
+                stop=stop_after_attempt(self.retry_attempts),
+                wait=wait_exponential(multiplier=self.retry_wait, max=self.retry_max_wait),
+                retry=retry_if_exception(is_transient),
+                reraise=True,
+            )
+            try:
+                for attempt in retrying:
+                    with attempt:
+                        with lock:
+                            calls[0] += 1
+                        message = self.chat_model.invoke(messages, config, stop=stop, **kwargs)
+            except Exception as exc:  # kept per sample: one failure never loses the others
+                return exc
+            if not isinstance(message, AIMessage):
+                return TypeError(
+                    f"the wrapped chat model returned a {type(message).__name__}, not an AIMessage"
+                )
+            return message
+
+        with get_executor_for_config(config) as executor:
+            outcomes = list(executor.map(one, range(self.n)))
+        return outcomes, calls[0]
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        start = time.perf_counter()
+        conversation = to_conversation(messages)  # bad input fails before any call
+        reward = self.load_reward()
+        outcomes, calls = self._sample(messages, stop, run_manager, kwargs)
+        answers = [o for o in outcomes if isinstance(o, AIMessage)]
+        errors = [o for o in outcomes if not isinstance(o, AIMessage)]
+        if not answers:
+            raise SamplingFailedError(
+                f"All {self.n} samples from {type(self.chat_model).__name__} failed after {calls} calls "
+                f"({self.retry_attempts} tries each on transient errors); first error: "
+                f"{type(errors[0]).__name__}: {errors[0]}",
+                errors,
+            )
+        texts = [a.text for a in answers]
+        try:
+            scores = reward.score([conversation] * len(texts), texts)
+        except RewardError as exc:
+            exc.partial = answers  # the samples are not lost
+            raise
+        best = max(range(len(answers)), key=lambda j: (scores[j], -j))  # ties: earliest
+        metadata = {
+            **answers[best].response_metadata,
+            "strategy": self.strategy,
+            "reward": scores[best],
+            "candidates": [
+                {"text": t, "reward": s, "finish_reason": a.response_metadata.get("finish_reason")}
+                for t, s, a in zip(texts, scores, answers, strict=True)
+            ],
+            "compute": {
+                "samples": self.n,
+                "calls": calls,
+                "failures": len(errors),
+                "reward_calls": 1,
+                "reward_items": len(texts),
+                "seconds": time.perf_counter() - start,
+            },
+        }
+        if errors:
+            metadata["failed_samples"] = len(errors)
+            metadata["sample_errors"] = [f"{type(e).__name__}: {e}" for e in errors]
+        message = answers[best].model_copy(
+            update={"response_metadata": metadata, "usage_metadata": _summed_usage(answers)}
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _summed_usage(answers: Sequence[AIMessage]) -> UsageMetadata | None:
+    """Tokens paid for across all successful samples (None if the wrapped model reports none)."""
+    reported = [a.usage_metadata for a in answers if a.usage_metadata]
+    if not reported:
+        return None
+    keys = ("input_tokens", "output_tokens", "total_tokens")
+    return UsageMetadata(**{k: sum(u.get(k, 0) for u in reported) for k in keys})  # type: ignore[typeddict-item]
