@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -12,7 +13,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import PrivateAttr
 
-from align_chains import CallableReward, InvalidInputError, RerankChatModel
+from align_chains import CallableReward, InvalidInputError, RerankChatModel, RewardError
 from align_chains.chat_models.rerank import SamplingFailedError, is_transient
 
 LENGTH = CallableReward(lambda prompt, response: len(response), name="length")
@@ -122,9 +123,34 @@ def test_all_failing_raises_with_context() -> None:
     assert len(info.value.errors) == 2 and all(isinstance(e, TimeoutError) for e in info.value.errors)
 
 
+def test_async_path_retries_keeps_survivors_and_respects_concurrency() -> None:
+    chat = ScriptedChat(script=[TimeoutError("slow"), ValueError("bad"), "a", "bbbb", "cc"])
+    message = asyncio.run(rerank(chat, n=4, max_concurrency=2).ainvoke("q"))
+    assert message.content == "bbbb"
+    meta = message.response_metadata
+    assert meta["failed_samples"] == 1 and meta["compute"]["calls"] == 5
+    assert chat.max_in_flight <= 2
+
+
+def test_async_samples_run_concurrently() -> None:
+    chat = ScriptedChat(script=["a", "bb", "ccc"], barrier_parties=3)
+    assert asyncio.run(rerank(chat, n=3).ainvoke("q")).content == "ccc"
+    assert chat.max_in_flight == 3
+
+
+def test_reward_failure_keeps_the_samples() -> None:
+    def broken(prompt: str, response: str) -> float:
+        raise RuntimeError("verifier down")
+
+    model = RerankChatModel(chat_model=ScriptedChat(script=["a", "bb"]), reward=broken, n=2)
+    with pytest.raises(RewardError, match="verifier down") as info:
+        model.invoke("q")
+    assert sorted(m.content for m in info.value.partial) == ["a", "bb"]
+
+
 @pytest.mark.parametrize("strategy", ["reward-guided", "args", "value-guided", "sea"])
 def test_logit_and_gradient_strategies_are_refused(strategy: str) -> None:
-    with pytest.raises(InvalidInputError, match="needs .*(logits|gradients).*best-of-n"):
+    with pytest.raises(InvalidInputError, match=r"needs .*(logits|gradients).*best-of-n"):
         rerank(FakeListChatModel(responses=["a"]), strategy=strategy)
 
 

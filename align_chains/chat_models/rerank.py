@@ -12,19 +12,26 @@ remote chat model exposes neither, so asking for them is an error at constructio
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables.config import get_executor_for_config
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_executor_for_config, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from align_chains.chat_models.messages import to_conversation
 from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
@@ -155,46 +162,71 @@ class RerankChatModel(BaseChatModel):
         return self._reward
 
     # -- sampling ----------------------------------------------------------------------------
-    def _sample(
-        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
-    ) -> tuple[list[AIMessage | BaseException], int]:
-        """``n`` calls of the wrapped model (concurrent, each retried); returns outcomes and calls made."""
-        calls = [0]
-        lock = threading.Lock()
-        config = {"max_concurrency": self.max_concurrency or self.n}
-        if run_manager is not None:  # the samples trace as children of this run
-            config["callbacks"] = CallbackManager(
+    def _retry_settings(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.retry_attempts),
+            "wait": wait_exponential(multiplier=self.retry_wait, max=self.retry_max_wait),
+            "retry": retry_if_exception(is_transient),
+            "reraise": True,
+        }
+
+    def _child_config(self, run_manager: Any, manager_class: type) -> RunnableConfig:
+        """Config for the wrapped model's calls: bounded concurrency, traced under this run."""
+        config = RunnableConfig(max_concurrency=self.max_concurrency or self.n)
+        if run_manager is not None:
+            config["callbacks"] = manager_class(
                 handlers=[],
                 inheritable_handlers=run_manager.inheritable_handlers,
                 parent_run_id=run_manager.run_id,
                 inheritable_tags=run_manager.inheritable_tags,
                 inheritable_metadata=run_manager.inheritable_metadata,
             )
+        return config
+
+    def _sample(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> tuple[list[AIMessage | BaseException], int]:
+        """``n`` calls of the wrapped model (threads, each retried); returns outcomes and calls made."""
+        calls = [0]
+        lock = threading.Lock()
+        config = self._child_config(run_manager, CallbackManager)
 
         def one(_: int) -> AIMessage | BaseException:
-            retrying = Retrying(
-                stop=stop_after_attempt(self.retry_attempts),
-                wait=wait_exponential(multiplier=self.retry_wait, max=self.retry_max_wait),
-                retry=retry_if_exception(is_transient),
-                reraise=True,
-            )
             try:
-                for attempt in retrying:
+                for attempt in Retrying(**self._retry_settings()):
                     with attempt:
                         with lock:
                             calls[0] += 1
                         message = self.chat_model.invoke(messages, config, stop=stop, **kwargs)
             except Exception as exc:  # kept per sample: one failure never loses the others
                 return exc
-            if not isinstance(message, AIMessage):
-                return TypeError(
-                    f"the wrapped chat model returned a {type(message).__name__}, not an AIMessage"
-                )
-            return message
+            return _checked(message)
 
         with get_executor_for_config(config) as executor:
             outcomes = list(executor.map(one, range(self.n)))
         return outcomes, calls[0]
+
+    async def _asample(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> tuple[list[AIMessage | BaseException], int]:
+        """``n`` concurrent ``ainvoke`` calls (at most ``max_concurrency`` at once), each retried."""
+        calls = [0]
+        config = self._child_config(run_manager, AsyncCallbackManager)
+        gate = asyncio.Semaphore(self.max_concurrency or self.n)
+
+        async def one() -> AIMessage | BaseException:
+            try:
+                async for attempt in AsyncRetrying(**self._retry_settings()):
+                    with attempt:
+                        calls[0] += 1
+                        async with gate:
+                            message = await self.chat_model.ainvoke(messages, config, stop=stop, **kwargs)
+            except Exception as exc:  # kept per sample: one failure never loses the others
+                return exc
+            return _checked(message)
+
+        outcomes = await asyncio.gather(*(one() for _ in range(self.n)))
+        return list(outcomes), calls[0]
 
     def _generate(
         self,
@@ -207,21 +239,49 @@ class RerankChatModel(BaseChatModel):
         conversation = to_conversation(messages)  # bad input fails before any call
         reward = self.load_reward()
         outcomes, calls = self._sample(messages, stop, run_manager, kwargs)
+        answers = self._answers(outcomes, calls)
+        scores = _score(reward, conversation, answers)
+        return self._result(answers, scores, outcomes, calls, start)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        start = time.perf_counter()
+        conversation = to_conversation(messages)
+        reward = self.load_reward()
+        outcomes, calls = await self._asample(messages, stop, run_manager, kwargs)
+        answers = self._answers(outcomes, calls)
+        scores = await run_in_executor(None, _score, reward, conversation, answers)
+        return self._result(answers, scores, outcomes, calls, start)
+
+    # -- choosing ----------------------------------------------------------------------------
+    def _answers(self, outcomes: Sequence[AIMessage | BaseException], calls: int) -> list[AIMessage]:
+        """The successful samples; raise with every sample's error when there are none."""
         answers = [o for o in outcomes if isinstance(o, AIMessage)]
-        errors = [o for o in outcomes if not isinstance(o, AIMessage)]
         if not answers:
+            errors = list(outcomes)
             raise SamplingFailedError(
                 f"All {self.n} samples from {type(self.chat_model).__name__} failed after {calls} calls "
                 f"({self.retry_attempts} tries each on transient errors); first error: "
                 f"{type(errors[0]).__name__}: {errors[0]}",
-                errors,
+                errors,  # type: ignore[arg-type]
             )
+        return answers
+
+    def _result(
+        self,
+        answers: list[AIMessage],
+        scores: list[float],
+        outcomes: Sequence[AIMessage | BaseException],
+        calls: int,
+        start: float,
+    ) -> ChatResult:
+        errors = [o for o in outcomes if not isinstance(o, AIMessage)]
         texts = [a.text for a in answers]
-        try:
-            scores = reward.score([conversation] * len(texts), texts)
-        except RewardError as exc:
-            exc.partial = answers  # the samples are not lost
-            raise
         best = max(range(len(answers)), key=lambda j: (scores[j], -j))  # ties: earliest
         metadata = {
             **answers[best].response_metadata,
@@ -247,6 +307,21 @@ class RerankChatModel(BaseChatModel):
             update={"response_metadata": metadata, "usage_metadata": _summed_usage(answers)}
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _checked(message: Any) -> AIMessage | BaseException:
+    if isinstance(message, AIMessage):
+        return message
+    return TypeError(f"the wrapped chat model returned a {type(message).__name__}, not an AIMessage")
+
+
+def _score(reward: RewardModel, conversation: Any, answers: Sequence[AIMessage]) -> list[float]:
+    """All successful samples in one batched reward call; on failure the samples ride on the error."""
+    try:
+        return reward.score([conversation] * len(answers), [a.text for a in answers])
+    except RewardError as exc:
+        exc.partial = list(answers)
+        raise
 
 
 def _summed_usage(answers: Sequence[AIMessage]) -> UsageMetadata | None:
