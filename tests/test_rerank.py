@@ -145,7 +145,7 @@ def test_reward_failure_keeps_the_samples() -> None:
     model = RerankChatModel(chat_model=ScriptedChat(script=["a", "bb"]), reward=broken, n=2)
     with pytest.raises(RewardError, match="verifier down") as info:
         model.invoke("q")
-    assert sorted(m.content for m in info.value.partial) == ["a", "bb"]
+    assert [sorted(m.content for m in samples) for samples in info.value.partial] == [["a", "bb"]]
 
 
 @pytest.mark.parametrize("strategy", ["reward-guided", "args", "value-guided", "sea"])
@@ -180,3 +180,35 @@ class _HTTPError(Exception):
 )
 def test_transient_rule(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
+
+
+class CountingLength(CallableReward):
+    def __init__(self) -> None:
+        super().__init__(lambda prompts, responses: [len(r) for r in responses], batched=True, name="len")
+        self.calls = 0
+
+    def _score(self, prompts, responses):
+        self.calls += 1
+        return super()._score(prompts, responses)
+
+
+def test_batch_scores_all_prompts_in_one_reward_call_and_isolates_failures() -> None:
+    reward = CountingLength()
+    script = ["a", "bbb", "cc", "dddd", ValueError("400"), ValueError("400")]
+    chat = ScriptedChat(script=script)
+    model = RerankChatModel(chat_model=chat, reward=reward, n=2, max_concurrency=1, retry_wait=0.0)
+    out = model.batch(["p1", "p2", "p3"], return_exceptions=True)
+    assert [m.content for m in out[:2]] == ["bbb", "dddd"]
+    assert isinstance(out[2], SamplingFailedError)
+    assert reward.calls == 1 and chat.calls == 6
+    with pytest.raises(SamplingFailedError):
+        model.batch(["p"])  # an empty script: the wrapped model fails (IndexError), not transient
+
+
+def test_abatch_shares_one_reward_call() -> None:
+    reward = CountingLength()
+    chat = ScriptedChat(script=["a", "bb", "ccc", "d"])
+    model = RerankChatModel(chat_model=chat, reward=reward, n=2, max_concurrency=1)
+    out = asyncio.run(model.abatch(["p1", "p2"]))
+    assert [m.content for m in out] == ["bb", "ccc"]
+    assert reward.calls == 1

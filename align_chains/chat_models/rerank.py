@@ -24,12 +24,12 @@ from langchain_core.callbacks import (
     CallbackManager,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import get_executor_for_config, run_in_executor
+from langchain_core.runnables.config import get_config_list, get_executor_for_config, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -46,6 +46,7 @@ _NEEDS_THE_MODEL = {
     "sea": "gradients through the policy's embeddings (SEA)",
 }
 _SUPPORTED = ("best-of-n",)
+_MAX_THREADS = 64  # default thread pool bound when max_concurrency is None
 
 # HTTP statuses worth another try: timeout, too early, rate limit, server-side failures
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -171,8 +172,8 @@ class RerankChatModel(BaseChatModel):
         }
 
     def _child_config(self, run_manager: Any, manager_class: type) -> RunnableConfig:
-        """Config for the wrapped model's calls: bounded concurrency, traced under this run."""
-        config = RunnableConfig(max_concurrency=self.max_concurrency or self.n)
+        """Config for the wrapped model's calls: traced as children of this run."""
+        config = RunnableConfig()
         if run_manager is not None:
             config["callbacks"] = manager_class(
                 handlers=[],
@@ -184,27 +185,72 @@ class RerankChatModel(BaseChatModel):
         return config
 
     def _sample(
-        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
-    ) -> tuple[list[AIMessage | BaseException], int]:
-        """``n`` calls of the wrapped model (threads, each retried); returns outcomes and calls made."""
-        calls = [0]
+        self,
+        requests: Sequence[tuple[list[BaseMessage], Any]],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+    ) -> list[tuple[list[AIMessage | BaseException], int]]:
+        """``n`` calls of the wrapped model per (messages, run manager), all in one thread pool of
+        ``max_concurrency`` workers, each call retried; per request: outcomes and calls made."""
+        calls = [0] * len(requests)
         lock = threading.Lock()
-        config = self._child_config(run_manager, CallbackManager)
+        configs = [self._child_config(run_manager, CallbackManager) for _, run_manager in requests]
+        jobs = [(r, j) for r in range(len(requests)) for j in range(self.n)]
 
-        def one(_: int) -> AIMessage | BaseException:
+        def one(job: tuple[int, int]) -> AIMessage | BaseException:
+            r = job[0]
             try:
                 for attempt in Retrying(**self._retry_settings()):
                     with attempt:
                         with lock:
-                            calls[0] += 1
-                        message = self.chat_model.invoke(messages, config, stop=stop, **kwargs)
+                            calls[r] += 1
+                        message = self.chat_model.invoke(requests[r][0], configs[r], stop=stop, **kwargs)
             except Exception as exc:  # kept per sample: one failure never loses the others
                 return exc
             return _checked(message)
 
-        with get_executor_for_config(config) as executor:
-            outcomes = list(executor.map(one, range(self.n)))
-        return outcomes, calls[0]
+        pool = RunnableConfig(max_concurrency=self.max_concurrency or min(len(jobs), _MAX_THREADS))
+        with get_executor_for_config(pool) as executor:
+            outcomes = list(executor.map(one, jobs))
+        return [(outcomes[r * self.n : (r + 1) * self.n], calls[r]) for r in range(len(requests))]
+
+    def _run(
+        self,
+        requests: Sequence[tuple[list[BaseMessage], Any]],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+    ) -> list[ChatResult | Exception]:
+        """Best-of-n for each request: sample all, score every successful sample in ONE reward call."""
+        start = time.perf_counter()
+        conversations = [to_conversation(messages) for messages, _ in requests]  # before any call
+        reward = self.load_reward()
+        sampled = self._sample(requests, stop, kwargs)
+        answers: list[list[AIMessage] | Exception] = []
+        for outcomes, calls in sampled:
+            try:
+                answers.append(self._answers(outcomes, calls))
+            except SamplingFailedError as exc:
+                answers.append(exc)
+        ok = [r for r, a in enumerate(answers) if not isinstance(a, Exception)]
+        flat_prompts = [conversations[r] for r in ok for _ in answers[r]]  # type: ignore[union-attr]
+        flat = [m for r in ok for m in answers[r]]  # type: ignore[union-attr]
+        try:
+            scores = reward.score(flat_prompts, [m.text for m in flat]) if flat else []
+        except RewardError as exc:
+            exc.partial = [answers[r] for r in ok]  # each prompt's samples are not lost
+            raise
+        results: list[ChatResult | Exception] = []
+        offset = 0
+        for r, (outcomes, calls) in enumerate(sampled):
+            if isinstance(answers[r], Exception):
+                results.append(answers[r])  # type: ignore[arg-type]
+                continue
+            k = len(answers[r])  # type: ignore[arg-type]
+            results.append(
+                self._result(answers[r], scores[offset : offset + k], outcomes, calls, start)  # type: ignore[arg-type]
+            )
+            offset += k
+        return results
 
     async def _asample(
         self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
@@ -235,13 +281,10 @@ class RerankChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        start = time.perf_counter()
-        conversation = to_conversation(messages)  # bad input fails before any call
-        reward = self.load_reward()
-        outcomes, calls = self._sample(messages, stop, run_manager, kwargs)
-        answers = self._answers(outcomes, calls)
-        scores = _score(reward, conversation, answers)
-        return self._result(answers, scores, outcomes, calls, start)
+        (result,) = self._run([(messages, run_manager)], stop, kwargs)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     async def _agenerate(
         self,
@@ -257,6 +300,83 @@ class RerankChatModel(BaseChatModel):
         answers = self._answers(outcomes, calls)
         scores = await run_in_executor(None, _score, reward, conversation, answers)
         return self._result(answers, scores, outcomes, calls, start)
+
+    # -- batching: every prompt's samples in one pool, all scored in one reward call --------
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:
+        """Best-of-n for every input; ``max_concurrency`` bounds the calls of the whole batch."""
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        stop = kwargs.pop("stop", None)
+        outputs: list[Any] = [None] * len(inputs)
+        runs: list[tuple[int, list[BaseMessage], Any]] = []
+        invocation_params = {**self._identifying_params, "stop": stop, **kwargs}
+        for i, (value, cfg) in enumerate(zip(inputs, configs, strict=True)):
+            messages = self._convert_input(value).to_messages()
+            manager = CallbackManager.configure(
+                cfg.get("callbacks"), self.callbacks, self.verbose,
+                cfg.get("tags"), self.tags, cfg.get("metadata"), self.metadata,
+            )  # fmt: skip
+            (run_manager,) = manager.on_chat_model_start(
+                self._serialized,
+                [messages],
+                invocation_params=invocation_params,
+                options={"stop": stop},
+                name=cfg.get("run_name"),
+                run_id=cfg.get("run_id"),
+                batch_size=len(inputs),
+            )
+            try:
+                to_conversation(messages)  # a bad input fails alone, before any call
+            except Exception as exc:
+                run_manager.on_llm_error(exc)
+                if not return_exceptions:
+                    raise
+                outputs[i] = exc
+            else:
+                runs.append((i, messages, run_manager))
+        if not runs:
+            return outputs
+        try:
+            results = self._run([(m, rm) for _, m, rm in runs], stop, kwargs)
+        except Exception as exc:
+            for _, _, run_manager in runs:
+                run_manager.on_llm_error(exc)
+            if not return_exceptions:
+                raise
+            results = [exc] * len(runs)
+        for (i, _, run_manager), result in zip(runs, results, strict=True):
+            if isinstance(result, Exception):
+                run_manager.on_llm_error(result)
+                if not return_exceptions:
+                    raise result
+                outputs[i] = result
+                continue
+            result.generations[0].message.id = f"lc_run--{run_manager.run_id}"
+            run_manager.on_llm_end(LLMResult(generations=[result.generations]))
+            outputs[i] = result.generations[0].message
+        return outputs
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:
+        """``batch`` in a worker thread, so the whole batch still shares one reward call."""
+        first = config[0] if isinstance(config, list) and config else config
+        return await run_in_executor(
+            first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        )
 
     # -- choosing ----------------------------------------------------------------------------
     def _answers(self, outcomes: Sequence[AIMessage | BaseException], calls: int) -> list[AIMessage]:
@@ -320,7 +440,7 @@ def _score(reward: RewardModel, conversation: Any, answers: Sequence[AIMessage])
     try:
         return reward.score([conversation] * len(answers), [a.text for a in answers])
     except RewardError as exc:
-        exc.partial = list(answers)
+        exc.partial = [list(answers)]  # as in batch: one list of samples per prompt
         raise
 
 
