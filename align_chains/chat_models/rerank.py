@@ -128,7 +128,9 @@ class RerankChatModel(BaseChatModel):
     )
     n: int = Field(default=4, ge=1, description="Candidates sampled per prompt.")
     strategy: str = Field(default="best-of-n", description="Only response-level 'best-of-n' for now.")
-    max_concurrency: int | None = Field(default=None, ge=1, description="Parallel calls (None: n).")
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="Calls in flight at once (None: all samples of the call, <= 64)."
+    )
     retry_attempts: int = Field(default=3, ge=1, description="Tries per sample on transient errors.")
     retry_wait: float = Field(default=0.5, ge=0.0, description="First back-off in seconds (doubles).")
     retry_max_wait: float = Field(default=20.0, ge=0.0, description="Longest single back-off in seconds.")
