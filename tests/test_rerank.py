@@ -212,3 +212,57 @@ def test_abatch_shares_one_reward_call() -> None:
     out = asyncio.run(model.abatch(["p1", "p2"]))
     assert [m.content for m in out] == ["bb", "ccc"]
     assert reward.calls == 1
+
+
+class PerPromptChat(BaseChatModel):
+    """Answers each prompt from its own queue (keyed by the last message's text)."""
+
+    answers: dict[str, list[str]]
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def _llm_type(self) -> str:
+        return "per-prompt"
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        with self._lock:
+            text = self.answers[messages[-1].content].pop(0)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+
+def test_adaptive_spends_the_budget_where_rewards_vary() -> None:
+    chat = PerPromptChat(
+        answers={"flat": ["xx", "xx"], "varied": ["x", "xxxxx", "a", "bb", "ccc", "longest!"]}
+    )
+    reward = CountingLength()
+    model = RerankChatModel(
+        chat_model=chat, reward=reward, strategy="adaptive", budget=4, exploration=0.5, max_concurrency=1
+    )
+    flat, varied = model.batch(["flat", "varied"])
+    assert flat.response_metadata["exploration_samples"] == 2
+    assert flat.response_metadata["extra_samples"] == 0  # identical rewards: no evidence more helps
+    assert varied.response_metadata["extra_samples"] == 4  # the whole remaining budget (2 * 4 - 4)
+    assert varied.content == "longest!" and len(varied.response_metadata["candidates"]) == 6
+    assert varied.response_metadata["compute"]["reward_calls"] == 2 and reward.calls == 2
+    assert chat.answers == {"flat": [], "varied": []}
+
+
+def test_adaptive_on_one_prompt_is_best_of_budget() -> None:
+    chat = ScriptedChat(script=["a", "bbb", "cc"])
+    message = RerankChatModel(chat_model=chat, reward=LENGTH, strategy="adaptive", budget=3).invoke("q")
+    assert message.content == "bbb" and chat.calls == 3
+    chat = ScriptedChat(script=["a", "bbb", "cc"])
+    message = asyncio.run(
+        RerankChatModel(chat_model=chat, reward=LENGTH, strategy="adaptive", budget=3).ainvoke("q")
+    )
+    assert message.content == "bbb" and chat.calls == 3
+
+
+def test_budget_needs_adaptive() -> None:
+    with pytest.raises(InvalidInputError, match="budget= only applies"):
+        RerankChatModel(chat_model=FakeListChatModel(responses=["a"]), reward=LENGTH, budget=4)
+
+
+def test_darwin_is_not_offered_yet() -> None:
+    with pytest.raises(InvalidInputError, match="does not implement strategy 'darwin'"):
+        RerankChatModel(chat_model=FakeListChatModel(responses=["a"]), reward=LENGTH, strategy="darwin")

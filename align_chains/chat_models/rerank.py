@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -38,6 +39,7 @@ from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
 from align_chains.models.embedded import EMBEDDED_REWARD
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies import canonical_strategy_name
+from align_chains.strategies.allocation import allocate, exploration_size
 
 # what each strategy the wrapper cannot run would need from the policy
 _NEEDS_THE_MODEL = {
@@ -45,7 +47,7 @@ _NEEDS_THE_MODEL = {
     "value-guided": "the policy's next-token logits at every step (IVG)",
     "sea": "gradients through the policy's embeddings (SEA)",
 }
-_SUPPORTED = ("best-of-n",)
+_SUPPORTED = ("best-of-n", "adaptive-best-of-n")
 _MAX_THREADS = 64  # default thread pool bound when max_concurrency is None
 
 # HTTP statuses worth another try: timeout, too early, rate limit, server-side failures
@@ -127,7 +129,15 @@ class RerankChatModel(BaseChatModel):
         description="Reward spec for load_reward(): 'minilm', a model id, a function or a RewardModel.",
     )
     n: int = Field(default=4, ge=1, description="Candidates sampled per prompt.")
-    strategy: str = Field(default="best-of-n", description="Only response-level 'best-of-n' for now.")
+    strategy: str = Field(
+        default="best-of-n", description="'best-of-n' or 'adaptive-best-of-n' (alias 'adaptive')."
+    )
+    budget: int | None = Field(
+        default=None, ge=1, description="Adaptive: average samples per prompt over a batch (default n)."
+    )
+    exploration: float = Field(
+        default=0.75, gt=0.0, le=1.0, description="Adaptive: fraction of the budget explored first."
+    )
     max_concurrency: int | None = Field(
         default=None, ge=1, description="Calls in flight at once (None: all samples of the call, <= 64)."
     )
@@ -142,7 +152,15 @@ class RerankChatModel(BaseChatModel):
         # checked before pydantic so the error stays an InvalidInputError, not a ValidationError
         if isinstance(kwargs.get("strategy"), str):
             kwargs["strategy"] = _response_level_only(kwargs["strategy"])
+        if kwargs.get("budget") is not None and kwargs.get("strategy") != "adaptive-best-of-n":
+            raise InvalidInputError(
+                "budget= only applies to strategy='adaptive-best-of-n'; for uniform Best-of-N set n= instead."
+            )
         super().__init__(**kwargs)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.strategy == "adaptive-best-of-n"
 
     @property
     def _llm_type(self) -> str:
@@ -189,15 +207,18 @@ class RerankChatModel(BaseChatModel):
     def _sample(
         self,
         requests: Sequence[tuple[list[BaseMessage], Any]],
+        counts: Sequence[int],
         stop: list[str] | None,
         kwargs: dict[str, Any],
     ) -> list[tuple[list[AIMessage | BaseException], int]]:
-        """``n`` calls of the wrapped model per (messages, run manager), all in one thread pool of
+        """``counts[r]`` calls of the wrapped model per (messages, run manager), all in one pool of
         ``max_concurrency`` workers, each call retried; per request: outcomes and calls made."""
         calls = [0] * len(requests)
         lock = threading.Lock()
         configs = [self._child_config(run_manager, CallbackManager) for _, run_manager in requests]
-        jobs = [(r, j) for r in range(len(requests)) for j in range(self.n)]
+        jobs = [(r, j) for r in range(len(requests)) for j in range(counts[r])]
+        if not jobs:
+            return [([], 0) for _ in requests]
 
         def one(job: tuple[int, int]) -> AIMessage | BaseException:
             r = job[0]
@@ -214,7 +235,10 @@ class RerankChatModel(BaseChatModel):
         pool = RunnableConfig(max_concurrency=self.max_concurrency or min(len(jobs), _MAX_THREADS))
         with get_executor_for_config(pool) as executor:
             outcomes = list(executor.map(one, jobs))
-        return [(outcomes[r * self.n : (r + 1) * self.n], calls[r]) for r in range(len(requests))]
+        grouped: list[list[AIMessage | BaseException]] = [[] for _ in requests]
+        for (r, _), outcome in zip(jobs, outcomes, strict=True):
+            grouped[r].append(outcome)
+        return [(grouped[r], calls[r]) for r in range(len(requests))]
 
     def _run(
         self,
@@ -222,36 +246,62 @@ class RerankChatModel(BaseChatModel):
         stop: list[str] | None,
         kwargs: dict[str, Any],
     ) -> list[ChatResult | Exception]:
-        """Best-of-n for each request: sample all, score every successful sample in ONE reward call."""
-        start = time.perf_counter()
+        """Best-of-N for each request. Uniform: n samples each, all scored in ONE reward call.
+        Adaptive (several prompts): d exploration samples each, one reward call, the rest of the
+        budget allocated by expected gain (``allocation.allocate``), sampled, one more reward call."""
+        begin = time.perf_counter()
         conversations = [to_conversation(messages) for messages, _ in requests]  # before any call
         reward = self.load_reward()
-        sampled = self._sample(requests, stop, kwargs)
-        answers: list[list[AIMessage] | Exception] = []
-        for outcomes, calls in sampled:
+        k = len(requests)
+        d = exploration_size(self.budget or self.n, self.exploration, k) if self.adaptive else self.n
+        outcomes: list[list[AIMessage | BaseException]] = [[] for _ in requests]
+        calls = [0] * k
+        answers: list[list[AIMessage]] = [[] for _ in requests]
+        scores: list[list[float]] = [[] for _ in requests]
+        details: list[dict[str, Any]] = [{} for _ in requests]
+        reward_calls = 0
+
+        def sample_round(counts: Sequence[int]) -> None:
+            nonlocal reward_calls
+            new: list[list[AIMessage]] = []
+            for r, (got, made) in enumerate(self._sample(requests, counts, stop, kwargs)):
+                outcomes[r].extend(got)
+                calls[r] += made
+                new.append([o for o in got if isinstance(o, AIMessage)])
+            flat = [(r, m) for r in range(k) for m in new[r]]
+            if not flat:
+                return
             try:
-                answers.append(self._answers(outcomes, calls))
-            except SamplingFailedError as exc:
-                answers.append(exc)
-        ok = [r for r, a in enumerate(answers) if not isinstance(a, Exception)]
-        flat_prompts = [conversations[r] for r in ok for _ in answers[r]]  # type: ignore[union-attr]
-        flat = [m for r in ok for m in answers[r]]  # type: ignore[union-attr]
-        try:
-            scores = reward.score(flat_prompts, [m.text for m in flat]) if flat else []
-        except RewardError as exc:
-            exc.partial = [answers[r] for r in ok]  # each prompt's samples are not lost
-            raise
+                got_scores = reward.score([conversations[r] for r, _ in flat], [m.text for _, m in flat])
+            except RewardError as exc:
+                exc.partial = [a + n for a, n in zip(answers, new, strict=True)]  # samples not lost
+                raise
+            reward_calls += 1
+            for (r, m), sc in zip(flat, got_scores, strict=True):
+                answers[r].append(m)
+                scores[r].append(sc)
+
+        sample_round([d] * k)
+        if self.adaptive and k > 1:
+            ok = [r for r in range(k) if scores[r]]  # a prompt with no successful sample gets no more
+            extra = allocate([scores[r] for r in ok], self.budget or self.n, rng=np.random.default_rng(0))
+            counts = [0] * k
+            for r, e in zip(ok, extra, strict=True):
+                counts[r] = e
+            for r in range(k):
+                details[r] = {"exploration_samples": d, "extra_samples": counts[r]}
+            if sum(counts):
+                sample_round(counts)
         results: list[ChatResult | Exception] = []
-        offset = 0
-        for r, (outcomes, calls) in enumerate(sampled):
-            if isinstance(answers[r], Exception):
-                results.append(answers[r])  # type: ignore[arg-type]
+        for r in range(k):
+            try:
+                self._answers(outcomes[r], calls[r])
+            except SamplingFailedError as exc:
+                results.append(exc)
                 continue
-            k = len(answers[r])  # type: ignore[arg-type]
             results.append(
-                self._result(answers[r], scores[offset : offset + k], outcomes, calls, start)  # type: ignore[arg-type]
+                self._result(answers[r], scores[r], outcomes[r], calls[r], begin, reward_calls, details[r])
             )
-            offset += k
         return results
 
     async def _asample(
@@ -260,7 +310,8 @@ class RerankChatModel(BaseChatModel):
         """``n`` concurrent ``ainvoke`` calls (at most ``max_concurrency`` at once), each retried."""
         calls = [0]
         config = self._child_config(run_manager, AsyncCallbackManager)
-        gate = asyncio.Semaphore(self.max_concurrency or self.n)
+        count = (self.budget or self.n) if self.adaptive else self.n  # one prompt: nothing to reallocate
+        gate = asyncio.Semaphore(self.max_concurrency or count)
 
         async def one() -> AIMessage | BaseException:
             try:
@@ -273,7 +324,7 @@ class RerankChatModel(BaseChatModel):
                 return exc
             return _checked(message)
 
-        outcomes = await asyncio.gather(*(one() for _ in range(self.n)))
+        outcomes = await asyncio.gather(*(one() for _ in range(count)))
         return list(outcomes), calls[0]
 
     def _generate(
@@ -387,7 +438,8 @@ class RerankChatModel(BaseChatModel):
         if not answers:
             errors = list(outcomes)
             raise SamplingFailedError(
-                f"All {self.n} samples from {type(self.chat_model).__name__} failed after {calls} calls "
+                f"All {len(outcomes)} samples from {type(self.chat_model).__name__} failed after "
+                f"{calls} calls "
                 f"({self.retry_attempts} tries each on transient errors); first error: "
                 f"{type(errors[0]).__name__}: {errors[0]}",
                 errors,  # type: ignore[arg-type]
@@ -401,6 +453,8 @@ class RerankChatModel(BaseChatModel):
         outcomes: Sequence[AIMessage | BaseException],
         calls: int,
         start: float,
+        reward_calls: int = 1,
+        details: dict[str, Any] | None = None,
     ) -> ChatResult:
         errors = [o for o in outcomes if not isinstance(o, AIMessage)]
         texts = [a.text for a in answers]
@@ -414,14 +468,15 @@ class RerankChatModel(BaseChatModel):
                 for t, s, a in zip(texts, scores, answers, strict=True)
             ],
             "compute": {
-                "samples": self.n,
+                "samples": len(outcomes),
                 "calls": calls,
                 "failures": len(errors),
-                "reward_calls": 1,
+                "reward_calls": reward_calls,
                 "reward_items": len(texts),
                 "seconds": time.perf_counter() - start,
             },
         }
+        metadata.update(details or {})
         if errors:
             metadata["failed_samples"] = len(errors)
             metadata["sample_errors"] = [f"{type(e).__name__}: {e}" for e in errors]
