@@ -5,6 +5,7 @@ from __future__ import annotations
 from align_chains.chat_models.base import AlignedChatModel
 from align_chains.chat_models.best_of_n import BestOfNChatModel
 from align_chains.chat_models.darwin import DarwinChatModel
+from align_chains.chat_models.rerank import RerankChatModel
 from align_chains.chat_models.reward_guided import RewardGuidedChatModel
 from align_chains.chat_models.sea import SEAChatModel
 from align_chains.chat_models.value_guided import ValueGuidedChatModel
@@ -36,6 +37,7 @@ __all__ = [
     "AlignedChatModel",
     "BestOfNChatModel",
     "DarwinChatModel",
+    "RerankChatModel",
     "RewardGuidedChatModel",
     "SEAChatModel",
     "ValueGuidedChatModel",

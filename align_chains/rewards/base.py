@@ -2,6 +2,11 @@
 
 Subclasses implement ``_score``; the public ``score`` validates inputs and outputs once for
 every kind of reward, so a misbehaving reward fails loudly with its name in the message.
+
+Every reward is also a LangChain ``Runnable[{"prompt", "response"} -> float]``: ``invoke`` scores
+one pair, ``batch`` scores a list of pairs in ONE ``score`` call, so a reward can score or filter
+outputs inside any chain. (``Runnable`` defines ``|`` for piping and nothing for ``+``/``*``, so
+the weighted-sum operators below keep their meaning.)
 """
 
 from __future__ import annotations
@@ -10,6 +15,11 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import BaseMessage
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import run_in_executor
 
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation, as_conversation
@@ -20,10 +30,11 @@ if TYPE_CHECKING:
 Prompt = str | Sequence[Mapping[str, Any]]
 
 
-class RewardModel(ABC):
+class RewardModel(Runnable[Mapping[str, Any], float], ABC):
     """Scores responses to prompts; higher is better.
 
     A prompt is a string (one user turn) or a chat conversation (list of role/content dicts).
+    As a Runnable it takes ``{"prompt": ..., "response": ...}`` and returns a float.
     """
 
     name: str = "reward"
@@ -99,6 +110,64 @@ class RewardModel(ABC):
         """True when ``soft_scorer`` is implemented (SEA can use this reward)."""
         return type(self).soft_scorer is not RewardModel.soft_scorer
 
+    # -- LangChain Runnable: {"prompt", "response"} -> float ----------------------------------
+    def invoke(self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> float:
+        """Score one ``{"prompt": ..., "response": ...}`` pair."""
+        return self._call_with_config(lambda pair: self.batch([pair])[0], input, config, run_type="chain")
+
+    def batch(
+        self,
+        inputs: list[Mapping[str, Any]],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[float]:
+        """Score a list of pairs in one batched ``score`` call (one callback run per pair).
+
+        A malformed pair raises ``InvalidInputError`` before anything is scored; with
+        ``return_exceptions=True`` it gets its error and the others are still scored.
+        """
+
+        def score_all(items: list[Mapping[str, Any]]) -> list[float | Exception]:
+            parsed: list[tuple[Prompt, str] | Exception] = []
+            for i, item in enumerate(items):
+                try:
+                    parsed.append(_runnable_pair(self.name, item, i))
+                except InvalidInputError as exc:
+                    if not return_exceptions:
+                        raise
+                    parsed.append(exc)
+            ok = [i for i, p in enumerate(parsed) if not isinstance(p, Exception)]
+            out: list[float | Exception] = [p if isinstance(p, Exception) else 0.0 for p in parsed]
+            pairs = [p for p in parsed if not isinstance(p, Exception)]
+            if pairs:
+                scores = self.score([p[0] for p in pairs], [p[1] for p in pairs])
+                for i, s in zip(ok, scores, strict=True):
+                    out[i] = s
+            return out
+
+        return self._batch_with_config(
+            score_all, list(inputs), config, return_exceptions=return_exceptions, run_type="chain"
+        )
+
+    async def ainvoke(
+        self, input: Mapping[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> float:
+        return await run_in_executor(config, self.invoke, input, config)
+
+    async def abatch(
+        self,
+        inputs: list[Mapping[str, Any]],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[float]:
+        """The batched ``batch`` in a worker thread (the default would score pair by pair)."""
+        first = config[0] if isinstance(config, list) and config else config
+        return await run_in_executor(first, self.batch, inputs, config, return_exceptions=return_exceptions)
+
     # rewards compose: 0.7 * relevance + 0.3 * verifier
     def __add__(self, other: RewardModel) -> RewardModel:
         from align_chains.rewards.weighted import WeightedReward
@@ -114,3 +183,39 @@ class RewardModel(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _runnable_pair(name: str, item: Any, index: int) -> tuple[Prompt, str]:
+    """Validate one Runnable input: a dict with a prompt (text, messages) and a response (text)."""
+    where = f"Reward {name!r} input {index}"
+    if not isinstance(item, Mapping):
+        raise InvalidInputError(
+            f"{where} is a {type(item).__name__}; pass a dict {{'prompt': ..., 'response': ...}}."
+        )
+    missing = [k for k in ("prompt", "response") if k not in item]
+    if missing:
+        raise InvalidInputError(
+            f"{where} has no {missing} key(s) (it has {sorted(map(str, item))}); pass "
+            "{'prompt': ..., 'response': ...}, e.g. with RunnablePassthrough.assign(response=chat_model)."
+        )
+    prompt, response = item["prompt"], item["response"]
+    if isinstance(prompt, PromptValue):
+        prompt = prompt.to_messages()
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(m, BaseMessage) for m in prompt):
+        from align_chains.chat_models.messages import to_conversation  # lazy: chat_models imports rewards
+
+        prompt = to_conversation(prompt)
+    if isinstance(response, BaseMessage):
+        response = response.text
+    if not isinstance(response, str):
+        raise InvalidInputError(
+            f"{where}: 'response' must be a string or a chat message; got {type(response).__name__}."
+        )
+    if not isinstance(prompt, str) and not (
+        isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt)
+    ):
+        raise InvalidInputError(
+            f"{where}: 'prompt' must be a string, a list of role/content dicts, chat messages or a "
+            f"prompt value; got {type(prompt).__name__}."
+        )
+    return prompt, response

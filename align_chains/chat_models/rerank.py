@@ -1,0 +1,510 @@
+"""Rerank ANY LangChain chat model: sample n answers through its own API, keep the reward's best.
+
+This is how a served policy (a ``ChatOpenAI`` pointed at a vLLM or SGLang server, a hosted
+model) is aligned when the local engine is not the one generating: the wrapped model is called
+``n`` times concurrently, each call retried on transient errors with tenacity, and the
+successful answers are scored by an align_chains reward in one batched call.
+
+Only response-level strategies can work this way. Strategies that steer decoding token by token
+(reward-guided, value-guided) need the policy's logits, and SEA needs gradients through it; a
+remote chat model exposes neither, so asking for them is an error at construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list, get_executor_for_config, run_in_executor
+from pydantic import ConfigDict, Field, PrivateAttr
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from align_chains.chat_models.messages import to_conversation
+from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
+from align_chains.models.embedded import EMBEDDED_REWARD
+from align_chains.rewards import RewardModel, load_reward
+from align_chains.strategies import canonical_strategy_name
+from align_chains.strategies.allocation import allocate, exploration_size
+
+# what each strategy the wrapper cannot run would need from the policy
+_NEEDS_THE_MODEL = {
+    "reward-guided": "the policy's next-token logits at every step (ARGS)",
+    "value-guided": "the policy's next-token logits at every step (IVG)",
+    "sea": "gradients through the policy's embeddings (SEA)",
+}
+_SUPPORTED = ("best-of-n", "adaptive-best-of-n")
+_MAX_THREADS = 64  # default thread pool bound when max_concurrency is None
+
+# HTTP statuses worth another try: timeout, too early, rate limit, server-side failures
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_TRANSIENT_NAMES = (
+    "timeout",
+    "connection",
+    "ratelimit",
+    "serviceunavailable",
+    "internalserver",
+    "overloaded",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed chat-model call is worth retrying.
+
+    The rule: builtin ``TimeoutError``/``ConnectionError`` (and subclasses); an exception carrying
+    an HTTP status (``status_code``, ``status``, or ``response.status_code``) in
+    ``TRANSIENT_STATUS``; or an exception class, anywhere in its MRO, whose name contains
+    Timeout, Connection, RateLimit, ServiceUnavailable, InternalServer or Overloaded (the
+    openai/httpx/anthropic client errors). Everything else (bad request, auth, validation,
+    our own errors) fails at once.
+    """
+    if isinstance(exc, AlignChainsError):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    response = getattr(exc, "response", None)
+    for status in (getattr(exc, "status_code", None), getattr(exc, "status", None),
+                   getattr(response, "status_code", None)):  # fmt: skip
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status in TRANSIENT_STATUS
+    names = [cls.__name__.lower().replace("_", "") for cls in type(exc).__mro__]
+    return any(key in name for name in names for key in _TRANSIENT_NAMES)
+
+
+def _response_level_only(value: str) -> str:
+    """The canonical strategy name, or a clear error for one a wrapped chat model cannot run."""
+    name = canonical_strategy_name(value)
+    if name in _NEEDS_THE_MODEL:
+        raise InvalidInputError(
+            f"Strategy {name!r} needs {_NEEDS_THE_MODEL[name]}, which a wrapped chat model does not "
+            "expose. Use strategy='best-of-n' here, or run it on a local policy with "
+            f"chat_model_class({name!r})(model=...)."
+        )
+    if name not in _SUPPORTED:
+        raise InvalidInputError(
+            f"RerankChatModel does not implement strategy {name!r} yet; supported: {list(_SUPPORTED)}."
+        )
+    return name
+
+
+class SamplingFailedError(AlignChainsError, RuntimeError):
+    """Every sample of a reranked call failed; ``errors`` holds each sample's last exception."""
+
+    def __init__(self, message: str, errors: Sequence[BaseException]) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+class RerankChatModel(BaseChatModel):
+    """Best-of-N over any LangChain chat model, scored by an align_chains reward.
+
+    >>> from langchain_openai import ChatOpenAI  # doctest: +SKIP
+    >>> served = ChatOpenAI(base_url="http://localhost:8000/v1", api_key="EMPTY", model="...")
+    >>> RerankChatModel(chat_model=served, reward="minilm", n=8, max_concurrency=8).invoke("...")
+
+    The answer is the chosen candidate's own message (tool calls and all) with
+    ``response_metadata`` saying how it was chosen, and ``usage_metadata`` summed over the
+    successful samples (when the wrapped model reports usage).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    chat_model: BaseChatModel = Field(description="The chat model that generates the candidates.")
+    reward: Any = Field(
+        default=EMBEDDED_REWARD,
+        description="Reward spec for load_reward(): 'minilm', a model id, a function or a RewardModel.",
+    )
+    n: int = Field(default=4, ge=1, description="Candidates sampled per prompt.")
+    strategy: str = Field(
+        default="best-of-n", description="'best-of-n' or 'adaptive-best-of-n' (alias 'adaptive')."
+    )
+    budget: int | None = Field(
+        default=None, ge=1, description="Adaptive: average samples per prompt over a batch (default n)."
+    )
+    exploration: float = Field(
+        default=0.75, gt=0.0, le=1.0, description="Adaptive: fraction of the budget explored first."
+    )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="Calls in flight at once (None: all samples of the call, <= 64)."
+    )
+    retry_attempts: int = Field(default=3, ge=1, description="Tries per sample on transient errors.")
+    retry_wait: float = Field(default=0.5, ge=0.0, description="First back-off in seconds (doubles).")
+    retry_max_wait: float = Field(default=20.0, ge=0.0, description="Longest single back-off in seconds.")
+
+    _reward: RewardModel | None = PrivateAttr(default=None)
+    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, **kwargs: Any) -> None:
+        # checked before pydantic so the error stays an InvalidInputError, not a ValidationError
+        if isinstance(kwargs.get("strategy"), str):
+            kwargs["strategy"] = _response_level_only(kwargs["strategy"])
+        if kwargs.get("budget") is not None and kwargs.get("strategy") != "adaptive-best-of-n":
+            raise InvalidInputError(
+                "budget= only applies to strategy='adaptive-best-of-n'; for uniform Best-of-N set n= instead."
+            )
+        super().__init__(**kwargs)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.strategy == "adaptive-best-of-n"
+
+    @property
+    def _llm_type(self) -> str:
+        return f"align-chains-rerank-{self.strategy}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "chat_model": self.chat_model._llm_type,
+            "reward": self.reward if isinstance(self.reward, str) else repr(self.reward),
+            "strategy": self.strategy,
+            "n": self.n,
+        }
+
+    def load_reward(self) -> RewardModel:
+        """Load (once, thread-safely) and return the reward."""
+        with self._load_lock:
+            if self._reward is None:
+                self._reward = load_reward(self.reward)
+        return self._reward
+
+    # -- sampling ----------------------------------------------------------------------------
+    def _retry_settings(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.retry_attempts),
+            "wait": wait_exponential(multiplier=self.retry_wait, max=self.retry_max_wait),
+            "retry": retry_if_exception(is_transient),
+            "reraise": True,
+        }
+
+    def _child_config(self, run_manager: Any, manager_class: type) -> RunnableConfig:
+        """Config for the wrapped model's calls: traced as children of this run."""
+        config = RunnableConfig()
+        if run_manager is not None:
+            config["callbacks"] = manager_class(
+                handlers=[],
+                inheritable_handlers=run_manager.inheritable_handlers,
+                parent_run_id=run_manager.run_id,
+                inheritable_tags=run_manager.inheritable_tags,
+                inheritable_metadata=run_manager.inheritable_metadata,
+            )
+        return config
+
+    def _sample(
+        self,
+        requests: Sequence[tuple[list[BaseMessage], Any]],
+        counts: Sequence[int],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+    ) -> list[tuple[list[AIMessage | BaseException], int]]:
+        """``counts[r]`` calls of the wrapped model per (messages, run manager), all in one pool of
+        ``max_concurrency`` workers, each call retried; per request: outcomes and calls made."""
+        calls = [0] * len(requests)
+        lock = threading.Lock()
+        configs = [self._child_config(run_manager, CallbackManager) for _, run_manager in requests]
+        jobs = [(r, j) for r in range(len(requests)) for j in range(counts[r])]
+        if not jobs:
+            return [([], 0) for _ in requests]
+
+        def one(job: tuple[int, int]) -> AIMessage | BaseException:
+            r = job[0]
+            try:
+                for attempt in Retrying(**self._retry_settings()):
+                    with attempt:
+                        with lock:
+                            calls[r] += 1
+                        message = self.chat_model.invoke(requests[r][0], configs[r], stop=stop, **kwargs)
+            except Exception as exc:  # kept per sample: one failure never loses the others
+                return exc
+            return _checked(message)
+
+        pool = RunnableConfig(max_concurrency=self.max_concurrency or min(len(jobs), _MAX_THREADS))
+        with get_executor_for_config(pool) as executor:
+            outcomes = list(executor.map(one, jobs))
+        grouped: list[list[AIMessage | BaseException]] = [[] for _ in requests]
+        for (r, _), outcome in zip(jobs, outcomes, strict=True):
+            grouped[r].append(outcome)
+        return [(grouped[r], calls[r]) for r in range(len(requests))]
+
+    def _run(
+        self,
+        requests: Sequence[tuple[list[BaseMessage], Any]],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+    ) -> list[ChatResult | Exception]:
+        """Best-of-N for each request. Uniform: n samples each, all scored in ONE reward call.
+        Adaptive (several prompts): d exploration samples each, one reward call, the rest of the
+        budget allocated by expected gain (``allocation.allocate``), sampled, one more reward call."""
+        begin = time.perf_counter()
+        conversations = [to_conversation(messages) for messages, _ in requests]  # before any call
+        reward = self.load_reward()
+        k = len(requests)
+        d = exploration_size(self.budget or self.n, self.exploration, k) if self.adaptive else self.n
+        outcomes: list[list[AIMessage | BaseException]] = [[] for _ in requests]
+        calls = [0] * k
+        answers: list[list[AIMessage]] = [[] for _ in requests]
+        scores: list[list[float]] = [[] for _ in requests]
+        details: list[dict[str, Any]] = [{} for _ in requests]
+        reward_calls = 0
+
+        def sample_round(counts: Sequence[int]) -> None:
+            nonlocal reward_calls
+            new: list[list[AIMessage]] = []
+            for r, (got, made) in enumerate(self._sample(requests, counts, stop, kwargs)):
+                outcomes[r].extend(got)
+                calls[r] += made
+                new.append([o for o in got if isinstance(o, AIMessage)])
+            flat = [(r, m) for r in range(k) for m in new[r]]
+            if not flat:
+                return
+            try:
+                got_scores = reward.score([conversations[r] for r, _ in flat], [m.text for _, m in flat])
+            except RewardError as exc:
+                exc.partial = [a + n for a, n in zip(answers, new, strict=True)]  # samples not lost
+                raise
+            reward_calls += 1
+            for (r, m), sc in zip(flat, got_scores, strict=True):
+                answers[r].append(m)
+                scores[r].append(sc)
+
+        sample_round([d] * k)
+        if self.adaptive and k > 1:
+            ok = [r for r in range(k) if scores[r]]  # a prompt with no successful sample gets no more
+            extra = allocate([scores[r] for r in ok], self.budget or self.n, rng=np.random.default_rng(0))
+            counts = [0] * k
+            for r, e in zip(ok, extra, strict=True):
+                counts[r] = e
+            for r in range(k):
+                details[r] = {"exploration_samples": d, "extra_samples": counts[r]}
+            if sum(counts):
+                sample_round(counts)
+        results: list[ChatResult | Exception] = []
+        for r in range(k):
+            try:
+                self._answers(outcomes[r], calls[r])
+            except SamplingFailedError as exc:
+                results.append(exc)
+                continue
+            results.append(
+                self._result(answers[r], scores[r], outcomes[r], calls[r], begin, reward_calls, details[r])
+            )
+        return results
+
+    async def _asample(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> tuple[list[AIMessage | BaseException], int]:
+        """``n`` concurrent ``ainvoke`` calls (at most ``max_concurrency`` at once), each retried."""
+        calls = [0]
+        config = self._child_config(run_manager, AsyncCallbackManager)
+        count = (self.budget or self.n) if self.adaptive else self.n  # one prompt: nothing to reallocate
+        gate = asyncio.Semaphore(self.max_concurrency or count)
+
+        async def one() -> AIMessage | BaseException:
+            try:
+                async for attempt in AsyncRetrying(**self._retry_settings()):
+                    with attempt:
+                        calls[0] += 1
+                        async with gate:
+                            message = await self.chat_model.ainvoke(messages, config, stop=stop, **kwargs)
+            except Exception as exc:  # kept per sample: one failure never loses the others
+                return exc
+            return _checked(message)
+
+        outcomes = await asyncio.gather(*(one() for _ in range(count)))
+        return list(outcomes), calls[0]
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        (result,) = self._run([(messages, run_manager)], stop, kwargs)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        start = time.perf_counter()
+        conversation = to_conversation(messages)
+        reward = self.load_reward()
+        outcomes, calls = await self._asample(messages, stop, run_manager, kwargs)
+        answers = self._answers(outcomes, calls)
+        scores = await run_in_executor(None, _score, reward, conversation, answers)
+        return self._result(answers, scores, outcomes, calls, start)
+
+    # -- batching: every prompt's samples in one pool, all scored in one reward call --------
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:
+        """Best-of-n for every input; ``max_concurrency`` bounds the calls of the whole batch."""
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        stop = kwargs.pop("stop", None)
+        outputs: list[Any] = [None] * len(inputs)
+        runs: list[tuple[int, list[BaseMessage], Any]] = []
+        invocation_params = {**self._identifying_params, "stop": stop, **kwargs}
+        for i, (value, cfg) in enumerate(zip(inputs, configs, strict=True)):
+            messages = self._convert_input(value).to_messages()
+            manager = CallbackManager.configure(
+                cfg.get("callbacks"), self.callbacks, self.verbose,
+                cfg.get("tags"), self.tags, cfg.get("metadata"), self.metadata,
+            )  # fmt: skip
+            (run_manager,) = manager.on_chat_model_start(
+                self._serialized,
+                [messages],
+                invocation_params=invocation_params,
+                options={"stop": stop},
+                name=cfg.get("run_name"),
+                run_id=cfg.get("run_id"),
+                batch_size=len(inputs),
+            )
+            try:
+                to_conversation(messages)  # a bad input fails alone, before any call
+            except Exception as exc:
+                run_manager.on_llm_error(exc)
+                if not return_exceptions:
+                    raise
+                outputs[i] = exc
+            else:
+                runs.append((i, messages, run_manager))
+        if not runs:
+            return outputs
+        try:
+            results = self._run([(m, rm) for _, m, rm in runs], stop, kwargs)
+        except Exception as exc:
+            for _, _, run_manager in runs:
+                run_manager.on_llm_error(exc)
+            if not return_exceptions:
+                raise
+            results = [exc] * len(runs)
+        for (i, _, run_manager), result in zip(runs, results, strict=True):
+            if isinstance(result, Exception):
+                run_manager.on_llm_error(result)
+                if not return_exceptions:
+                    raise result
+                outputs[i] = result
+                continue
+            result.generations[0].message.id = f"lc_run--{run_manager.run_id}"
+            run_manager.on_llm_end(LLMResult(generations=[result.generations]))
+            outputs[i] = result.generations[0].message
+        return outputs
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:
+        """``batch`` in a worker thread, so the whole batch still shares one reward call."""
+        first = config[0] if isinstance(config, list) and config else config
+        return await run_in_executor(
+            first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        )
+
+    # -- choosing ----------------------------------------------------------------------------
+    def _answers(self, outcomes: Sequence[AIMessage | BaseException], calls: int) -> list[AIMessage]:
+        """The successful samples; raise with every sample's error when there are none."""
+        answers = [o for o in outcomes if isinstance(o, AIMessage)]
+        if not answers:
+            errors = list(outcomes)
+            raise SamplingFailedError(
+                f"All {len(outcomes)} samples from {type(self.chat_model).__name__} failed after "
+                f"{calls} calls "
+                f"({self.retry_attempts} tries each on transient errors); first error: "
+                f"{type(errors[0]).__name__}: {errors[0]}",
+                errors,  # type: ignore[arg-type]
+            )
+        return answers
+
+    def _result(
+        self,
+        answers: list[AIMessage],
+        scores: list[float],
+        outcomes: Sequence[AIMessage | BaseException],
+        calls: int,
+        start: float,
+        reward_calls: int = 1,
+        details: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        errors = [o for o in outcomes if not isinstance(o, AIMessage)]
+        texts = [a.text for a in answers]
+        best = max(range(len(answers)), key=lambda j: (scores[j], -j))  # ties: earliest
+        metadata = {
+            **answers[best].response_metadata,
+            "strategy": self.strategy,
+            "reward": scores[best],
+            "candidates": [
+                {"text": t, "reward": s, "finish_reason": a.response_metadata.get("finish_reason")}
+                for t, s, a in zip(texts, scores, answers, strict=True)
+            ],
+            "compute": {
+                "samples": len(outcomes),
+                "calls": calls,
+                "failures": len(errors),
+                "reward_calls": reward_calls,
+                "reward_items": len(texts),
+                "seconds": time.perf_counter() - start,
+            },
+        }
+        metadata.update(details or {})
+        if errors:
+            metadata["failed_samples"] = len(errors)
+            metadata["sample_errors"] = [f"{type(e).__name__}: {e}" for e in errors]
+        message = answers[best].model_copy(
+            update={"response_metadata": metadata, "usage_metadata": _summed_usage(answers)}
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _checked(message: Any) -> AIMessage | BaseException:
+    if isinstance(message, AIMessage):
+        return message
+    return TypeError(f"the wrapped chat model returned a {type(message).__name__}, not an AIMessage")
+
+
+def _score(reward: RewardModel, conversation: Any, answers: Sequence[AIMessage]) -> list[float]:
+    """All successful samples in one batched reward call; on failure the samples ride on the error."""
+    try:
+        return reward.score([conversation] * len(answers), [a.text for a in answers])
+    except RewardError as exc:
+        exc.partial = [list(answers)]  # as in batch: one list of samples per prompt
+        raise
+
+
+def _summed_usage(answers: Sequence[AIMessage]) -> UsageMetadata | None:
+    """Tokens paid for across all successful samples (None if the wrapped model reports none)."""
+    reported = [a.usage_metadata for a in answers if a.usage_metadata]
+    if not reported:
+        return None
+    keys = ("input_tokens", "output_tokens", "total_tokens")
+    return UsageMetadata(**{k: sum(u.get(k, 0) for u in reported) for k in keys})  # type: ignore[typeddict-item]
