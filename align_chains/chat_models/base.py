@@ -13,16 +13,17 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
-from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
+from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import get_config_list, run_in_executor
+from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from align_chains.chat_models.batching import batch_with_callbacks
 from align_chains.chat_models.messages import to_conversation
 from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError
@@ -336,54 +337,11 @@ class AlignedChatModel(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[BaseMessage]:
-        if not inputs:
-            return []
-        configs = get_config_list(config, len(inputs))
-        stop = kwargs.pop("stop", None)
-        outputs: list[Any] = [None] * len(inputs)
-        runs: list[tuple[int, Conversation, Any]] = []
-        invocation_params = {**self._identifying_params, "stop": stop, **kwargs}
-        for i, (value, cfg) in enumerate(zip(inputs, configs, strict=True)):
-            messages = self._convert_input(value).to_messages()
-            manager = CallbackManager.configure(
-                cfg.get("callbacks"), self.callbacks, self.verbose,
-                cfg.get("tags"), self.tags, cfg.get("metadata"), self.metadata,
-            )  # fmt: skip
-            (run_manager,) = manager.on_chat_model_start(
-                self._serialized,
-                [messages],
-                invocation_params=invocation_params,
-                options={"stop": stop},
-                name=cfg.get("run_name"),
-                run_id=cfg.get("run_id"),
-                batch_size=len(inputs),
-            )
-            try:
-                runs.append((i, to_conversation(messages), run_manager))
-            except Exception as exc:
-                run_manager.on_llm_error(exc)
-                if not return_exceptions:
-                    raise
-                outputs[i] = exc
-        if runs:
-            try:
-                results = self.run_strategy([conv for _, conv, _ in runs], stop, **kwargs)
-            except Exception as exc:
-                for _, _, run_manager in runs:
-                    run_manager.on_llm_error(exc)
-                if not return_exceptions:
-                    raise
-                for i, _, _ in runs:
-                    outputs[i] = exc
-            else:
-                for (i, _, run_manager), result in zip(runs, results, strict=True):
-                    chat = self._chat_result(result)
-                    chat.generations[0].message.id = f"lc_run--{run_manager.run_id}"
-                    run_manager.on_llm_end(
-                        LLMResult(generations=[chat.generations], llm_output=chat.llm_output)
-                    )
-                    outputs[i] = chat.generations[0].message
-        return outputs
+        def run(requests: Sequence[tuple[list[BaseMessage], Any]], stop: list[str] | None) -> list[Any]:
+            conversations = [to_conversation(messages) for messages, _ in requests]
+            return [self._chat_result(r) for r in self.run_strategy(conversations, stop, **kwargs)]
+
+        return batch_with_callbacks(self, inputs, config, return_exceptions, kwargs, run)
 
     async def abatch(
         self,

@@ -28,12 +28,13 @@ from langchain_core.callbacks import (
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import get_config_list, get_executor_for_config, run_in_executor
+from langchain_core.runnables.config import get_executor_for_config, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from align_chains.chat_models.batching import batch_with_callbacks
 from align_chains.chat_models.messages import to_conversation
 from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
 from align_chains.models.embedded import EMBEDDED_REWARD
@@ -364,58 +365,14 @@ class RerankChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> list[BaseMessage]:
         """Best-of-n for every input; ``max_concurrency`` bounds the calls of the whole batch."""
-        if not inputs:
-            return []
-        configs = get_config_list(config, len(inputs))
-        stop = kwargs.pop("stop", None)
-        outputs: list[Any] = [None] * len(inputs)
-        runs: list[tuple[int, list[BaseMessage], Any]] = []
-        invocation_params = {**self._identifying_params, "stop": stop, **kwargs}
-        for i, (value, cfg) in enumerate(zip(inputs, configs, strict=True)):
-            messages = self._convert_input(value).to_messages()
-            manager = CallbackManager.configure(
-                cfg.get("callbacks"), self.callbacks, self.verbose,
-                cfg.get("tags"), self.tags, cfg.get("metadata"), self.metadata,
-            )  # fmt: skip
-            (run_manager,) = manager.on_chat_model_start(
-                self._serialized,
-                [messages],
-                invocation_params=invocation_params,
-                options={"stop": stop},
-                name=cfg.get("run_name"),
-                run_id=cfg.get("run_id"),
-                batch_size=len(inputs),
-            )
-            try:
-                to_conversation(messages)  # a bad input fails alone, before any call
-            except Exception as exc:
-                run_manager.on_llm_error(exc)
-                if not return_exceptions:
-                    raise
-                outputs[i] = exc
-            else:
-                runs.append((i, messages, run_manager))
-        if not runs:
-            return outputs
-        try:
-            results = self._run([(m, rm) for _, m, rm in runs], stop, kwargs)
-        except Exception as exc:
-            for _, _, run_manager in runs:
-                run_manager.on_llm_error(exc)
-            if not return_exceptions:
-                raise
-            results = [exc] * len(runs)
-        for (i, _, run_manager), result in zip(runs, results, strict=True):
-            if isinstance(result, Exception):
-                run_manager.on_llm_error(result)
-                if not return_exceptions:
-                    raise result
-                outputs[i] = result
-                continue
-            result.generations[0].message.id = f"lc_run--{run_manager.run_id}"
-            run_manager.on_llm_end(LLMResult(generations=[result.generations]))
-            outputs[i] = result.generations[0].message
-        return outputs
+        return batch_with_callbacks(
+            self,
+            inputs,
+            config,
+            return_exceptions,
+            kwargs,
+            lambda requests, stop: self._run(requests, stop, kwargs),
+        )
 
     async def abatch(
         self,

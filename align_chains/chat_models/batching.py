@@ -1,0 +1,95 @@
+"""``batch()`` as ONE underlying run with LangChain callbacks per input.
+
+LangChain's default ``batch`` calls ``invoke`` once per input, which would decode (or sample
+and score) each prompt on its own. Chat models here override ``batch`` with this helper: every
+input gets its own ``on_chat_model_start``/``on_llm_end``/``on_llm_error``, while the work is one
+call of ``run`` over all inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManager
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult, LLMResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list
+
+from align_chains.chat_models.messages import to_conversation
+
+#: runs every accepted input at once: (messages, run manager) pairs -> one result or error each
+BatchRun = Callable[
+    [Sequence[tuple[list[BaseMessage], Any]], "list[str] | None"], "list[ChatResult | Exception]"
+]
+
+
+def batch_with_callbacks(
+    model: BaseChatModel,
+    inputs: list[LanguageModelInput],
+    config: RunnableConfig | list[RunnableConfig] | None,
+    return_exceptions: bool,
+    kwargs: dict[str, Any],
+    run: BatchRun,
+) -> list[Any]:
+    """Start a callback run per input, check each input, ``run`` the valid ones together, end each run.
+
+    An input whose messages cannot be converted fails alone, before any model work. An exception
+    from ``run`` itself fails every input; a per-input exception in its results fails that input.
+    With ``return_exceptions`` errors are returned in place, else the first one is raised.
+    """
+    if not inputs:
+        return []
+    configs = get_config_list(config, len(inputs))
+    stop = kwargs.pop("stop", None)
+    outputs: list[Any] = [None] * len(inputs)
+    runs: list[tuple[int, list[BaseMessage], Any]] = []
+    invocation_params = {**model._identifying_params, "stop": stop, **kwargs}
+    for i, (value, cfg) in enumerate(zip(inputs, configs, strict=True)):
+        messages = model._convert_input(value).to_messages()
+        manager = CallbackManager.configure(
+            cfg.get("callbacks"), model.callbacks, model.verbose,
+            cfg.get("tags"), model.tags, cfg.get("metadata"), model.metadata,
+        )  # fmt: skip
+        (run_manager,) = manager.on_chat_model_start(
+            model._serialized,
+            [messages],
+            invocation_params=invocation_params,
+            options={"stop": stop},
+            name=cfg.get("run_name"),
+            run_id=cfg.get("run_id"),
+            batch_size=len(inputs),
+        )
+        try:
+            to_conversation(messages)  # a bad input fails alone, before any model work
+        except Exception as exc:
+            run_manager.on_llm_error(exc)
+            if not return_exceptions:
+                raise
+            outputs[i] = exc
+        else:
+            runs.append((i, messages, run_manager))
+    if not runs:
+        return outputs
+    try:
+        results = run([(messages, run_manager) for _, messages, run_manager in runs], stop)
+    except Exception as exc:
+        for i, _, run_manager in runs:
+            run_manager.on_llm_error(exc)
+            outputs[i] = exc
+        if not return_exceptions:
+            raise
+        return outputs
+    for (i, _, run_manager), result in zip(runs, results, strict=True):
+        if isinstance(result, Exception):
+            run_manager.on_llm_error(result)
+            if not return_exceptions:
+                raise result
+            outputs[i] = result
+            continue
+        result.generations[0].message.id = f"lc_run--{run_manager.run_id}"
+        run_manager.on_llm_end(LLMResult(generations=[result.generations], llm_output=result.llm_output))
+        outputs[i] = result.generations[0].message
+    return outputs
