@@ -59,3 +59,48 @@ def tiny_policy(seed: int = 0, name: str = "tiny-llama") -> Policy:
     tokenizer = smol_tokenizer()
     torch.manual_seed(seed)
     return Policy(model=LlamaForCausalLM(tiny_llama_config(tokenizer)), tokenizer=tokenizer, name=name)
+
+
+def taught_policy(
+    lessons: list[tuple[list[int], str]],
+    *,
+    steps: int = 300,
+    lr: float = 3e-3,
+    seed: int = 0,
+    name: str = "taught-tiny-llama",
+) -> Policy:
+    """A tiny Llama trained, here and now, to answer each rendered prompt with its response.
+
+    ``lessons`` are ``(prompt_token_ids, response_text)`` pairs; the loss covers the response
+    and its end-of-turn token only. Greedy decoding then reproduces the responses: a policy
+    whose choices are its own weights', made deterministic for tests of tool calls and agents.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = smol_tokenizer()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer, hidden_size=64, intermediate_size=128))
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    sequences, targets = [], []
+    for prompt_ids, response in lessons:
+        answer = tokenizer(response, add_special_tokens=False)["input_ids"] + [end]
+        sequences.append(prompt_ids + answer)
+        targets.append([-100] * len(prompt_ids) + answer)  # loss on the response only
+    width = max(len(s) for s in sequences)
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])
+    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):  # one padded batch of every lesson per step
+        optimiser.zero_grad()
+        hidden = model.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).last_hidden_state
+        scored = labels[:, 1:] != -100  # the vocabulary projection runs on response positions only
+        loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[scored]), labels[:, 1:][scored])
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    model.generation_config.eos_token_id = end
+    return Policy(model=model, tokenizer=tokenizer, name=name)

@@ -7,24 +7,31 @@ batching, callbacks) lives here.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
+from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr
+from tenacity import Retrying, retry_if_result, stop_after_attempt
 
 from align_chains.chat_models.batching import batch_with_callbacks
 from align_chains.chat_models.messages import to_conversation
+from align_chains.chat_models.output_contract import OutputContract, is_kept, normalise_tool_choice
+from align_chains.chat_models.structured import structured_output_runnable
 from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
@@ -73,6 +80,12 @@ class AlignedChatModel(BaseChatModel):
     dtype: str | None = Field(default=None, description="'bf16', 'fp32', ... (automatic if None).")
     device_map: str | None = Field(default=None, description="'auto' to shard a large policy.")
     show_progress: bool = False
+    output_retries: int = Field(
+        default=1,
+        ge=0,
+        description="With bound tools or a structured-output schema: how many more runs to try when "
+        "no candidate keeps the contract (a parsable call to a bound tool, JSON that validates).",
+    )
 
     _policy: Policy | None = PrivateAttr(default=None)
     _reward: RewardModel | None = PrivateAttr(default=None)
@@ -172,13 +185,58 @@ class AlignedChatModel(BaseChatModel):
         stop: list[str] | None = None,
         *,
         on_commit: Callable[[int, list[int]], None] | None = None,
+        contract: OutputContract | None = None,
         **kwargs: Any,
     ) -> list[StrategyResult]:
         """Run the strategy on already-converted conversations (one batched run).
 
         ``on_commit(prompt_index, token_ids)`` is called as a streaming strategy commits tokens.
+        With bound tools or a schema (``contract``, or the ``tools``/``tool_choice``/
+        ``response_format`` kwargs), candidates that break it are never chosen over ones that
+        keep it, and prompts with no keeper are run again, up to ``output_retries`` times.
         """
+        contract = contract or OutputContract.from_kwargs(kwargs)
         overrides = self._checked_call_kwargs(kwargs)
+        if contract is None:
+            return self._run_once(conversations, stop, overrides, on_commit)
+        prepared = [contract.prepare(c) for c in conversations]
+        results = [contract.choose(r) for r in self._run_once(prepared, stop, overrides, None)]
+        attempts = [1] * len(results)
+
+        def run_again() -> list[int]:
+            todo = [i for i, r in enumerate(results) if not is_kept(r)]
+            if not todo:
+                return todo
+            again = dict(overrides)
+            seed = overrides.get("seed", self.seed)
+            if seed is not None:  # a seeded run would only repeat itself
+                again["seed"] = seed + max(attempts[i] for i in todo)
+            for i, new in zip(
+                todo, self._run_once([prepared[i] for i in todo], stop, again, None), strict=True
+            ):
+                new = contract.choose(new)
+                attempts[i] += 1
+                results[i] = replace(new, counters=results[i].counters + new.counters)
+            return [i for i in todo if not is_kept(results[i])]
+
+        if self.output_retries:
+            Retrying(
+                stop=stop_after_attempt(self.output_retries),
+                retry=retry_if_result(bool),
+                retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+            )(run_again)
+        return [
+            replace(r, details={**r.details, "output_check": {**r.details["output_check"], "attempts": n}})
+            for r, n in zip(results, attempts, strict=True)
+        ]
+
+    def _run_once(
+        self,
+        conversations: Sequence[Conversation],
+        stop: list[str] | None,
+        overrides: dict[str, Any],
+        on_commit: Callable[[int, list[int]], None] | None,
+    ) -> list[StrategyResult]:
         strategy = self.build_strategy(**overrides)
         params = self._sampling(stop, overrides)
         policy, reward = self.load()
@@ -189,13 +247,28 @@ class AlignedChatModel(BaseChatModel):
         with policy.lock:
             return strategy.run_batch(list(conversations), policy, reward, params, progress=progress, **extra)
 
-    def _message(self, result: StrategyResult) -> AIMessage:
+    def _message(self, result: StrategyResult, contract: OutputContract | None = None) -> AIMessage:
         usage = UsageMetadata(
             input_tokens=result.prompt_tokens,
             output_tokens=result.best.num_tokens,
             total_tokens=result.prompt_tokens + result.best.num_tokens,
         )
-        return AIMessage(content=result.text, usage_metadata=usage, response_metadata=self._metadata(result))
+        metadata = self._metadata(result)
+        if contract is None or not contract.tools:
+            return AIMessage(content=result.text, usage_metadata=usage, response_metadata=metadata)
+        parsed = contract.parse(result.text)
+        if parsed.calls:
+            metadata["finish_reason"] = "tool_calls"
+        return AIMessage(
+            content=parsed.content,
+            tool_calls=[tool_call(name=c["name"], args=c["args"], id=c["id"]) for c in parsed.calls],
+            invalid_tool_calls=[
+                invalid_tool_call(name=c["name"], args=c["args"], id=c["id"], error=c["error"])
+                for c in parsed.invalid
+            ],
+            usage_metadata=usage,
+            response_metadata=metadata,
+        )
 
     def _metadata(self, result: StrategyResult) -> dict[str, Any]:
         return {
@@ -213,8 +286,8 @@ class AlignedChatModel(BaseChatModel):
             **result.flags,
         }
 
-    def _chat_result(self, result: StrategyResult) -> ChatResult:
-        message = self._message(result)
+    def _chat_result(self, result: StrategyResult, contract: OutputContract | None = None) -> ChatResult:
+        message = self._message(result, contract)
         return ChatResult(
             generations=[
                 ChatGeneration(message=message, generation_info={"finish_reason": result.finish_reason})
@@ -229,8 +302,10 @@ class AlignedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        (result,) = self.run_strategy([to_conversation(messages)], stop, **kwargs)
-        return self._chat_result(result)
+        kwargs = dict(kwargs)
+        contract = OutputContract.from_kwargs(kwargs)
+        (result,) = self.run_strategy([to_conversation(messages)], stop, contract=contract, **kwargs)
+        return self._chat_result(result, contract)
 
     def _stream(
         self,
@@ -246,9 +321,20 @@ class AlignedChatModel(BaseChatModel):
         others stream the chosen answer once it is picked.
         """
         conversation = to_conversation(messages)
+        kwargs = dict(kwargs)
+        contract = OutputContract.from_kwargs(kwargs)
         strategy = self.build_strategy(**self._checked_call_kwargs(dict(kwargs)))
         policy, _ = self.load()
-        if getattr(strategy, "streams", False):
+        calls: list[Any] = []
+        if contract is not None:  # text and calls are told apart once the answer is chosen
+            (result,) = self.run_strategy([conversation], stop, contract=contract, **kwargs)
+            message = self._message(result, contract)
+            pieces, holder = iter([message.text] if message.text else []), [result]
+            calls = [
+                tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+                for i, c in enumerate(message.tool_calls)
+            ]
+        elif getattr(strategy, "streams", False):
             pieces, holder = self._live_pieces(conversation, stop, kwargs)
         else:
             (result,) = self.run_strategy([conversation], stop, **kwargs)
@@ -258,8 +344,13 @@ class AlignedChatModel(BaseChatModel):
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
+        if calls:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=calls))
+            if run_manager:
+                run_manager.on_llm_new_token("", chunk=chunk)
+            yield chunk
         result = holder[0]
-        final = self._message(result)
+        final = self._message(result, contract)
         yield ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
@@ -339,7 +430,10 @@ class AlignedChatModel(BaseChatModel):
     ) -> list[BaseMessage]:
         def run(requests: Sequence[tuple[list[BaseMessage], Any]], stop: list[str] | None) -> list[Any]:
             conversations = [to_conversation(messages) for messages, _ in requests]
-            return [self._chat_result(r) for r in self.run_strategy(conversations, stop, **kwargs)]
+            call_kwargs = dict(kwargs)
+            contract = OutputContract.from_kwargs(call_kwargs)
+            results = self.run_strategy(conversations, stop, contract=contract, **call_kwargs)
+            return [self._chat_result(r, contract) for r in results]
 
         return batch_with_callbacks(self, inputs, config, return_exceptions, kwargs, run)
 
@@ -355,6 +449,48 @@ class AlignedChatModel(BaseChatModel):
         return await run_in_executor(
             first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )
+
+    # -- tools and structured output -----------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | dict | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer tools to the policy: through its chat template when it takes tools, else a
+        system prompt asking for ``<tool_call>`` JSON (see ``align_chains.models.tool_calls``).
+
+        ``tool_choice``: "auto" (default), "any"/"required", "none", or a tool's name. Calls
+        are parsed into ``AIMessage.tool_calls``; malformed ones into ``invalid_tool_calls``.
+        """
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        normalise_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])  # fail early
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        include_raw: bool = False,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict | Any]:
+        """Answers parsed into ``schema`` (a pydantic model, a TypedDict or a JSON schema).
+
+        ``json_schema`` asks for a JSON object in the system prompt and ranks candidates that
+        validate above those that do not; ``function_calling`` binds the schema as a forced
+        tool; ``json_mode`` asks for any JSON object. See ``chat_models.structured``.
+        """
+        if kwargs:
+            raise InvalidInputError(f"with_structured_output() does not take {sorted(kwargs)}.")
+        if method == "function_calling":
+            if schema is None:
+                raise InvalidInputError("method='function_calling' needs a schema.")
+            return super().with_structured_output(schema, include_raw=include_raw)
+        return structured_output_runnable(self, schema, method=method, include_raw=include_raw)
 
 
 def _pieces(policy: Policy, token_ids: list[int], text: str) -> Iterator[str]:

@@ -1,4 +1,8 @@
-"""LangChain messages -> plain role/content dicts for the policy's chat template."""
+"""LangChain messages -> plain role/content dicts for the policy's chat template.
+
+Tool calls in AI messages and ToolMessage results are converted with
+``align_chains.models.tool_calls``, so they render on templates with and without tool support.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from langchain_core.messages import (
 
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation, validate_conversation
+from align_chains.models.tool_calls import assistant_with_calls, tool_results
 
 _ROLES: dict[type[BaseMessage], str] = {
     SystemMessage: "system",
@@ -45,8 +50,17 @@ def _text(message: BaseMessage, index: int) -> str:
 
 def to_conversation(messages: Sequence[BaseMessage]) -> Conversation:
     """Convert and validate before any model work."""
-    conversation = []
+    conversation: Conversation = []
+    pending_results: list[dict] = []  # consecutive ToolMessages become one turn
     for i, message in enumerate(messages):
+        if isinstance(message, ToolMessage):
+            pending_results.append(
+                {"content": _text(message, i), "tool_call_id": message.tool_call_id, "name": message.name}
+            )
+            continue
+        if pending_results:
+            conversation.append(tool_results(pending_results))
+            pending_results = []
         if isinstance(message, ChatMessage):
             role = message.role
         else:
@@ -56,6 +70,11 @@ def to_conversation(messages: Sequence[BaseMessage]) -> Conversation:
                 f"Message {i} is a {type(message).__name__}, which has no chat-template role: "
                 "use SystemMessage, HumanMessage, AIMessage or ToolMessage."
             )
-        conversation.append({"role": role, "content": _text(message, i)})
+        if isinstance(message, AIMessage) and message.tool_calls:
+            conversation.append(assistant_with_calls(_text(message, i), message.tool_calls))
+        else:
+            conversation.append({"role": role, "content": _text(message, i)})
+    if pending_results:
+        conversation.append(tool_results(pending_results))
     validate_conversation(conversation)
     return conversation

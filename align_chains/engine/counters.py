@@ -31,3 +31,15 @@ class ComputeCounters:
             yield
         finally:
             self.seconds += time.perf_counter() - start
+
+    def __add__(self, other: ComputeCounters) -> ComputeCounters:
+        """The work of two runs together (e.g. a retried request): sums, and the larger batch."""
+        return ComputeCounters(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            generated_tokens=self.generated_tokens + other.generated_tokens,
+            forward_passes=self.forward_passes + other.forward_passes,
+            reward_calls=self.reward_calls + other.reward_calls,
+            reward_items=self.reward_items + other.reward_items,
+            seconds=self.seconds + other.seconds,
+            batch_size=max(self.batch_size, other.batch_size),
+        )

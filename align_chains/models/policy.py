@@ -14,6 +14,7 @@ from align_chains.errors import InvalidInputError, ModelLoadError
 from align_chains.models.chat import Conversation, validate_conversation
 from align_chains.models.embedded import EMBEDDED_POLICY, POLICY_ALIASES, converted_policy_dir
 from align_chains.models.hub import resolve_model_dir
+from align_chains.models.tool_calls import for_template, template_takes_tools
 from align_chains.settings import resolve_device, resolve_dtype
 
 
@@ -79,14 +80,21 @@ class Policy:
                 return int(candidate)
         return 0
 
+    @property
+    def takes_tools(self) -> bool:
+        """Whether the chat template renders tools itself (else the system-prompt fallback is used)."""
+        return template_takes_tools(self.chat_template)
+
     def render(self, messages: Conversation, *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the chat-templated conversation, ready to prefill."""
         validate_conversation(messages)
         from jinja2 import TemplateError
 
+        templated, tools = for_template(messages, native=self.takes_tools)
         try:
             text = self.tokenizer.apply_chat_template(
-                messages,
+                templated,
+                tools=tools,
                 chat_template=self.chat_template,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
