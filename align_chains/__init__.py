@@ -13,6 +13,7 @@ from align_chains.chat_models import (
     SEAChatModel,
     ValueGuidedChatModel,
 )
+from align_chains.embeddings import MiniLMEmbeddings
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import (
     AlignChainsError,
@@ -65,6 +66,7 @@ __all__ = [
     "ImplicitReward",
     "InvalidInputError",
     "JudgeReward",
+    "MiniLMEmbeddings",
     "ModelLoadError",
     "Policy",
     "RerankChatModel",
