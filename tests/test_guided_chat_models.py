@@ -157,10 +157,11 @@ def test_registry_and_aliases():
     assert model._policy is None and model.top_k == 50
 
 
-def test_stream_with_stop_strings_never_sends_text_past_the_stop(args_chat):
+@pytest.mark.parametrize("at", [0, 2])
+def test_stream_with_stop_strings_never_sends_text_past_the_stop(args_chat, at):
     full = args_chat.invoke("Name a fruit.", max_tokens=20).content
     assert len(full) > 4
-    stop = full[2:4]  # a stop string the unconstrained answer contains
+    stop = full[at : at + 2]  # a stop string the unconstrained answer contains (at 0: inside its first token)
     chunks = list(args_chat.stream("Name a fruit.", stop=[stop], max_tokens=20))
     text = "".join(c.content for c in chunks)
     assert text == args_chat.invoke("Name a fruit.", stop=[stop], max_tokens=20).content

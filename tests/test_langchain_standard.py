@@ -7,6 +7,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from align_chains import (
     BestOfNChatModel,
     DarwinChatModel,
+    RerankChatModel,
     RewardGuidedChatModel,
     SEAChatModel,
     ValueGuidedChatModel,
@@ -80,3 +81,14 @@ class TestDarwinChatModelStandard(TestBestOfNChatModelStandard):
     @property
     def chat_model_params(self) -> dict:
         return {"model": "smollm2-135m-instruct", "n": 3, "k": 2, "cycles": 1}
+
+
+class TestRerankChatModelStandard(TestBestOfNChatModelStandard):
+    @property
+    def chat_model_class(self) -> type[RerankChatModel]:
+        return RerankChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        # the wrapped chat model is as lazy as any aligned one: nothing loads in these tests
+        return {"chat_model": BestOfNChatModel(model="smollm2-135m-instruct", n=2), "n": 2}

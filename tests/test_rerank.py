@@ -7,11 +7,12 @@ import threading
 from typing import Any
 
 import pytest
-from langchain_core.language_models import BaseChatModel, FakeListChatModel
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel, FakeListChatModel, FakeMessagesListChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from align_chains import CallableReward, InvalidInputError, RerankChatModel, RewardError
 from align_chains.chat_models.rerank import SamplingFailedError, is_transient
@@ -266,3 +267,66 @@ def test_budget_needs_adaptive() -> None:
 def test_darwin_is_not_offered_yet() -> None:
     with pytest.raises(InvalidInputError, match="does not implement strategy 'darwin'"):
         RerankChatModel(chat_model=FakeListChatModel(responses=["a"]), reward=LENGTH, strategy="darwin")
+
+
+# -- streaming, stop strings, tracing params ------------------------------------------------------
+class Tokens(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens.append(token)
+
+
+def test_stream_sends_the_chosen_answer_as_one_last_chunk_with_usage() -> None:
+    recorder = Tokens()
+    model = rerank(ScriptedChat(script=["a", "bbb"]), n=2)
+    (chunk,) = model.stream("q", config={"callbacks": [recorder]})
+    assert chunk.content == "bbb" and recorder.tokens == ["bbb"] and chunk.chunk_position == "last"
+    assert chunk.usage_metadata == {"input_tokens": 6, "output_tokens": 4, "total_tokens": 10}
+    assert chunk.response_metadata["strategy"] == "best-of-n" and chunk.response_metadata["reward"] == 3
+    (achunk,) = asyncio.run(_collect(rerank(ScriptedChat(script=["a", "bbb"]), n=2).astream("q")))
+    assert achunk.content == "bbb" and achunk.chunk_position == "last" and achunk.usage_metadata
+
+
+async def _collect(stream: Any) -> list[Any]:
+    return [chunk async for chunk in stream]
+
+
+def test_stream_keeps_the_chosen_answers_tool_calls_valid_and_invalid() -> None:
+    call = {"name": "lookup", "args": {"q": "sea"}, "id": "call_1", "type": "tool_call"}
+    bad = {"name": "lookup", "args": "{not json", "id": "call_2", "error": "bad", "type": "invalid_tool_call"}
+    chosen = AIMessage(content="calling", tool_calls=[call], invalid_tool_calls=[bad])
+    chat = FakeMessagesListChatModel(responses=[AIMessage(content="no"), chosen])
+    (chunk,) = rerank(chat, n=2, max_concurrency=1).stream("q")
+    assert chunk.text == "calling" and chunk.tool_calls == [call] and chunk.invalid_tool_calls == [bad]
+
+
+class StopRecorder(BaseChatModel):
+    """Answers 'ok' and records the stop strings each call received."""
+
+    seen: list[Any] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "stop-recorder"
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        self.seen.append(stop)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="ok"))])
+
+
+def test_stop_strings_reach_the_wrapped_model() -> None:
+    inner = StopRecorder()
+    rerank(inner, n=1, stop=["END"]).invoke("q")
+    rerank(inner, n=1, stop=["END"]).invoke("q", stop=["HALT"])  # the call's own stop wins
+    rerank(inner, n=1, stop=["END"]).batch(["q"])
+    asyncio.run(rerank(inner, n=1, stop=["END"]).ainvoke("q"))
+    rerank(inner, n=1).invoke("q")
+    assert inner.seen == [["END"], ["HALT"], ["END"], ["END"], None]
+
+
+def test_tracing_params_name_the_wrapped_model() -> None:
+    params = rerank(FakeListChatModel(responses=["a"]), stop=["x"])._get_ls_params()
+    assert params["ls_provider"] == "align_chains" and params["ls_model_name"] == "fake-list-chat-model"
+    assert params["ls_stop"] == ["x"]

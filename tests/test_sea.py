@@ -220,6 +220,27 @@ def test_soft_reward_rises_over_iterations(tiny_policy):
     assert result.reward > initial
 
 
+def test_optimised_answers_end_at_a_stop_string_like_sampled_ones(tiny_policy):
+    """A stop string cuts the optimised texts (scored as cut) and drops the tokens after it."""
+    reward = TargetTokensReward(tiny_policy, common_tokens(tiny_policy))
+    sea = SEA(
+        chains=2, iterations=6, lr=0.5, nll_weight=0.0, patience=None, revise=False,
+        decode_top_k=tiny_policy.vocab_size,
+    )  # fmt: skip
+    free = sea.run(PROMPT, tiny_policy, reward, PARAMS)
+    stop = " wave"  # a target token, so the optimised texts contain it
+    assert any(stop in r["text"] for r in free.trace if r["iteration"] > 0)
+    result = sea.run(PROMPT, tiny_policy, reward, PARAMS.model_copy(update={"stop": (stop,)}))
+    optimised = [r for r in result.trace if r["iteration"] > 0]
+    assert optimised and all(stop not in r["text"] for r in optimised)
+    assert all(stop not in c.text for c in result.candidates)
+    cut = [c for c in result.candidates if c.meta["iteration"] > 0 and c.finish_reason == "stop"]
+    assert cut
+    for c in cut:  # the tokens end with the one completing the stop string, as the decoder's do
+        assert len(c.logprobs) == len(c.token_ids)
+        assert stop in tiny_policy.decode(c.token_ids) and stop not in tiny_policy.decode(c.token_ids[:-1])
+
+
 def test_trace_has_soft_and_hard_rewards_per_chain_and_iteration(tiny_policy):
     reward = TargetTokensReward(tiny_policy, common_tokens(tiny_policy))
     result = SEA(chains=3, iterations=4, patience=None, revise=False).run(PROMPT, tiny_policy, reward, PARAMS)

@@ -402,7 +402,8 @@ class AlignedChatModel(BaseChatModel):
                         break
                     ids.extend(value)
                     text = policy.decode(ids)
-                    ready = len(text) - hold
+                    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+                    ready = cut if cut >= 0 else len(text) - hold  # the answer ends before a stop
                     if text.endswith("\ufffd") or ready <= len(emitted):
                         continue
                     yield text[len(emitted) : ready]

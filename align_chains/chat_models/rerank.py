@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,10 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_executor_for_config, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
@@ -139,6 +140,9 @@ class RerankChatModel(BaseChatModel):
     exploration: float = Field(
         default=0.75, gt=0.0, le=1.0, description="Adaptive: fraction of the budget explored first."
     )
+    stop: list[str] | None = Field(
+        default=None, description="Stop strings for every call of the wrapped model (a call's stop= wins)."
+    )
     max_concurrency: int | None = Field(
         default=None, ge=1, description="Calls in flight at once (None: all samples of the call, <= 64)."
     )
@@ -175,6 +179,13 @@ class RerankChatModel(BaseChatModel):
             "strategy": self.strategy,
             "n": self.n,
         }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """The wrapped model's tracing params (model name, temperature, ...) with this provider."""
+        params = self.chat_model._get_ls_params(stop=stop if stop is not None else self.stop, **kwargs)
+        params["ls_provider"] = "align_chains"
+        params.setdefault("ls_model_name", self.chat_model._llm_type)
+        return params
 
     def load_reward(self) -> RewardModel:
         """Load (once, thread-safely) and return the reward."""
@@ -218,6 +229,7 @@ class RerankChatModel(BaseChatModel):
         lock = threading.Lock()
         configs = [self._child_config(run_manager, CallbackManager) for _, run_manager in requests]
         jobs = [(r, j) for r in range(len(requests)) for j in range(counts[r])]
+        stop = stop if stop is not None else self.stop
         if not jobs:
             return [([], 0) for _ in requests]
 
@@ -310,6 +322,7 @@ class RerankChatModel(BaseChatModel):
     ) -> tuple[list[AIMessage | BaseException], int]:
         """``n`` concurrent ``ainvoke`` calls (at most ``max_concurrency`` at once), each retried."""
         calls = [0]
+        stop = stop if stop is not None else self.stop
         config = self._child_config(run_manager, AsyncCallbackManager)
         count = (self.budget or self.n) if self.adaptive else self.n  # one prompt: nothing to reallocate
         gate = asyncio.Semaphore(self.max_concurrency or count)
@@ -354,6 +367,36 @@ class RerankChatModel(BaseChatModel):
         answers = self._answers(outcomes, calls)
         scores = await run_in_executor(None, _score, reward, conversation, answers)
         return self._result(answers, scores, outcomes, calls, start)
+
+    # -- streaming: the answer is known only once every sample is scored ---------------------
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """Best-of-n, then the chosen answer as one ``chunk_position="last"`` chunk with its usage
+        and metadata (the samples are not streamed: which one wins is known once all are scored)."""
+        chunk = _chosen_chunk(self._generate(messages, stop, run_manager, **kwargs).generations[0].message)
+        if run_manager:
+            run_manager.on_llm_new_token(chunk.message.text, chunk=chunk)
+        yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """``_stream`` over the async sampling path (``ainvoke`` of the wrapped model)."""
+        chunk = _chosen_chunk(
+            (await self._agenerate(messages, stop, run_manager, **kwargs)).generations[0].message
+        )
+        if run_manager:
+            await run_manager.on_llm_new_token(chunk.message.text, chunk=chunk)
+        yield chunk
 
     # -- batching: every prompt's samples in one pool, all scored in one reward call --------
     def batch(
@@ -441,6 +484,27 @@ class RerankChatModel(BaseChatModel):
             update={"response_metadata": metadata, "usage_metadata": _summed_usage(answers)}
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _chosen_chunk(message: BaseMessage) -> ChatGenerationChunk:
+    """The chosen message as ONE stream chunk, marked last, with its usage and metadata.
+
+    One chunk, because aggregating several re-parses tool-call chunks as partial JSON, which
+    would turn an invalid tool call with truncated arguments into a valid call with ``{}``.
+    """
+    if not isinstance(message, AIMessage):  # _result always answers with the chosen AIMessage
+        raise TypeError(f"expected the chosen AIMessage, got a {type(message).__name__}")
+    return ChatGenerationChunk(
+        message=AIMessageChunk(
+            content=message.content,
+            additional_kwargs=message.additional_kwargs,
+            tool_calls=message.tool_calls,
+            invalid_tool_calls=message.invalid_tool_calls,
+            usage_metadata=message.usage_metadata,
+            response_metadata=message.response_metadata,
+            chunk_position="last",
+        )
+    )
 
 
 def _checked(message: Any) -> AIMessage | BaseException:

@@ -121,6 +121,20 @@ class SEA(Strategy):
             progress.close()
 
 
+def _cut_at_stop(
+    policy: Policy, ids: list[int], logprobs: list[float], stop: Sequence[str]
+) -> tuple[list[int], list[float], str, str]:
+    """An optimised answer ends at its first stop string, as a sampled one does (``Decoder.completions``):
+    the text is cut before it and the tokens after the one completing it are dropped.
+    Returns ``(token_ids, logprobs, text, finish_reason)``."""
+    text = policy.decode(ids)
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    if cut < 0:
+        return ids, logprobs, text, "length"
+    n = next((n for n in range(1, len(ids)) if any(s in policy.decode(ids[:n]) for s in stop)), len(ids))
+    return ids[:n], logprobs[:n], text[:cut], "stop"
+
+
 @dataclass
 class _Chain:
     """The best text a chain has found so far."""
@@ -349,9 +363,11 @@ class _Run:
                 tokens, decode_logits = self._restricted_decode(batch, variable.detach(), hard, step_logits)
             live = [r for r in range(rows) if bool(active[r])]
             ids = tokens.tolist()
-            texts = {r: policy.decode(ids[r]) for r in live}
-            scores = dict(zip(live, self._hard_scores(live, [texts[r] for r in live]), strict=True))
             logprobs = torch.log_softmax(decode_logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+            lps = logprobs.tolist()
+            ends = {r: _cut_at_stop(policy, ids[r], lps[r], self.params.stop) for r in live}
+            texts = {r: ends[r][2] for r in live}
+            scores = dict(zip(live, self._hard_scores(live, [texts[r] for r in live]), strict=True))
             for r in live:  # per-step bookkeeping of at most a few chains, not a decode step
                 done[r] = it
                 e, s = float(energy[r].detach()), float(soft_reward[r].detach())
@@ -363,7 +379,8 @@ class _Run:
                     self.flags.setdefault("nonfinite_energy_chains", []).append(r)
                     continue
                 if best[r].reward is None or scores[r] > best[r].reward:
-                    best[r] = _Chain(texts[r], ids[r], logprobs[r].tolist(), scores[r], it, "length")
+                    kept, kept_lps, _, finish = ends[r]
+                    best[r] = _Chain(texts[r], kept, kept_lps, scores[r], it, finish)
                     stale[r] = 0
                 else:
                     stale[r] += 1
