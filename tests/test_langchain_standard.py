@@ -24,15 +24,15 @@ class TestBestOfNChatModelStandard(ChatModelUnitTests):
         # construction is lazy: nothing loads in these tests
         return {"model": "smollm2-135m-instruct", "n": 2}
 
-    # Truthful capability flags. Tool calling and structured output arrive with a later
-    # issue; local text-only policies take no images, audio, video or PDFs.
+    # Truthful capability flags: bind_tools and with_structured_output are on the base class;
+    # local text-only policies take no images, audio, video or PDFs.
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
 
     @property
     def has_structured_output(self) -> bool:
-        return False
+        return True
 
     @property
     def returns_usage_metadata(self) -> bool:
@@ -92,3 +92,12 @@ class TestRerankChatModelStandard(TestBestOfNChatModelStandard):
     def chat_model_params(self) -> dict:
         # the wrapped chat model is as lazy as any aligned one: nothing loads in these tests
         return {"chat_model": BestOfNChatModel(model="smollm2-135m-instruct", n=2), "n": 2}
+
+    # The wrapper does not bind tools or schemas: bind them on the wrapped chat model.
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False

@@ -477,6 +477,7 @@ class AlignedChatModel(BaseChatModel):
         *,
         include_raw: bool = False,
         method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict | Any]:
         """Answers parsed into ``schema`` (a pydantic model, a TypedDict or a JSON schema).
@@ -484,6 +485,8 @@ class AlignedChatModel(BaseChatModel):
         ``json_schema`` asks for a JSON object in the system prompt and ranks candidates that
         validate above those that do not; ``function_calling`` binds the schema as a forced
         tool; ``json_mode`` asks for any JSON object. See ``chat_models.structured``.
+        ``strict`` is accepted for compatibility: answers are always checked against the schema
+        (ranked and retried, not constrained token by token).
         """
         if kwargs:
             raise InvalidInputError(f"with_structured_output() does not take {sorted(kwargs)}.")

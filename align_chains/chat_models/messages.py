@@ -29,6 +29,9 @@ _ROLES: dict[type[BaseMessage], str] = {
 }
 
 
+_CALL_BLOCKS = ("tool_use", "tool_call", "function_call", "server_tool_call")
+
+
 def _text(message: BaseMessage, index: int) -> str:
     content = message.content
     if isinstance(content, str):
@@ -39,6 +42,8 @@ def _text(message: BaseMessage, index: int) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif isinstance(message, AIMessage) and isinstance(block, dict) and block.get("type") in _CALL_BLOCKS:
+            continue  # provider-format calls: the message's tool_calls carry them
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise InvalidInputError(
