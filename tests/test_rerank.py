@@ -261,8 +261,3 @@ def test_adaptive_on_one_prompt_is_best_of_budget() -> None:
 def test_budget_needs_adaptive() -> None:
     with pytest.raises(InvalidInputError, match="budget= only applies"):
         RerankChatModel(chat_model=FakeListChatModel(responses=["a"]), reward=LENGTH, budget=4)
-
-
-def test_darwin_is_not_offered_yet() -> None:
-    with pytest.raises(InvalidInputError, match="does not implement strategy 'darwin'"):
-        RerankChatModel(chat_model=FakeListChatModel(responses=["a"]), reward=LENGTH, strategy="darwin")
