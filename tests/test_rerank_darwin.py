@@ -40,6 +40,7 @@ class VersionWriter(BaseChatModel):
     """Deterministic policy honouring ``max_tokens`` (words) and continuing a trailing AIMessage."""
 
     max_tokens: int | None = None
+    extra_body: dict[str, Any] = Field(default_factory=lambda: {"top_k": 40})
     # instruction (or "mutation" for rewrite requests) -> errors raised by its next calls, in order
     failures: dict[str, list[BaseException]] = Field(default_factory=dict)
     calls: list[tuple[list[BaseMessage], dict[str, Any]]] = Field(default_factory=list)
@@ -136,6 +137,18 @@ def test_mutations_come_from_the_wrapped_model_and_replacement_copies_the_winner
     # the top k (k=1) by reward at the first scoring
     first = [e for e in meta["trace"] if e["event"] == "score" and e["segment"] == 1]
     assert [(e["reward"], e["top_k"]) for e in first] == [(2.0, False), (4.0, False), (6.0, True)]
+
+
+def test_continue_kwargs_go_only_to_continuation_calls_over_the_models_own() -> None:
+    chat = VersionWriter()
+    flag = {"extra_body": {"continue_final_message": True, "add_generation_prompt": False}}
+    continued(chat, continue_kwargs=flag).invoke("Sleep tips")
+    continuing = [kw for m, kw in chat.calls if isinstance(m[-1], AIMessage)]
+    others = [kw for m, kw in chat.calls if not isinstance(m[-1], AIMessage)]
+    assert len(continuing) == 6 and len(others) == 1 + 1 + 3
+    merged = {"top_k": 40, "continue_final_message": True, "add_generation_prompt": False}
+    assert all(kw["extra_body"] == merged for kw in continuing)
+    assert all("extra_body" not in kw for kw in others)  # s0, the list, first segments: a new reply
 
 
 def test_reward_is_computed_against_the_original_conversation() -> None:
@@ -264,8 +277,10 @@ def test_settings_are_validated_at_construction() -> None:
     assert RerankChatModel(chat_model=chat, reward=VersionReward(), strategy="darwin").n == 5  # paper
     with pytest.raises(InvalidInputError, match="k=4 must not exceed n=3"):
         darwin(chat, k=4)
-    with pytest.raises(InvalidInputError, match="m= only applies with continuation='final-message'"):
-        darwin(chat, m=8)
+    with pytest.raises(
+        InvalidInputError, match="m, continue_kwargs only apply with continuation='final-message'"
+    ):
+        darwin(chat, m=8, continue_kwargs={"extra_body": {}})
     with pytest.raises(
         InvalidInputError, match=r"FakeListChatModel has no 'max_tokens' field.*max_tokens_param"
     ):
@@ -276,3 +291,30 @@ def test_settings_are_validated_at_construction() -> None:
         RerankChatModel(chat_model=chat, reward=VersionReward(), cycles=2, seed=1)
     with pytest.raises(InvalidInputError, match="budget= only applies"):
         darwin(chat, budget=4)
+
+
+@pytest.mark.e2e
+def test_darwin_around_a_real_chat_model_on_embedded_defaults() -> None:
+    from align_chains import BestOfNChatModel
+
+    served = BestOfNChatModel(n=1, reward=lambda prompt, response: 0.0, temperature=0.7, top_k=40, seed=0)
+    model = RerankChatModel(
+        chat_model=served,
+        strategy="darwin",
+        n=2,
+        k=1,
+        cycles=1,
+        max_tokens=16,
+        mutation_max_tokens=64,
+        seed=0,
+    )  # reward: the embedded MiniLM
+    message = model.invoke("Give me three tips for better sleep.")
+    meta = message.response_metadata
+    assert message.content.strip() and meta["continuation"] == "none"
+    assert meta["reward"] == max(c["reward"] for c in meta["candidates"])
+    assert len(meta["candidates"]) == 1 + 2 and all(c["tokens"] <= 16 for c in meta["candidates"])
+    assert meta["compute"] | {"seconds": 0} == {
+        "candidates": 3, "calls": 4, "answer_calls": 3, "mutation_calls": 1, "failures": 0,
+        "reward_calls": 2, "reward_items": 3, "seconds": 0,
+    }  # fmt: skip
+    assert message.usage_metadata["output_tokens"] > 0

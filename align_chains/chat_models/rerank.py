@@ -62,6 +62,7 @@ _DARWIN_ONLY = (
     "continuation",
     "max_tokens",
     "max_tokens_param",
+    "continue_kwargs",
     "seed",
 )
 DARWIN_N = 5  # the paper's mutations per cycle: n's default under strategy="darwin"
@@ -182,6 +183,11 @@ class RerankChatModel(BaseChatModel):
     )
     max_tokens_param: str = Field(
         default="max_tokens", description="DARWIN: the wrapped model's field capping a call's output tokens."
+    )
+    continue_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="DARWIN: extra call keywords for the calls that continue a partial answer (vLLM: "
+        "{'extra_body': {'continue_final_message': True, 'add_generation_prompt': False}}).",
     )
     seed: int | None = Field(default=None, description="DARWIN: seed of the parent and copy choices.")
     retry_attempts: int = Field(default=3, ge=1, description="Tries per sample on transient errors.")

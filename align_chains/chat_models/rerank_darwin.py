@@ -32,11 +32,12 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManager
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -64,11 +65,13 @@ def check_darwin_settings(model: RerankChatModel, explicit: set[str]) -> None:
             f"k={model.k} must not exceed n={model.n}: the top k are kept out of n candidates; "
             "lower k or raise n."
         )
-    if model.continuation == "none" and "m" in explicit:
+    misplaced = [key for key in ("m", "continue_kwargs") if key in explicit]
+    if model.continuation == "none" and misplaced:
         raise InvalidInputError(
-            "m= only applies with continuation='final-message': with continuation='none' every "
-            "candidate is one whole answer, so there are no m-token segments. Remove m, or set "
-            "continuation='final-message' if the wrapped model continues a trailing assistant message."
+            f"{', '.join(misplaced)} only apply with continuation='final-message': with "
+            "continuation='none' every candidate is one whole answer, so there are no m-token segments "
+            "to continue. Remove them, or set continuation='final-message' if the wrapped model "
+            "continues a trailing assistant message."
         )
     needs_cap = model.continuation == "final-message" or model.max_tokens is not None
     field_name = model.max_tokens_param
@@ -137,6 +140,7 @@ class DarwinSearch:
         self.continued = model.continuation == "final-message"
         self.max_tokens = model.max_tokens or (CONTINUATION_MAX_TOKENS if self.continued else None)
         self.rng = random.Random(model.seed)
+        self.continue_kwargs = _merged_over_fields(model.chat_model, model.continue_kwargs)
         self.prompts = []
         for messages, run_manager in requests:  # every conversion before any call
             conversation = to_conversation(messages)
@@ -309,9 +313,11 @@ class DarwinSearch:
                 if self.continued:
                     assert self.max_tokens is not None
                     cap = min(self.model.m, self.max_tokens - row.tokens)
-                    if row.text:
-                        messages = [*messages, AIMessage(content=row.text)]
-                jobs.append((p, "answer", messages, self._answer_kwargs(cap)))
+                call_kwargs = self._answer_kwargs(cap)
+                if self.continued and row.text:
+                    messages = [*messages, AIMessage(content=row.text)]
+                    call_kwargs.update(self.continue_kwargs)
+                jobs.append((p, "answer", messages, call_kwargs))
                 where.append((p, r, cap))
         outcomes = self._call(jobs)
         for (p, r, cap), outcome in zip(where, outcomes, strict=True):
@@ -467,6 +473,17 @@ def _best(state: _Prompt) -> int | None:
     if not scored:
         return None
     return max(scored, key=lambda i: (state.candidates[i][0].reward, -i))
+
+
+def _merged_over_fields(chat_model: BaseChatModel, extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with each mapping value laid over the wrapped model's same-named mapping field, so
+    ``extra_body={"continue_final_message": True}`` keeps the model's own ``extra_body`` entries."""
+    out = dict(extra)
+    for key, value in extra.items():
+        own = getattr(chat_model, key, None) if key in type(chat_model).model_fields else None
+        if isinstance(value, Mapping) and isinstance(own, Mapping):
+            out[key] = {**own, **value}
+    return out
 
 
 def _with_instruction(messages: Sequence[BaseMessage], instruction: str) -> list[BaseMessage]:
