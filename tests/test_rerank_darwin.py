@@ -31,9 +31,10 @@ _REWRITE = re.compile(
 
 
 def answer_words(instruction: str) -> list[str]:
+    """Six words; two for a "Short" instruction."""
     found = re.findall(r"v(\d)\b", instruction)
     version = found[-1] if found else "0"
-    return [f"v{version}-{j}" for j in range(WORDS)]
+    return [f"v{version}-{j}" for j in range(2 if instruction.startswith("Short") else WORDS)]
 
 
 class VersionWriter(BaseChatModel):
@@ -199,6 +200,18 @@ def test_counters_usage_and_batch_share_reward_calls() -> None:
     # paid tokens: 11 calls x 10 prompt tokens; outputs 6 (s0) + 1 (list) + 9 x 2 (segments)
     assert out[0].usage_metadata == {"input_tokens": 110, "output_tokens": 25, "total_tokens": 135}
     assert len(chat.calls) == 22
+
+
+def test_a_prompt_whose_answers_ended_sits_out_the_others_segments() -> None:
+    alone = continued(VersionWriter()).invoke("Short tips").response_metadata
+    short, _ = continued(VersionWriter()).batch(["Short tips", "Sleep tips"])
+    meta = short.response_metadata
+    assert short.content == "v3-0 v3-1" and meta["candidates"] == alone["candidates"]
+    assert [e["segment"] for e in meta["trace"] if e["event"] == "score"] == [1, 1, 1]
+    winners = [(e["mutation"], e["wins"]) for e in meta["trace"] if e["event"] == "winner"]
+    assert (
+        winners == [(2, 1)] == [(e["mutation"], e["wins"]) for e in alone["trace"] if e["event"] == "winner"]
+    )
 
 
 def test_whole_response_mode_works_on_any_chat_model() -> None:

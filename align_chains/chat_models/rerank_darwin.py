@@ -287,6 +287,9 @@ class DarwinSearch:
         segment = 0
         while any(not (row.finished or row.failed) for state in self.prompts for row in state.rows):
             segment += 1
+            # a prompt all of whose candidates had ended sits the segment out: no calls, and its
+            # top k are not counted again (as if it were searched alone)
+            going = [any(not (row.finished or row.failed) for row in state.rows) for state in self.prompts]
             self._segment(prompts_for, cycle, segment)
             stale = [(p, r) for p, state in enumerate(self.prompts) for r, row in enumerate(state.rows)
                      if not row.failed and row.scored_text != row.text]  # fmt: skip
@@ -294,9 +297,10 @@ class DarwinSearch:
             for (p, r), score in zip(stale, scores, strict=True):
                 row = self.prompts[p].rows[r]
                 row.reward, row.scored_text = score, row.text
-            last = all(row.finished or row.failed for state in self.prompts for row in state.rows)
             for p, state in enumerate(self.prompts):
-                self._select(state, p, cycle, segment, k, wins[p], replace_rows=not last)
+                if going[p]:
+                    last = all(row.finished or row.failed for row in state.rows)
+                    self._select(state, cycle, segment, k, wins[p], replace_rows=not last)
         for p, state in enumerate(self.prompts):
             self._end_cycle(state, cycle, parents[p], mutations[p], wins[p])
 
@@ -359,7 +363,7 @@ class DarwinSearch:
         )
 
     def _select(
-        self, state: _Prompt, p: int, cycle: int, segment: int, k: int, wins: Counter[int], replace_rows: bool
+        self, state: _Prompt, cycle: int, segment: int, k: int, wins: Counter[int], replace_rows: bool
     ) -> None:
         """Top k by reward; unless this was the last scoring, every unfinished row outside it becomes
         a copy of a random top-k row (its partial text and its mutated instruction)."""
@@ -398,10 +402,11 @@ class DarwinSearch:
         )
         if alive:  # a cycle every candidate of which failed adds nothing to the archive
             final = [(row.mutation, row.reward) for _, row in alive]
+            threshold = _finite(state.archive[parent])
             for i, value, added in update_archive(state.archive, parent, mutations, wins, final):
                 state.trace.append(
                     {"event": "winner", "cycle": cycle, "mutation": i, "instruction": mutations[i],
-                     "wins": wins[i], "reward": value, "parent_reward": _finite(state.archive[parent]),
+                     "wins": wins[i], "reward": value, "parent_reward": threshold,
                      "added": added}
                 )  # fmt: skip
             state.cycles_completed = cycle
