@@ -264,11 +264,6 @@ def test_budget_needs_adaptive() -> None:
         RerankChatModel(chat_model=FakeListChatModel(responses=["a"]), reward=LENGTH, budget=4)
 
 
-def test_darwin_is_not_offered_yet() -> None:
-    with pytest.raises(InvalidInputError, match="does not implement strategy 'darwin'"):
-        RerankChatModel(chat_model=FakeListChatModel(responses=["a"]), reward=LENGTH, strategy="darwin")
-
-
 # -- streaming, stop strings, tracing params ------------------------------------------------------
 class Tokens(BaseCallbackHandler):
     def __init__(self) -> None:

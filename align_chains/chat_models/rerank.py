@@ -5,6 +5,9 @@ model) is aligned when the local engine is not the one generating: the wrapped m
 ``n`` times concurrently, each call retried on transient errors with tenacity, and the
 successful answers are scored by an align_chains reward in one batched call.
 
+DARWIN runs here too, without cache reuse (``rerank_darwin.py``): the wrapped model writes the
+mutated instructions and answers them, in m-token calls when it can continue a partial answer.
+
 Only response-level strategies can work this way. Strategies that steer decoding token by token
 (reward-guided, value-guided) need the policy's logits, and SEA needs gradients through it; a
 remote chat model exposes neither, so asking for them is an error at construction.
@@ -16,7 +19,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from langchain_core.callbacks import (
@@ -37,6 +40,7 @@ from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_att
 
 from align_chains.chat_models.batching import batch_with_callbacks
 from align_chains.chat_models.messages import to_conversation
+from align_chains.chat_models.rerank_darwin import DarwinSearch, check_darwin_settings
 from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
 from align_chains.models.embedded import EMBEDDED_REWARD
 from align_chains.rewards import RewardModel, load_reward
@@ -49,7 +53,20 @@ _NEEDS_THE_MODEL = {
     "value-guided": "the policy's next-token logits at every step (IVG)",
     "sea": "gradients through the policy's embeddings (SEA)",
 }
-_SUPPORTED = ("best-of-n", "adaptive-best-of-n")
+_SUPPORTED = ("best-of-n", "adaptive-best-of-n", "darwin")
+# settings only DARWIN reads; setting one for another strategy is an error
+_DARWIN_ONLY = (
+    "m",
+    "k",
+    "cycles",
+    "mutation_max_tokens",
+    "continuation",
+    "max_tokens",
+    "max_tokens_param",
+    "continue_kwargs",
+    "seed",
+)
+DARWIN_N = 5  # the paper's mutations per cycle: n's default under strategy="darwin"
 _MAX_THREADS = 64  # default thread pool bound when max_concurrency is None
 
 # HTTP statuses worth another try: timeout, too early, rate limit, server-side failures
@@ -112,7 +129,7 @@ class SamplingFailedError(AlignChainsError, RuntimeError):
 
 
 class RerankChatModel(BaseChatModel):
-    """Best-of-N over any LangChain chat model, scored by an align_chains reward.
+    """Best-of-N, adaptive Best-of-N or DARWIN over any LangChain chat model, scored by our reward.
 
     >>> from langchain_openai import ChatOpenAI  # doctest: +SKIP
     >>> served = ChatOpenAI(base_url="http://localhost:8000/v1", api_key="EMPTY", model="...")
@@ -130,9 +147,12 @@ class RerankChatModel(BaseChatModel):
         default=EMBEDDED_REWARD,
         description="Reward spec for load_reward(): 'minilm', a model id, a function or a RewardModel.",
     )
-    n: int = Field(default=4, ge=1, description="Candidates sampled per prompt.")
+    n: int = Field(
+        default=4, ge=1, description="Candidates sampled per prompt (DARWIN: mutations per cycle, default 5)."
+    )
     strategy: str = Field(
-        default="best-of-n", description="'best-of-n' or 'adaptive-best-of-n' (alias 'adaptive')."
+        default="best-of-n",
+        description="'best-of-n', 'adaptive-best-of-n' (alias 'adaptive') or 'darwin'.",
     )
     budget: int | None = Field(
         default=None, ge=1, description="Adaptive: average samples per prompt over a batch (default n)."
@@ -146,6 +166,34 @@ class RerankChatModel(BaseChatModel):
     max_concurrency: int | None = Field(
         default=None, ge=1, description="Calls in flight at once (None: all samples of the call, <= 64)."
     )
+    # DARWIN (strategy="darwin"; paper defaults), see rerank_darwin.py
+    m: int = Field(
+        default=40, ge=1, description="DARWIN: tokens per segment between replacements (continuation only)."
+    )
+    k: int = Field(default=3, ge=1, description="DARWIN: candidates kept at each replacement (k <= n).")
+    cycles: int = Field(default=3, ge=1, description="DARWIN: mutation cycles after the first answer.")
+    mutation_max_tokens: int = Field(
+        default=192, ge=16, description="DARWIN: token cap on the wrapped model's list of rewrites."
+    )
+    continuation: Literal["none", "final-message"] = Field(
+        default="none",
+        description="DARWIN: 'final-message' continues partial answers in m-token calls (the server must "
+        "continue a trailing assistant message); 'none': whole answers, no mid-answer replacement.",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="DARWIN: token cap per answer (default 256 with continuation, else the wrapped model's).",
+    )
+    max_tokens_param: str = Field(
+        default="max_tokens", description="DARWIN: the wrapped model's field capping a call's output tokens."
+    )
+    continue_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="DARWIN: extra call keywords for the calls that continue a partial answer (vLLM: "
+        "{'extra_body': {'continue_final_message': True, 'add_generation_prompt': False}}).",
+    )
+    seed: int | None = Field(default=None, description="DARWIN: seed of the parent and copy choices.")
     retry_attempts: int = Field(default=3, ge=1, description="Tries per sample on transient errors.")
     retry_wait: float = Field(default=0.5, ge=0.0, description="First back-off in seconds (doubles).")
     retry_max_wait: float = Field(default=20.0, ge=0.0, description="Longest single back-off in seconds.")
@@ -157,11 +205,24 @@ class RerankChatModel(BaseChatModel):
         # checked before pydantic so the error stays an InvalidInputError, not a ValidationError
         if isinstance(kwargs.get("strategy"), str):
             kwargs["strategy"] = _response_level_only(kwargs["strategy"])
-        if kwargs.get("budget") is not None and kwargs.get("strategy") != "adaptive-best-of-n":
+        strategy = kwargs.get("strategy", "best-of-n")
+        if kwargs.get("budget") is not None and strategy != "adaptive-best-of-n":
             raise InvalidInputError(
                 "budget= only applies to strategy='adaptive-best-of-n'; for uniform Best-of-N set n= instead."
             )
+        if strategy == "darwin":
+            kwargs.setdefault("n", DARWIN_N)
+        else:
+            misplaced = [key for key in _DARWIN_ONLY if key in kwargs]
+            if misplaced:
+                raise InvalidInputError(
+                    f"{', '.join(misplaced)} only apply to strategy='darwin' (this one is {strategy!r}); "
+                    "remove them, or set strategy='darwin'. To cap a Best-of-N answer, set max_tokens on "
+                    "the wrapped chat model."
+                )
         super().__init__(**kwargs)
+        if self.strategy == "darwin":
+            check_darwin_settings(self, explicit=set(kwargs))
 
     @property
     def adaptive(self) -> bool:
@@ -178,6 +239,11 @@ class RerankChatModel(BaseChatModel):
             "reward": self.reward if isinstance(self.reward, str) else repr(self.reward),
             "strategy": self.strategy,
             "n": self.n,
+            **(
+                {"m": self.m, "k": self.k, "cycles": self.cycles, "continuation": self.continuation}
+                if self.strategy == "darwin"
+                else {}
+            ),
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -225,33 +291,41 @@ class RerankChatModel(BaseChatModel):
     ) -> list[tuple[list[AIMessage | BaseException], int]]:
         """``counts[r]`` calls of the wrapped model per (messages, run manager), all in one pool of
         ``max_concurrency`` workers, each call retried; per request: outcomes and calls made."""
-        calls = [0] * len(requests)
-        lock = threading.Lock()
         configs = [self._child_config(run_manager, CallbackManager) for _, run_manager in requests]
-        jobs = [(r, j) for r in range(len(requests)) for j in range(counts[r])]
         stop = stop if stop is not None else self.stop
-        if not jobs:
-            return [([], 0) for _ in requests]
+        jobs = [r for r in range(len(requests)) for _ in range(counts[r])]
+        outcomes = self._call_many([(requests[r][0], configs[r], {"stop": stop, **kwargs}) for r in jobs])
+        grouped: list[list[AIMessage | BaseException]] = [[] for _ in requests]
+        calls = [0] * len(requests)
+        for r, (outcome, made) in zip(jobs, outcomes, strict=True):
+            grouped[r].append(outcome)
+            calls[r] += made
+        return [(grouped[r], calls[r]) for r in range(len(requests))]
 
-        def one(job: tuple[int, int]) -> AIMessage | BaseException:
-            r = job[0]
+    def _call_many(
+        self, jobs: Sequence[tuple[Sequence[BaseMessage], RunnableConfig, dict[str, Any]]]
+    ) -> list[tuple[AIMessage | BaseException, int]]:
+        """One call of the wrapped model per job (messages, config, call keywords), all in one pool
+        of ``max_concurrency`` workers, each retried on transient errors; per job: the message or
+        the last exception, and the calls made."""
+        if not jobs:
+            return []
+
+        def one(job: tuple[Sequence[BaseMessage], RunnableConfig, dict[str, Any]]) -> tuple[Any, int]:
+            messages, config, call_kwargs = job
+            calls = 0
             try:
                 for attempt in Retrying(**self._retry_settings()):
                     with attempt:
-                        with lock:
-                            calls[r] += 1
-                        message = self.chat_model.invoke(requests[r][0], configs[r], stop=stop, **kwargs)
-            except Exception as exc:  # kept per sample: one failure never loses the others
-                return exc
-            return _checked(message)
+                        calls += 1
+                        message = self.chat_model.invoke(list(messages), config, **call_kwargs)
+            except Exception as exc:  # kept per call: one failure never loses the others
+                return exc, calls
+            return _checked(message), calls
 
         pool = RunnableConfig(max_concurrency=self.max_concurrency or min(len(jobs), _MAX_THREADS))
         with get_executor_for_config(pool) as executor:
-            outcomes = list(executor.map(one, jobs))
-        grouped: list[list[AIMessage | BaseException]] = [[] for _ in requests]
-        for (r, _), outcome in zip(jobs, outcomes, strict=True):
-            grouped[r].append(outcome)
-        return [(grouped[r], calls[r]) for r in range(len(requests))]
+            return list(executor.map(one, jobs))
 
     def _run(
         self,
@@ -261,7 +335,10 @@ class RerankChatModel(BaseChatModel):
     ) -> list[ChatResult | Exception]:
         """Best-of-N for each request. Uniform: n samples each, all scored in ONE reward call.
         Adaptive (several prompts): d exploration samples each, one reward call, the rest of the
-        budget allocated by expected gain (``allocation.allocate``), sampled, one more reward call."""
+        budget allocated by expected gain (``allocation.allocate``), sampled, one more reward call.
+        DARWIN: every prompt searched in lockstep (``rerank_darwin.DarwinSearch``)."""
+        if self.strategy == "darwin":
+            return DarwinSearch(self, requests, stop, kwargs).run()
         begin = time.perf_counter()
         conversations = [to_conversation(messages) for messages, _ in requests]  # before any call
         reward = self.load_reward()
@@ -360,6 +437,9 @@ class RerankChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.strategy == "darwin":  # the search's phases are thread pools: run it off the event loop
+            sync_manager = run_manager.get_sync() if run_manager is not None else None
+            return await run_in_executor(None, self._generate, messages, stop, sync_manager, **kwargs)
         start = time.perf_counter()
         conversation = to_conversation(messages)
         reward = self.load_reward()

@@ -444,8 +444,7 @@ class _Search:
             index = list(range(rows))
             for p in range(K):
                 group = range(p * n, (p + 1) * n)
-                order = sorted(group, key=lambda r: (-_value(rewards[r]), r))
-                top = order[:k]
+                top = top_k(group, rewards, k)
                 wins[p].update(lineage[r] for r in top)
                 self.prompts[p].trace.extend(
                     {"event": "score", "cycle": cycle, "segment": segment, "row": r - p * n,
@@ -455,10 +454,7 @@ class _Search:
                 )  # fmt: skip
                 if last:
                     continue
-                for r in group:
-                    if r in top or finished[r]:
-                        continue
-                    source = self.rng.choice(top)
+                for r, source in copy_plan(group, top, finished, self.rng):
                     index[r] = source
                     self.prompts[p].trace.append(
                         {"event": "replace", "cycle": cycle, "segment": segment, "row": r - p * n,
@@ -561,11 +557,7 @@ class _Search:
         final: list[tuple[int, float | None]],
     ) -> None:
         threshold = state.archive[parent]
-        for i, value, added in archive_winners(wins, final, threshold):
-            if added:
-                assert value is not None
-                text = mutations[i]
-                state.archive[text] = max(value, state.archive.get(text, value))
+        for i, value, added in update_archive(state.archive, parent, mutations, wins, final):
             state.trace.append(
                 {"event": "winner", "cycle": cycle, "mutation": i, "instruction": mutations[i],
                  "wins": wins[i], "reward": value, "parent_reward": threshold, "added": added}
@@ -631,6 +623,42 @@ def archive_winners(
         value = best_final.get(i)
         out.append((i, value, value is not None and value > parent_reward))
     return out
+
+
+def update_archive(
+    archive: dict[str, float],
+    parent: str,
+    mutations: Sequence[str],
+    wins: Counter[int],
+    final: Sequence[tuple[int, float | None]],
+) -> list[tuple[int, float | None, bool]]:
+    """Add to ``archive`` the winners (``archive_winners``) that beat ``archive[parent]``; return them all.
+
+    An instruction already in the archive keeps the higher of its two rewards.
+    """
+    winners = archive_winners(wins, final, archive[parent])
+    for i, value, added in winners:
+        if added:
+            assert value is not None
+            text = mutations[i]
+            archive[text] = max(value, archive.get(text, value))
+    return winners
+
+
+def top_k(rows: Sequence[int], rewards: Sequence[float | None], k: int) -> list[int]:
+    """The ``k`` best of ``rows`` by ``rewards[row]`` (unscored last; ties: lower row first)."""
+    return sorted(rows, key=lambda r: (-_value(rewards[r]), r))[:k]
+
+
+def copy_plan(
+    rows: Sequence[int], top: Sequence[int], finished: Sequence[bool], rng: random.Random
+) -> list[tuple[int, int]]:
+    """(row, source) for every unfinished row outside ``top``: it becomes a copy of a random top row.
+
+    Rows are visited in order and each draws one ``rng.choice``, so a seeded search replays.
+    """
+    top = list(top)
+    return [(r, rng.choice(top)) for r in rows if r not in top and not finished[r]]
 
 
 def _value(reward: float | None) -> float:
