@@ -118,6 +118,13 @@ def assert_a_keeper_beat_a_higher_reward(message: AIMessage, bind: dict) -> None
     assert message.response_metadata["output_check"]["reselected"] is True
 
 
+def sampled(policy: Policy, reward) -> BestOfNChatModel:
+    """Best-of-6 at temperature 1: both taught answers to a two-answer prompt turn up."""
+    return BestOfNChatModel(
+        model=policy, reward=CallableReward(reward), n=6, temperature=1.0, max_tokens=40, seed=3
+    )
+
+
 def greedy(policy: Policy, **kw) -> BestOfNChatModel:
     return BestOfNChatModel(model=policy, reward=lambda p, r: 0.0, n=1, temperature=0.0, max_tokens=40, **kw)
 
@@ -280,14 +287,7 @@ class TestToolCalls:
         )  # every attempt's work is counted
 
     def test_best_of_n_never_picks_a_broken_call_over_a_valid_one(self, taught):
-        model = BestOfNChatModel(
-            model=taught,
-            reward=CallableReward(prefers_broken_calls),
-            n=6,
-            temperature=1.0,
-            max_tokens=40,
-            seed=3,
-        )
+        model = sampled(taught, prefers_broken_calls)
         message = model.bind_tools([add, shout]).invoke("Add, maybe.")
         assert_a_keeper_beat_a_higher_reward(message, {"tools": [_spec(add), _spec(shout)]})
         assert not message.invalid_tool_calls
@@ -349,14 +349,7 @@ class TestStructuredOutput:
         assert ok["parsed"] == Joke.model_validate_json(JOKE) and ok["parsing_error"] is None
 
     def test_valid_json_outranks_a_higher_reward(self, taught):
-        model = BestOfNChatModel(
-            model=taught,
-            reward=CallableReward(prefers_half_jokes),
-            n=6,
-            temperature=1.0,
-            max_tokens=40,
-            seed=3,
-        )
+        model = sampled(taught, prefers_half_jokes)
         out = model.with_structured_output(Joke, include_raw=True).invoke("A joke, maybe.")
         assert_a_keeper_beat_a_higher_reward(out["raw"], dict(SCHEMA))
         assert out["parsed"] == Joke.model_validate_json(JOKE)
