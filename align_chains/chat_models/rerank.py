@@ -61,8 +61,6 @@ _DARWIN_ONLY = (
     "cycles",
     "mutation_max_tokens",
     "continuation",
-    "max_tokens",
-    "max_tokens_param",
     "continue_kwargs",
     "seed",
 )
@@ -183,10 +181,11 @@ class RerankChatModel(BaseChatModel):
     max_tokens: int | None = Field(
         default=None,
         ge=1,
-        description="DARWIN: token cap per answer (default 256 with continuation, else the wrapped model's).",
+        description="Token cap per answer, passed to every answer call as the wrapped model's "
+        "max_tokens_param (DARWIN with continuation: default 256; otherwise the wrapped model's own).",
     )
     max_tokens_param: str = Field(
-        default="max_tokens", description="DARWIN: the wrapped model's field capping a call's output tokens."
+        default="max_tokens", description="The wrapped model's call keyword capping a call's output tokens."
     )
     continue_kwargs: dict[str, Any] = Field(
         default_factory=dict,
@@ -217,8 +216,7 @@ class RerankChatModel(BaseChatModel):
             if misplaced:
                 raise InvalidInputError(
                     f"{', '.join(misplaced)} only apply to strategy='darwin' (this one is {strategy!r}); "
-                    "remove them, or set strategy='darwin'. To cap a Best-of-N answer, set max_tokens on "
-                    "the wrapped chat model."
+                    "remove them, or set strategy='darwin'."
                 )
         super().__init__(**kwargs)
         if self.strategy == "darwin":
@@ -294,6 +292,7 @@ class RerankChatModel(BaseChatModel):
         configs = [self._child_config(run_manager, CallbackManager) for _, run_manager in requests]
         stop = stop if stop is not None else self.stop
         jobs = [r for r in range(len(requests)) for _ in range(counts[r])]
+        kwargs = self._capped(kwargs)
         outcomes = self._call_many([(requests[r][0], configs[r], {"stop": stop, **kwargs}) for r in jobs])
         grouped: list[list[AIMessage | BaseException]] = [[] for _ in requests]
         calls = [0] * len(requests)
@@ -394,11 +393,18 @@ class RerankChatModel(BaseChatModel):
             )
         return results
 
+    def _capped(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call keywords with ``max_tokens`` (when set) under the wrapped model's own name."""
+        if self.max_tokens is None or self.max_tokens_param in kwargs:
+            return kwargs
+        return {**kwargs, self.max_tokens_param: self.max_tokens}
+
     async def _asample(
         self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
     ) -> tuple[list[AIMessage | BaseException], int]:
         """``n`` concurrent ``ainvoke`` calls (at most ``max_concurrency`` at once), each retried."""
         calls = [0]
+        kwargs = self._capped(kwargs)
         stop = stop if stop is not None else self.stop
         config = self._child_config(run_manager, AsyncCallbackManager)
         count = (self.budget or self.n) if self.adaptive else self.n  # one prompt: nothing to reallocate
