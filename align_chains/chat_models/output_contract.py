@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from align_chains.errors import InvalidInputError
@@ -85,8 +85,6 @@ class OutputContract:
     tool_choice: str | None = None  # None (auto), "any" or a tool name
     json_schema: dict[str, Any] | None = None
     json_mode: bool = False
-    schema_name: str = "response"
-    notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> OutputContract | None:
@@ -99,14 +97,14 @@ class OutputContract:
         choice = normalise_tool_choice(raw_choice, [t["name"] for t in tools])
         if choice == "none":
             tools, choice = (), None
-        schema, json_mode, name = None, False, "response"
+        schema, json_mode = None, False
         if response_format is not None:
             kind = response_format.get("type") if isinstance(response_format, Mapping) else None
             if kind == "json_object":
                 json_mode = True
             elif kind == "json_schema":
                 spec = response_format.get("json_schema") or {}
-                schema, name = spec.get("schema"), spec.get("name", "response")
+                schema = spec.get("schema")
                 if not isinstance(schema, Mapping):
                     raise InvalidInputError(
                         "response_format json_schema needs a 'schema' object: "
@@ -120,7 +118,7 @@ class OutputContract:
                 )
         if not tools and schema is None and not json_mode:
             return None
-        return cls(tools, choice, dict(schema) if schema else None, json_mode, name)
+        return cls(tools, choice, dict(schema) if schema else None, json_mode)
 
     @property
     def tool_names(self) -> list[str]:
