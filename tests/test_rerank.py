@@ -298,9 +298,10 @@ def test_stream_keeps_the_chosen_answers_tool_calls_valid_and_invalid() -> None:
 
 
 class StopRecorder(BaseChatModel):
-    """Answers 'ok' and records the stop strings each call received."""
+    """Answers 'ok' and records the stop strings (and other keywords) each call received."""
 
     seen: list[Any] = Field(default_factory=list)
+    keywords: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
@@ -308,6 +309,7 @@ class StopRecorder(BaseChatModel):
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
         self.seen.append(stop)
+        self.keywords.append(kwargs)
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content="ok"))])
 
 
@@ -319,6 +321,14 @@ def test_stop_strings_reach_the_wrapped_model() -> None:
     asyncio.run(rerank(inner, n=1, stop=["END"]).ainvoke("q"))
     rerank(inner, n=1).invoke("q")
     assert inner.seen == [["END"], ["HALT"], ["END"], ["END"], None]
+
+
+def test_max_tokens_reaches_every_best_of_n_call_under_the_wrapped_models_name() -> None:
+    inner = StopRecorder()
+    rerank(inner, n=2, max_tokens=7).invoke("q")
+    asyncio.run(rerank(inner, n=1, max_tokens=5, max_tokens_param="num_predict").ainvoke("q"))
+    rerank(inner, n=1).invoke("q")
+    assert inner.keywords == [{"max_tokens": 7}, {"max_tokens": 7}, {"num_predict": 5}, {}]
 
 
 def test_tracing_params_name_the_wrapped_model() -> None:
