@@ -7,6 +7,7 @@ from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Candidate, Strategy, StrategyResult
 from align_chains.strategies.best_of_n import BestOfN
 from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.early_rejection import EarlyRejectionBestOfN
 from align_chains.strategies.reward_guided import RewardGuided
 from align_chains.strategies.sea import SEA
 from align_chains.strategies.value_guided import ValueGuided
@@ -18,6 +19,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     ValueGuided.name: ValueGuided,
     SEA.name: SEA,
     Darwin.name: Darwin,
+    EarlyRejectionBestOfN.name: EarlyRejectionBestOfN,
 }
 _ALIASES = {
     "bon": BestOfN.name,
@@ -30,6 +32,8 @@ _ALIASES = {
     "ivg": ValueGuided.name,
     "value_guided": ValueGuided.name,
     "simple-energy-adaptation": SEA.name,
+    "speculative-rejection": EarlyRejectionBestOfN.name,
+    "early_rejection": EarlyRejectionBestOfN.name,
 }
 
 
@@ -53,6 +57,7 @@ __all__ = [
     "BestOfN",
     "Candidate",
     "Darwin",
+    "EarlyRejectionBestOfN",
     "RewardGuided",
     "Strategy",
     "StrategyResult",

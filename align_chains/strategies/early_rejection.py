@@ -1,0 +1,301 @@
+"""Early-rejection Best-of-N (Speculative Rejection, Sun et al. 2024, arXiv 2410.20290).
+
+Best-of-N spends most of its tokens on candidates that the reward would have ranked low after
+their first few tokens. Early rejection starts the same ``n`` rows from one prefill, and at
+decision points scores the *partial* answers with the reward and drops the lowest-scoring
+fraction ``rejection`` of each prompt's rows. Survivors keep decoding from their own KV cache
+(``Batch.select``: no re-prefill, ever; the authors' code turns survivors back into text and
+prefills them again every round). The answer is the best *finished* candidate.
+
+Decision schedule:
+
+- ``decision_every=m``: every m generated tokens;
+- ``decision_every="memory"``: the paper's schedule: decide when the rows' KV cache (prompt +
+  generated tokens, summed over rows) reaches ``memory_tokens``. Rejection shrinks the batch,
+  so each next decision comes later.
+
+Ranking follows the reference: at a decision every row still in the batch is scored (rows that
+finished since the last decision with their final text), the top ``round((1 - rejection) ·
+rows)`` of each prompt are kept (at least one), and kept rows that are unfinished continue.
+Every finished row stays a candidate whether or not it was kept, since it costs nothing more.
+Finished rows leave the batch at a decision, so they stop riding along as padding.
+
+With ``rejection=0`` nothing is ever scored or dropped: the run is plain Best-of-N, draw for draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.decoder import Batch, Completion, Decoder
+from align_chains.engine.sampling import SamplingParams, make_generator
+from align_chains.errors import RewardError
+from align_chains.models.chat import Conversation
+from align_chains.models.policy import Policy
+from align_chains.progress import NullProgress, Progress
+from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.strategies.base import (
+    Strategy,
+    StrategyResult,
+    attach_partial,
+    prepare_prompts,
+    score_texts,
+)
+from align_chains.strategies.best_of_n import best_per_prompt
+
+
+@dataclass
+class _Pool:
+    """Finished candidates and the per-prompt bookkeeping a run accumulates."""
+
+    num_prompts: int
+    completions: list[Completion] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    info: list[dict[str, Any]] = field(default_factory=list)
+    rejected_tokens: list[int] = field(default_factory=list)  # per prompt: tokens of dropped rows
+    rejected_rows: list[int] = field(default_factory=list)
+    scored_items: list[int] = field(default_factory=list)  # per prompt: partial + final scorings
+
+    def __post_init__(self) -> None:
+        self.rejected_tokens = [0] * self.num_prompts
+        self.rejected_rows = [0] * self.num_prompts
+        self.scored_items = [0] * self.num_prompts
+
+    def add(self, completion: Completion, score: float | None, info: dict[str, Any]) -> None:
+        self.completions.append(completion)
+        self.scores.append(score)
+        self.info.append(info)
+
+
+class EarlyRejectionBestOfN(Strategy):
+    """Best-of-``n`` that drops the lowest-reward ``rejection`` fraction of partial answers as it decodes."""
+
+    name: ClassVar[str] = "early-rejection"
+
+    n: int = Field(32, ge=1, description="Candidates started per prompt (from one shared prefill).")
+    rejection: float = Field(
+        0.75, ge=0.0, lt=1.0, description="Fraction of each prompt's rows dropped at every decision (α)."
+    )
+    decision_every: int | Literal["memory"] = Field(
+        8,
+        description="Tokens between decisions (m), or 'memory' for the paper's memory-driven schedule.",
+    )
+    memory_tokens: int = Field(
+        4096, ge=1, description="'memory' schedule: KV-cache tokens (all rows) that trigger a decision."
+    )
+
+    @field_validator("decision_every")
+    @classmethod
+    def _positive_interval(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"decision_every must be a positive number of tokens or 'memory'; got {value}.")
+        return value
+
+    # -- schedule ------------------------------------------------------------------------
+    def _tokens_to_decision(self, batch: Batch) -> int:
+        if self.decision_every != "memory":
+            every = int(self.decision_every)
+            return every - batch.steps % every
+        held = int((batch.prompt_lengths + batch.steps).sum())
+        missing = self.memory_tokens - held
+        return max(1, math.ceil(missing / batch.size))
+
+    def _keep_count(self, rows: int) -> int:
+        """Rows of one prompt kept at a decision (the reference's rounding, at least one)."""
+        return max(1, round((1.0 - self.rejection) * rows))
+
+    def _can_drop(self, batch: Batch) -> bool:
+        """False once no prompt would lose a row at a decision (then scoring partials is wasted)."""
+        rows = torch.bincount(batch.prompt_index).tolist()
+        return any(self._keep_count(r) < r for r in rows if r > 0)
+
+    # -- the run -------------------------------------------------------------------------
+    def run_batch(
+        self,
+        prompts: Sequence[Prompt],
+        policy: Policy,
+        reward: RewardModel,
+        params: SamplingParams | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> list[StrategyResult]:
+        params = params or SamplingParams()
+        progress = progress or NullProgress()
+        conversations, token_ids = prepare_prompts(prompts, policy, params)
+        num_prompts = len(conversations)
+        counters = ComputeCounters(batch_size=num_prompts)
+        pool = _Pool(num_prompts)
+        decisions: list[dict[str, Any]] = []
+        with counters.timed():
+            decoder = Decoder(policy, counters)
+            progress.stage(f"generating {self.n * num_prompts} candidates", params.max_new_tokens)
+            batch: Batch | None = decoder.start(token_ids, self.n, params)
+            origin = torch.arange(batch.size, device=batch.tokens.device) % self.n  # row within its prompt
+            generator = make_generator(params.seed, policy.device)
+            survived = torch.zeros_like(origin)
+            try:
+                while batch is not None and not batch.done:
+                    deciding = self._can_drop(batch)
+                    steps = self._tokens_to_decision(batch) if deciding else None
+                    decoder.extend(batch, steps, generator, on_step=lambda _b: progress.advance())
+                    if batch.done:
+                        break
+                    kept = self._decide(
+                        decoder, batch, reward, conversations, counters, pool, origin, survived
+                    )
+                    decisions.extend(kept["records"])
+                    rows = kept["rows"]
+                    if rows.numel() == 0:
+                        batch = None
+                        break
+                    batch.select(rows)
+                    origin, survived = origin[rows], survived[rows] + 1
+                if batch is not None:
+                    self._finish(decoder, batch, reward, conversations, counters, pool, origin, survived)
+            except RewardError as exc:
+                raise attach_partial(exc, self._results(pool, None, counters, decisions)) from exc
+            finally:
+                progress.close()
+        return self._results(pool, pool.scores, counters, decisions)
+
+    def _decide(
+        self,
+        decoder: Decoder,
+        batch: Batch,
+        reward: RewardModel,
+        conversations: Sequence[Conversation],
+        counters: ComputeCounters,
+        pool: _Pool,
+        origin: torch.Tensor,
+        survived: torch.Tensor,
+    ) -> dict[str, Any]:
+        """Score every row's answer so far (one batched call), keep each prompt's top rows."""
+        texts = decoder.completions(batch)
+        prompt_of_row = batch.prompt_index.tolist()
+        try:
+            scores = score_texts(
+                reward, [conversations[p] for p in prompt_of_row], [c.text for c in texts], counters
+            )
+        except RewardError:  # keep every row, unscored, so the caller still gets answers
+            batch.finished |= True
+            self._bank_finished(batch, texts, None, pool, origin, survived)
+            raise
+        for p in prompt_of_row:
+            pool.scored_items[p] += 1
+        values = torch.tensor(scores, dtype=torch.float32)
+        finished = batch.finished.cpu()
+        keep = torch.zeros(batch.size, dtype=torch.bool)
+        records = []
+        for p in sorted(set(prompt_of_row)):  # per prompt, at decision points only
+            rows = (batch.prompt_index.cpu() == p).nonzero().flatten()
+            count = self._keep_count(len(rows))
+            order = rows[torch.argsort(values[rows], descending=True, stable=True)]
+            keep[order[:count]] = True
+            dropped = order[count:]
+            dropped_alive = dropped[~finished[dropped]]
+            pool.rejected_rows[p] += len(dropped_alive)
+            pool.rejected_tokens[p] += int(batch.num_tokens.cpu()[dropped_alive].sum())
+            records.append(
+                {
+                    "event": "decision",
+                    "prompt": p,
+                    "step": batch.steps,
+                    "rows": len(rows),
+                    "kept": count,
+                    "threshold": float(values[order[count - 1]]),
+                    "best_partial": float(values[order[0]]),
+                }
+            )
+        self._bank_finished(batch, texts, scores, pool, origin, survived)
+        continuing = (keep & ~finished).nonzero().flatten()
+        return {"rows": continuing.to(batch.tokens.device), "records": records}
+
+    @staticmethod
+    def _bank_finished(
+        batch: Batch,
+        texts: Sequence[Completion],
+        scores: Sequence[float] | None,
+        pool: _Pool,
+        origin: torch.Tensor,
+        survived: torch.Tensor,
+    ) -> None:
+        """Move rows that ended into the candidate pool with their (final-text) score."""
+        for row in batch.finished.nonzero().flatten().tolist():
+            pool.add(
+                texts[row],
+                None if scores is None else scores[row],
+                {"row": int(origin[row]), "decisions_survived": int(survived[row]), "step": batch.steps},
+            )
+
+    def _finish(
+        self,
+        decoder: Decoder,
+        batch: Batch,
+        reward: RewardModel,
+        conversations: Sequence[Conversation],
+        counters: ComputeCounters,
+        pool: _Pool,
+        origin: torch.Tensor,
+        survived: torch.Tensor,
+    ) -> None:
+        """Score the rows that ran to the end (one batched call) and add them to the pool."""
+        texts = decoder.completions(batch)
+        try:
+            scores = score_texts(
+                reward, [conversations[c.prompt_index] for c in texts], [c.text for c in texts], counters
+            )
+        except RewardError:  # keep every row, unscored, so the caller still gets answers
+            batch.finished |= True
+            self._bank_finished(batch, texts, None, pool, origin, survived)
+            raise
+        for c in texts:
+            pool.scored_items[c.prompt_index] += 1
+        batch.finished |= True
+        self._bank_finished(batch, texts, scores, pool, origin, survived)
+
+    def _results(
+        self,
+        pool: _Pool,
+        scores: Sequence[float | None] | None,
+        counters: ComputeCounters,
+        decisions: list[dict[str, Any]],
+    ) -> list[StrategyResult]:
+        """Each prompt's best finished candidate, with its own share of the work."""
+        order = sorted(
+            range(len(pool.completions)),
+            key=lambda i: (pool.completions[i].prompt_index, pool.info[i]["row"]),
+        )
+        completions = [pool.completions[i] for i in order]
+        info = [pool.info[i] for i in order]
+        complete = scores is not None and all(scores[i] is not None for i in order)
+        ordered_scores = [float(scores[i]) for i in order] if complete and scores is not None else None  # type: ignore[arg-type]
+        details = [
+            {
+                "started": self.n,
+                "rejected": pool.rejected_rows[p],
+                "decisions": sum(1 for d in decisions if d["prompt"] == p),
+            }
+            for p in range(pool.num_prompts)
+        ]
+        results = best_per_prompt(
+            self.name, completions, ordered_scores, counters, pool.num_prompts, info, details
+        )
+        out = []
+        for p, result in enumerate(results):
+            own = replace(
+                result.counters,
+                generated_tokens=result.counters.generated_tokens + pool.rejected_tokens[p],
+                reward_items=pool.scored_items[p],
+            )
+            trace = [d for d in decisions if d["prompt"] == p] + [
+                {"event": "candidate", **record} for record in result.trace
+            ]
+            out.append(replace(result, counters=own, trace=trace))
+        return out
