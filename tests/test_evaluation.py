@@ -119,7 +119,7 @@ def test_bad_input_fails_before_any_model_loads(no_loading, tmp_path):
         evaluate(["best-of-n:n=2"], PROMPTS, holdout="rule:nope")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{oops\n')
-    with pytest.raises(InvalidInputError, match="bad.jsonl:2"):
+    with pytest.raises(InvalidInputError, match=r"bad\.jsonl:2"):
         evaluate(["best-of-n:n=2"], bad)
     assert not (tmp_path / "r.json").exists()
 
@@ -192,7 +192,7 @@ def test_evaluate_writes_results_resumes_and_plots(tiny_policy, tmp_path):
         if c["reward"] == plain[c["prompt"]]["reward"]
         else 0.0
         for c in best4
-    ]  # noqa: E501
+    ]
     assert rows["best-of-n:n=4"]["win_rate"]["mean"] == pytest.approx(sum(wins) / 3)
     assert rows["plain"]["win_rate"]["mean"] == 0.5  # against itself: all ties
     # Best-of-4 spends more tokens than Best-of-2, which spends more than one sample
