@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from align_chains.engine import ComputeCounters, Decoder, SamplingParams, make_generator
-from align_chains.errors import RewardError
-from align_chains.rewards import CallableReward
+from align_chains.engine import ComputeCounters, Decoder, SamplingParams
+from align_chains.errors import InvalidInputError, RewardError
+from align_chains.rewards import CallableReward, JudgeReward
+from align_chains.rewards.partial import JudgePartialScorer
+from align_chains.rewards.soft import split_template
 from align_chains.strategies import BestOfN, EarlyRejectionBestOfN, get_strategy
-from align_chains.strategies.early_rejection import _Pool
+from align_chains.strategies.early_rejection import _Run
 
 PARAMS = SamplingParams(max_new_tokens=16, temperature=1.0, seed=0)
 PROMPTS = [
@@ -55,54 +57,91 @@ def test_rejection_drops_rows_and_counts_all_the_work(tiny_policy):
     assert result.text == result.best.text
 
 
+def start_run(policy, strategy, reward, prompt, params):
+    conversations = [[{"role": "user", "content": prompt}]]
+    counters = ComputeCounters()
+    return _Run(strategy, policy, reward, conversations, [policy.render(conversations[0])], params, counters)
+
+
 def test_survivors_are_the_top_partial_answers(tiny_policy):
     reward = digit_reward()
     params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=3)
-    strategy = EarlyRejectionBestOfN(n=6, rejection=0.5, decision_every=5)
-    conversations = [[{"role": "user", "content": "Tell me a story."}]]
-    decoder = Decoder(tiny_policy)
-    batch = decoder.start([tiny_policy.render(conversations[0])], 6, params)
-    decoder.extend(batch, 5, make_generator(3, tiny_policy.device))
-    partial = [c.text for c in decoder.completions(batch)]
-    scores = reward.score(conversations * 6, partial)
-    pool = _Pool(1)
-    origin = torch.arange(6)
-    kept = strategy._decide(
-        decoder,
-        batch,
-        reward,
-        conversations,
-        ComputeCounters(),
-        pool,
-        origin,
-        torch.zeros(6, dtype=torch.long),
+    run = start_run(
+        tiny_policy, EarlyRejectionBestOfN(n=6, rejection=0.5), reward, "Tell me a story.", params
     )
+    run.decoder.extend(run.batch, 5, run.generator)
+    partial = [c.text for c in run.decoder.completions(run.batch)]
+    scores = reward.score(["Tell me a story."] * 6, partial)
+    run.decide()
     top = sorted(range(6), key=lambda i: (-scores[i], i))[:3]
-    assert sorted(kept["rows"].tolist()) == sorted(top)
+    assert sorted(run.origin.tolist()) == sorted(top)
+    assert run.batch.size == 3 and run.counters.reward_calls == 1 and run.counters.reward_items == 6
 
 
 def test_survivors_caches_equal_a_full_forward(tiny_policy):
-    strategy = EarlyRejectionBestOfN(n=6, rejection=0.5, decision_every=4)
-    conversations = [[{"role": "user", "content": "Tell me a story."}]]
-    prompt = tiny_policy.render(conversations[0])
-    decoder = Decoder(tiny_policy)
-    batch = decoder.start([prompt], 6, SamplingParams(max_new_tokens=12, temperature=1.0))
-    generator = make_generator(5, tiny_policy.device)
-    decoder.extend(batch, 4, generator)
-    kept = strategy._decide(
-        decoder, batch, digit_reward(), conversations, ComputeCounters(), _Pool(1),
-        torch.arange(6), torch.zeros(6, dtype=torch.long),
-    )  # fmt: skip
-    batch.select(kept["rows"])
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=5)
+    run = start_run(
+        tiny_policy, EarlyRejectionBestOfN(n=6, rejection=0.5), digit_reward(), "Tell me a story.", params
+    )
+    prompt = tiny_policy.render([{"role": "user", "content": "Tell me a story."}])
+    run.decoder.extend(run.batch, 4, run.generator)
+    run.decide()
+    batch = run.batch
     assert batch.size == 3
-    decoder.extend(batch, 4, generator)
-    logits = decoder.logits(batch)
+    run.decoder.extend(batch, 4, run.generator)
+    logits = run.decoder.logits(batch)
     for row in range(batch.size):
         with torch.inference_mode():
             full = (
                 tiny_policy.model(torch.tensor([prompt + batch.tokens[row].tolist()])).logits[0, -1].float()
             )
         torch.testing.assert_close(logits[row], full, atol=1e-4, rtol=1e-4)
+
+
+def test_incremental_judge_scores_equal_a_full_judge_forward(tiny_policy):
+    """The judge's cache follows the batch through decisions and selections, exactly."""
+    judge = JudgeReward(tiny_policy, principle="The answer is kind.")
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=7)
+    strategy = EarlyRejectionBestOfN(n=4, rejection=0.5)
+    run = start_run(tiny_policy, strategy, judge, "Tell me a story.", params)
+    assert isinstance(run.scorer, JudgePartialScorer)
+    conversation = [{"role": "user", "content": "Tell me a story."}]
+    before, after = split_template(lambda text: judge.judge_text(conversation, text))
+    encode = lambda text: tiny_policy.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    run.scorer.start([conversation], run.batch.prompt_index.tolist(), params.max_new_tokens)
+    run.scorer_started = True
+    for steps, keep in ((4, [2, 0]), (3, [1, 1]), (2, [0, 1])):
+        run.decoder.extend(run.batch, steps, run.generator)
+        batch = run.batch
+        answers = [batch.tokens[r, : int(batch.num_tokens[r])].tolist() for r in range(batch.size)]
+        scores = run.scorer.score(batch)
+        for answer, score in zip(answers, scores, strict=True):
+            ids = encode(before) + [t for t in answer if t not in tiny_policy.eos_token_ids] + encode(after)
+            with torch.inference_mode():
+                full = judge._log_odds(tiny_policy.model(torch.tensor([ids])).logits[:, -1])
+            assert score == pytest.approx(float(full), abs=1e-4)
+        run.scorer.select(torch.tensor(keep))  # reorder, drop, then duplicate rows
+        run.batch.select(torch.tensor(keep))
+
+
+def test_judge_partial_scoring_runs_end_to_end(tiny_policy):
+    judge = JudgeReward(tiny_policy)
+    strategy = EarlyRejectionBestOfN(n=4, rejection=0.5, decision_every=4)
+    (result,) = strategy.run_batch(["Hi"], tiny_policy, judge, PARAMS)
+    assert result.details["partial_scoring"] == "incremental"
+    # every candidate's final reward is the judge's own score of its text
+    texts = [c.text for c in result.candidates]
+    assert [c.reward for c in result.candidates] == pytest.approx(
+        judge.score(["Hi"] * len(texts), texts), abs=1e-4
+    )
+    (text_result,) = strategy.model_copy(update={"partial_scoring": "text"}).run_batch(
+        ["Hi"], tiny_policy, judge, PARAMS
+    )
+    assert text_result.details["partial_scoring"] == "text"
+    with pytest.raises(InvalidInputError, match="no incremental partial-scoring path"):
+        EarlyRejectionBestOfN(n=4, rejection=0.5, partial_scoring="incremental").run(
+            "Hi", tiny_policy, digit_reward(), PARAMS
+        )
 
 
 def test_never_re_prefills(tiny_policy):

@@ -41,6 +41,7 @@ from align_chains.models.chat import Conversation
 from align_chains.models.policy import Policy
 from align_chains.progress import NullProgress, Progress
 from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.partial import partial_scorer
 from align_chains.strategies.base import (
     Strategy,
     StrategyResult,
@@ -90,6 +91,9 @@ class EarlyRejectionBestOfN(Strategy):
     memory_tokens: int = Field(
         4096, ge=1, description="'memory' schedule: KV-cache tokens (all rows) that trigger a decision."
     )
+    partial_scoring: Literal["auto", "incremental", "text"] = Field(
+        "auto", description="Partial answers: the reward's incremental path when it has one, else text."
+    )
 
     @field_validator("decision_every")
     @classmethod
@@ -129,80 +133,86 @@ class EarlyRejectionBestOfN(Strategy):
         params = params or SamplingParams()
         progress = progress or NullProgress()
         conversations, token_ids = prepare_prompts(prompts, policy, params)
-        num_prompts = len(conversations)
-        counters = ComputeCounters(batch_size=num_prompts)
-        pool = _Pool(num_prompts)
-        decisions: list[dict[str, Any]] = []
+        counters = ComputeCounters(batch_size=len(conversations))
         with counters.timed():
-            decoder = Decoder(policy, counters)
-            progress.stage(f"generating {self.n * num_prompts} candidates", params.max_new_tokens)
-            batch: Batch | None = decoder.start(token_ids, self.n, params)
-            origin = torch.arange(batch.size, device=batch.tokens.device) % self.n  # row within its prompt
-            generator = make_generator(params.seed, policy.device)
-            survived = torch.zeros_like(origin)
+            progress.stage(f"generating {self.n * len(conversations)} candidates", params.max_new_tokens)
+            run = _Run(self, policy, reward, conversations, token_ids, params, counters)
             try:
-                while batch is not None and not batch.done:
-                    deciding = self._can_drop(batch)
-                    steps = self._tokens_to_decision(batch) if deciding else None
-                    decoder.extend(batch, steps, generator, on_step=lambda _b: progress.advance())
-                    if batch.done:
-                        break
-                    kept = self._decide(
-                        decoder, batch, reward, conversations, counters, pool, origin, survived
-                    )
-                    decisions.extend(kept["records"])
-                    rows = kept["rows"]
-                    if rows.numel() == 0:
-                        batch = None
-                        break
-                    batch.select(rows)
-                    origin, survived = origin[rows], survived[rows] + 1
-                if batch is not None:
-                    self._finish(decoder, batch, reward, conversations, counters, pool, origin, survived)
+                while run.batch is not None and not run.batch.done:
+                    batch = run.batch
+                    steps = self._tokens_to_decision(batch) if self._can_drop(batch) else None
+                    run.decoder.extend(batch, steps, run.generator, on_step=lambda _b: progress.advance())
+                    if not batch.done:
+                        run.decide()
+                run.finish()
             except RewardError as exc:
-                raise attach_partial(exc, self._results(pool, None, counters, decisions)) from exc
+                raise attach_partial(exc, run.results(scored=False)) from exc
             finally:
                 progress.close()
-        return self._results(pool, pool.scores, counters, decisions)
+        return run.results(scored=True)
 
-    def _decide(
+
+class _Run:
+    """One early-rejection run: the batch, the partial scorer following it, the finished pool."""
+
+    def __init__(
         self,
-        decoder: Decoder,
-        batch: Batch,
+        strategy: EarlyRejectionBestOfN,
+        policy: Policy,
         reward: RewardModel,
         conversations: Sequence[Conversation],
+        token_ids: Sequence[Sequence[int]],
+        params: SamplingParams,
         counters: ComputeCounters,
-        pool: _Pool,
-        origin: torch.Tensor,
-        survived: torch.Tensor,
-    ) -> dict[str, Any]:
+    ) -> None:
+        self.strategy, self.reward, self.conversations, self.counters = (
+            strategy,
+            reward,
+            conversations,
+            counters,
+        )
+        self.decoder = Decoder(policy, counters)
+        self.batch: Batch | None = self.decoder.start(token_ids, strategy.n, params)
+        self.generator = make_generator(params.seed, policy.device)
+        self.scorer = partial_scorer(reward, policy, counters, strategy.partial_scoring)
+        self.scorer_started = False
+        self.max_new_tokens = params.max_new_tokens
+        device = self.batch.tokens.device
+        self.origin = torch.arange(self.batch.size, device=device) % strategy.n  # row within its prompt
+        self.survived = torch.zeros_like(self.origin)
+        self.pool = _Pool(len(conversations))
+        self.decisions: list[dict[str, Any]] = []
+
+    def decide(self) -> None:
         """Score every row's answer so far (one batched call), keep each prompt's top rows."""
-        texts = decoder.completions(batch)
-        prompt_of_row = batch.prompt_index.tolist()
+        batch = self.batch
+        assert batch is not None
+        if not self.scorer_started:  # the first decision prefills the scorer (judge prompts)
+            self.scorer.start(self.conversations, batch.prompt_index.tolist(), self.max_new_tokens)
+            self.scorer_started = True
         try:
-            scores = score_texts(
-                reward, [conversations[p] for p in prompt_of_row], [c.text for c in texts], counters
-            )
+            scores = self.scorer.score(batch)
         except RewardError:  # keep every row, unscored, so the caller still gets answers
             batch.finished |= True
-            self._bank_finished(batch, texts, None, pool, origin, survived)
+            self._bank_finished(None)
+            self.batch = None
             raise
+        prompt_of_row = batch.prompt_index.tolist()
         for p in prompt_of_row:
-            pool.scored_items[p] += 1
+            self.pool.scored_items[p] += 1
         values = torch.tensor(scores, dtype=torch.float32)
         finished = batch.finished.cpu()
         keep = torch.zeros(batch.size, dtype=torch.bool)
-        records = []
         for p in sorted(set(prompt_of_row)):  # per prompt, at decision points only
             rows = (batch.prompt_index.cpu() == p).nonzero().flatten()
-            count = self._keep_count(len(rows))
+            count = self.strategy._keep_count(len(rows))
             order = rows[torch.argsort(values[rows], descending=True, stable=True)]
             keep[order[:count]] = True
             dropped = order[count:]
             dropped_alive = dropped[~finished[dropped]]
-            pool.rejected_rows[p] += len(dropped_alive)
-            pool.rejected_tokens[p] += int(batch.num_tokens.cpu()[dropped_alive].sum())
-            records.append(
+            self.pool.rejected_rows[p] += len(dropped_alive)
+            self.pool.rejected_tokens[p] += int(batch.num_tokens.cpu()[dropped_alive].sum())
+            self.decisions.append(
                 {
                     "event": "decision",
                     "prompt": p,
@@ -213,79 +223,86 @@ class EarlyRejectionBestOfN(Strategy):
                     "best_partial": float(values[order[0]]),
                 }
             )
-        self._bank_finished(batch, texts, scores, pool, origin, survived)
-        continuing = (keep & ~finished).nonzero().flatten()
-        return {"rows": continuing.to(batch.tokens.device), "records": records}
+        self._bank_finished(scores if self.scorer.exact else None)
+        continuing = (keep & ~finished).nonzero().flatten().to(batch.tokens.device)
+        if continuing.numel() == 0:
+            self.batch = None
+            return
+        batch.select(continuing)
+        self.scorer.select(continuing)
+        self.origin, self.survived = self.origin[continuing], self.survived[continuing] + 1
 
-    @staticmethod
-    def _bank_finished(
-        batch: Batch,
-        texts: Sequence[Completion],
-        scores: Sequence[float] | None,
-        pool: _Pool,
-        origin: torch.Tensor,
-        survived: torch.Tensor,
-    ) -> None:
-        """Move rows that ended into the candidate pool with their (final-text) score."""
-        for row in batch.finished.nonzero().flatten().tolist():
-            pool.add(
+    def _bank_finished(self, scores: Sequence[float] | None) -> None:
+        """Move rows that ended into the candidate pool (with their score when it is the reward's own)."""
+        batch = self.batch
+        assert batch is not None
+        rows = batch.finished.nonzero().flatten().tolist()
+        if not rows:
+            return
+        texts = self.decoder.completions(batch)
+        for row in rows:
+            self.pool.add(
                 texts[row],
                 None if scores is None else scores[row],
-                {"row": int(origin[row]), "decisions_survived": int(survived[row]), "step": batch.steps},
+                {
+                    "row": int(self.origin[row]),
+                    "decisions_survived": int(self.survived[row]),
+                    "step": batch.steps,
+                },
             )
 
-    def _finish(
-        self,
-        decoder: Decoder,
-        batch: Batch,
-        reward: RewardModel,
-        conversations: Sequence[Conversation],
-        counters: ComputeCounters,
-        pool: _Pool,
-        origin: torch.Tensor,
-        survived: torch.Tensor,
-    ) -> None:
-        """Score the rows that ran to the end (one batched call) and add them to the pool."""
-        texts = decoder.completions(batch)
-        try:
-            scores = score_texts(
-                reward, [conversations[c.prompt_index] for c in texts], [c.text for c in texts], counters
-            )
-        except RewardError:  # keep every row, unscored, so the caller still gets answers
-            batch.finished |= True
-            self._bank_finished(batch, texts, None, pool, origin, survived)
-            raise
-        for c in texts:
-            pool.scored_items[c.prompt_index] += 1
-        batch.finished |= True
-        self._bank_finished(batch, texts, scores, pool, origin, survived)
+    def finish(self) -> None:
+        """Bank the rows that ran to the end; score every unscored candidate in one batched call."""
+        if self.batch is not None:
+            self.batch.finished |= True
+            self._bank_finished(None)
+            self.batch = None
+        todo = [i for i, s in enumerate(self.pool.scores) if s is None]
+        if not todo:
+            return
+        completions = [self.pool.completions[i] for i in todo]
+        scores = score_texts(
+            self.reward,
+            [self.conversations[c.prompt_index] for c in completions],
+            [c.text for c in completions],
+            self.counters,
+        )
+        for i, score in zip(todo, scores, strict=True):
+            self.pool.scores[i] = score
+            self.pool.scored_items[self.pool.completions[i].prompt_index] += 1
 
-    def _results(
-        self,
-        pool: _Pool,
-        scores: Sequence[float | None] | None,
-        counters: ComputeCounters,
-        decisions: list[dict[str, Any]],
-    ) -> list[StrategyResult]:
+    def results(self, scored: bool) -> list[StrategyResult]:
         """Each prompt's best finished candidate, with its own share of the work."""
+        pool = self.pool
+        if self.batch is not None:  # a failed run: its unfinished rows are candidates too
+            self.batch.finished |= True
+            self._bank_finished(None)
+            self.batch = None
         order = sorted(
             range(len(pool.completions)),
             key=lambda i: (pool.completions[i].prompt_index, pool.info[i]["row"]),
         )
         completions = [pool.completions[i] for i in order]
         info = [pool.info[i] for i in order]
-        complete = scores is not None and all(scores[i] is not None for i in order)
-        ordered_scores = [float(scores[i]) for i in order] if complete and scores is not None else None  # type: ignore[arg-type]
+        scores = [pool.scores[i] for i in order]
+        complete = scored and all(s is not None for s in scores)
         details = [
             {
-                "started": self.n,
+                "started": self.strategy.n,
                 "rejected": pool.rejected_rows[p],
-                "decisions": sum(1 for d in decisions if d["prompt"] == p),
+                "decisions": sum(1 for d in self.decisions if d["prompt"] == p),
+                "partial_scoring": "incremental" if not self.scorer.exact else "text",
             }
             for p in range(pool.num_prompts)
         ]
         results = best_per_prompt(
-            self.name, completions, ordered_scores, counters, pool.num_prompts, info, details
+            self.strategy.name,
+            completions,
+            [float(s) for s in scores if s is not None] if complete else None,
+            self.counters,
+            pool.num_prompts,
+            info,
+            details,
         )
         out = []
         for p, result in enumerate(results):
@@ -294,7 +311,7 @@ class EarlyRejectionBestOfN(Strategy):
                 generated_tokens=result.counters.generated_tokens + pool.rejected_tokens[p],
                 reward_items=pool.scored_items[p],
             )
-            trace = [d for d in decisions if d["prompt"] == p] + [
+            trace = [d for d in self.decisions if d["prompt"] == p] + [
                 {"event": "candidate", **record} for record in result.trace
             ]
             out.append(replace(result, counters=own, trace=trace))
