@@ -71,8 +71,9 @@ def main() -> None:
         )
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature)
 
-    for strategy in ways.values():  # warm-up (untimed): allocator, kernels, first reward call
-        strategy.run(prompts[0].messages, policy, reward, params.model_copy(update={"seed": 12345}))
+    warm = params.model_copy(update={"seed": 12345, "max_new_tokens": 8})
+    for strategy in ways.values():  # short warm-up (untimed): allocator, kernels, first reward call
+        strategy.run(prompts[0].messages, policy, reward, warm)
 
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in ways}
     for i, prompt in enumerate(prompts):
