@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from align_chains.chat_models import BestOfNChatModel, chat_model_class
 from align_chains.chat_models.base import AlignedChatModel
 from align_chains.errors import InvalidInputError
-from align_chains.strategies import canonical_strategy_name
+from align_chains.strategies import EarlyRejectionBestOfN, canonical_strategy_name
 
 # settings the harness owns (one policy, reward and sampler for every strategy)
 _HARNESS_FIELDS = {"policy", "reward", "device", "dtype", "device_map", "show_progress", "seed", "stop"}
@@ -39,7 +39,11 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "adaptive-best-of-n": Variant(BestOfNChatModel, {"allocation": "adaptive"}, {"n": "budget"}),
-    "early-rejection": Variant(BestOfNChatModel, {"n": 32, "rejection": 0.75}),
+    # the strategy's own defaults (BestOfNChatModel alone is plain Best-of-N: rejection=0)
+    "early-rejection": Variant(
+        BestOfNChatModel,
+        {k: EarlyRejectionBestOfN.model_fields[k].default for k in ("n", "rejection")},
+    ),
 }
 
 
