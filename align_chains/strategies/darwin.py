@@ -128,6 +128,14 @@ class CachedPopulation:
         self.batch.stopped[index] = stopped
 
 
+def check_k_at_most_n(k: int, n: int) -> None:
+    """DARWIN's rule across settings (one home for it): the top ``k`` are kept out of ``n``."""
+    if k > n:
+        raise ValueError(
+            f"k={k} must not exceed n={n}: the top k are kept out of n candidates; lower k or raise n."
+        )
+
+
 class _BudgetStop(Exception):
     """Raised from a decoding step when a budget would be overrun by the next step."""
 
@@ -177,11 +185,7 @@ class Darwin(Strategy):
 
     @model_validator(mode="after")
     def _k_at_most_n(self) -> Darwin:
-        if self.k > self.n:
-            raise ValueError(
-                f"k={self.k} must not exceed n={self.n}: the top k are kept out of n candidates; "
-                "lower k or raise n."
-            )
+        check_k_at_most_n(self.k, self.n)
         return self
 
     def population(
