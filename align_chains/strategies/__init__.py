@@ -15,6 +15,7 @@ from align_chains.strategies.base import (
     StrategyResult,
     canonical_strategy_name,
     register_strategy,
+    unregister_strategy,
 )
 from align_chains.strategies.best_of_n import BestOfN
 from align_chains.strategies.darwin import Darwin
@@ -43,4 +44,5 @@ __all__ = [
     "canonical_strategy_name",
     "get_strategy",
     "register_strategy",
+    "unregister_strategy",
 ]

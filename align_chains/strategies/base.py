@@ -189,6 +189,14 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
+def unregister_strategy(cls: type[Strategy]) -> None:
+    """Undo ``register_strategy`` (a plugin unloading, a test cleaning up)."""
+    if STRATEGIES.get(cls.name) is cls:
+        del STRATEGIES[cls.name]
+    for alias in [a for a, owner in _ALIASES.items() if owner == cls.name]:
+        del _ALIASES[alias]
+
+
 def canonical_strategy_name(name: str) -> str:
     """The registered name for ``name`` or one of its aliases (raises UnknownStrategyError)."""
     key = name.strip().lower()
