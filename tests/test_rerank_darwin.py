@@ -22,7 +22,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field, PrivateAttr
 
 from align_chains import CallableReward, InvalidInputError, RerankChatModel, RewardError
-from align_chains.chat_models.rerank import SamplingFailedError
+from align_chains.errors import SamplingFailedError
 
 WORDS = 6
 _REWRITE = re.compile(
