@@ -174,6 +174,23 @@ class CycleEnd(TraceEvent):
     best_reward: float | None
 
 
+#: every event class by its ``event`` name
+EVENTS: dict[str, type[TraceEvent]] = {
+    cls.event: cls
+    for cls in (Seed, ArchiveEntry, MutationFailed, Mutation, CallFailed, Score, Replace, Winner, CycleEnd)
+}
+
+
+def read(record: Mapping[str, Any]) -> TraceEvent:
+    """The event a flat trace record describes, whichever it is."""
+    cls = EVENTS.get(record.get("event"))  # type: ignore[arg-type]
+    if cls is None:
+        raise InvalidInputError(
+            f"Unknown DARWIN trace event {record.get('event')!r}; known: {sorted(EVENTS)}."
+        )
+    return cls.from_record(record)
+
+
 def records(events: list[TraceEvent], **extra: Any) -> list[Record]:
     """The flat records of ``events``, each led by ``extra`` (e.g. ``prompt=p`` in a batch)."""
     return [{**extra, **event.record()} for event in events]

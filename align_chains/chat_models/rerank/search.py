@@ -7,6 +7,7 @@ settings and a ``CallPool``. A search instance serves one call (``run`` or ``aru
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -45,7 +46,7 @@ class RerankSettings(Protocol):
     def load_reward(self) -> RewardModel: ...
 
 
-class Search:
+class Search(ABC):
     """One strategy's search over a wrapped chat model.
 
     Class-level facts the chat model reads at construction: ``own_settings`` (settings only this
@@ -62,7 +63,9 @@ class Search:
 
     @classmethod
     def check_settings(cls, settings: RerankSettings, explicit: set[str]) -> None:
-        """Construction-time checks beyond each field's own (``explicit``: the settings passed)."""
+        """Construction-time checks beyond each field's own (``explicit``: the settings passed);
+        a strategy with none keeps this one."""
+        return None
 
     @classmethod
     def identifying_params(cls, settings: RerankSettings) -> dict[str, Any]:
@@ -78,11 +81,11 @@ class Search:
             out[settings.max_tokens_param] = settings.max_tokens
         return out
 
+    @abstractmethod
     def run(
         self, requests: Requests, stop: list[str] | None, kwargs: dict[str, Any]
     ) -> list[ChatResult | Exception]:
         """Search every request together; per request its result, or the error that ended it."""
-        raise NotImplementedError
 
     async def arun(
         self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
