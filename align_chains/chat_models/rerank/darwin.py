@@ -5,7 +5,10 @@ chat model as the policy: s0 seeds the archive; each cycle draws a parent instru
 archive, the WRAPPED model rewrites it into ``n`` instructions (``mutation.py``'s one-shot
 request and parser), one candidate answers each, and the candidates are scored against the
 ORIGINAL conversation; the archive gains the winners that beat their parent; the best answer of
-all cycles is returned. Top-k, copy choice and archive updates are ``darwin.py``'s own functions.
+all cycles is returned. Top-k, copy choice and archive updates are ``strategies/darwin.py``'s
+own functions, and the trace is ``strategies/darwin_trace.py``'s events, so the two searches
+read side by side: ``_cycle`` runs ``_segment`` / ``_select`` until every candidate has ended,
+then ``_end_cycle``.
 
 An API keeps no KV cache between calls, so "every m tokens" is one call per segment.
 ``continuation`` says how a partial answer goes on:
