@@ -1,18 +1,41 @@
-"""Best-of-N as a LangChain chat model, uniform or prompt-adaptive across a batch."""
+"""Best-of-N as a LangChain chat model: uniform, prompt-adaptive across a batch, or with early rejection."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import copy
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
+from pydantic.fields import FieldInfo
 
-from align_chains.chat_models.base import AlignedChatModel
+from align_chains.chat_models.settings import settings_base, strategy_fields
 from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Strategy
 from align_chains.strategies.best_of_n import BestOfN
+from align_chains.strategies.early_rejection import EarlyRejectionBestOfN
 
 
-class BestOfNChatModel(AlignedChatModel):
+def _early_rejection_fields() -> dict[str, tuple[Any, FieldInfo]]:
+    """EarlyRejectionBestOfN's settings (``n`` is Best-of-N's own); ``rejection`` defaults to 0 here,
+    so that BestOfNChatModel stays plain Best-of-N unless early rejection is asked for."""
+    fields = {name: spec for name, spec in strategy_fields(EarlyRejectionBestOfN).items() if name != "n"}
+    annotation, info = fields["rejection"]
+    info = copy.deepcopy(info)
+    info.default = 0.0
+    info.description = "Early rejection (α): drop this fraction of partial answers at each decision; 0: off."
+    fields["rejection"] = (annotation, info)
+    return fields
+
+
+_Settings = create_model(  # type: ignore[call-overload]
+    "BestOfNSettings",
+    __base__=settings_base(BestOfN, AdaptiveBestOfN),
+    __module__=__name__,
+    **_early_rejection_fields(),
+)
+
+
+class BestOfNChatModel(_Settings):  # type: ignore[misc,valid-type]
     """Samples several answers and returns the one the reward likes best.
 
     ``allocation="uniform"`` (default) samples ``n`` answers per prompt.
@@ -23,19 +46,16 @@ class BestOfNChatModel(AlignedChatModel):
     >>> from align_chains import BestOfNChatModel
     >>> BestOfNChatModel(n=4).invoke("Give me three tips for better sleep.")  # doctest: +SKIP
     >>> BestOfNChatModel(allocation="adaptive", budget=8).batch(["...", "..."])  # doctest: +SKIP
+
+    ``rejection=α`` (with ``decision_every=m``) starts ``n`` answers and, every m tokens, drops
+    the fraction α of them whose partial answers the reward scores lowest (early rejection,
+    Sun et al. 2024; see docs/early_rejection.md):
+
+    >>> BestOfNChatModel(n=32, rejection=0.75, decision_every=8, reward="judge")  # doctest: +SKIP
     """
 
-    strategy_class: ClassVar[type[Strategy]] = BestOfN
-
-    n: int = Field(default=4, ge=1, description="Candidates per prompt (uniform allocation).")
     allocation: Literal["uniform", "adaptive"] = Field(
         default="uniform", description="How samples are spread over the prompts of a batch."
-    )
-    budget: int | None = Field(
-        default=None, ge=1, description="Adaptive: average samples per prompt (defaults to n)."
-    )
-    exploration: float = Field(
-        default=0.75, gt=0.0, le=1.0, description="Adaptive: fraction of the budget explored first."
     )
 
     @model_validator(mode="after")
@@ -44,11 +64,22 @@ class BestOfNChatModel(AlignedChatModel):
             raise ValueError(
                 "budget= only applies to allocation='adaptive'; for uniform Best-of-N set n= instead."
             )
+        if self.rejection and self.allocation != "uniform":
+            raise ValueError(
+                "rejection= applies to uniform Best-of-N; use allocation='uniform' (the default) with it."
+            )
         return self
 
     def build_strategy(self, **overrides: Any) -> Strategy:
         settings = self._strategy_settings(overrides)
         if settings["allocation"] == "adaptive":
             budget = settings["budget"] if settings["budget"] is not None else settings["n"]
-            return AdaptiveBestOfN(budget=budget, exploration=settings["exploration"])
+            return AdaptiveBestOfN(
+                budget=budget, exploration=settings["exploration"], mc_draws=settings["mc_draws"]
+            )
+        if settings["rejection"]:
+            return EarlyRejectionBestOfN(
+                n=settings["n"],
+                **{k: settings[k] for k in _early_rejection_fields()},
+            )
         return BestOfN(n=settings["n"])

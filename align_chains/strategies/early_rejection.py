@@ -39,14 +39,13 @@ from align_chains.engine.sampling import SamplingParams, make_generator
 from align_chains.errors import RewardError
 from align_chains.models.chat import Conversation
 from align_chains.models.policy import Policy
-from align_chains.progress import NullProgress, Progress
-from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.base import RewardModel
 from align_chains.rewards.partial import partial_scorer
 from align_chains.strategies.base import (
+    SearchRun,
     Strategy,
     StrategyResult,
-    attach_partial,
-    prepare_prompts,
+    register_strategy,
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
@@ -75,10 +74,12 @@ class _Pool:
         self.info.append(info)
 
 
+@register_strategy
 class EarlyRejectionBestOfN(Strategy):
     """Best-of-``n`` that drops the lowest-reward ``rejection`` fraction of partial answers as it decodes."""
 
     name: ClassVar[str] = "early-rejection"
+    aliases: ClassVar[tuple[str, ...]] = ("speculative-rejection", "early_rejection")
 
     n: int = Field(32, ge=1, description="Candidates started per prompt (from one shared prefill).")
     rejection: float = Field(
@@ -121,35 +122,18 @@ class EarlyRejectionBestOfN(Strategy):
         return any(self._keep_count(r) < r for r in rows if r > 0)
 
     # -- the run -------------------------------------------------------------------------
-    def run_batch(
-        self,
-        prompts: Sequence[Prompt],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams | None = None,
-        *,
-        progress: Progress | None = None,
-    ) -> list[StrategyResult]:
-        params = params or SamplingParams()
-        progress = progress or NullProgress()
-        conversations, token_ids = prepare_prompts(prompts, policy, params)
-        counters = ComputeCounters(batch_size=len(conversations))
-        with counters.timed():
-            progress.stage(f"generating {self.n * len(conversations)} candidates", params.max_new_tokens)
-            run = _Run(self, policy, reward, conversations, token_ids, params, counters)
-            try:
-                while run.batch is not None and not run.batch.done:
-                    batch = run.batch
-                    steps = self._tokens_to_decision(batch) if self._can_drop(batch) else None
-                    run.decoder.extend(batch, steps, run.generator, on_step=lambda _b: progress.advance())
-                    if not batch.done:
-                        run.decide()
-                run.finish()
-            except RewardError as exc:
-                raise attach_partial(exc, run.results(scored=False)) from exc
-            finally:
-                progress.close()
-        return run.results(scored=True)
+    def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
+        run.progress.stage(f"generating {self.n * run.num_prompts} candidates", run.params.max_new_tokens)
+        state = _Run(self, run.policy, run.reward, run.conversations, run.token_ids, run.params, run.counters)
+        run.partial = lambda: state.results(scored=False)
+        while state.batch is not None and not state.batch.done:
+            batch = state.batch
+            steps = self._tokens_to_decision(batch) if self._can_drop(batch) else None
+            state.decoder.extend(batch, steps, state.generator, on_step=lambda _b: run.progress.advance())
+            if not batch.done:
+                state.decide()
+        state.finish()
+        return state.results(scored=True)
 
 
 class _Run:
