@@ -45,10 +45,12 @@ class EvalReport:
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per setting that has results: rewards, win rates vs the plain sample, compute."""
-        baseline = {c["prompt"]: c for c in self.cells if c["key"] == plain_sample().key}
+        ids = {p.id for p in self.prompts}  # a --limit run summarises its own prompts only
+        current = [c for c in self.cells if c["prompt"] in ids]
+        baseline = {c["prompt"]: c for c in current if c["key"] == plain_sample().key}
         rows = []
         for setting in self.settings:
-            cells = [c for c in self.cells if c["key"] == setting.key]
+            cells = [c for c in current if c["key"] == setting.key]
             if cells:
                 rows.append(
                     {
