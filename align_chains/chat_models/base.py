@@ -29,13 +29,13 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from tenacity import Retrying, retry_if_result, stop_after_attempt
 
 from align_chains.chat_models.batching import batch_with_callbacks
-from align_chains.chat_models.messages import to_conversation
 from align_chains.chat_models.output_contract import OutputContract, is_kept, normalise_tool_choice
 from align_chains.chat_models.structured import structured_output_runnable
 from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
 from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD
+from align_chains.models.messages import to_conversation
 from align_chains.models.policy import Policy, load_policy
 from align_chains.progress import NullProgress, TqdmProgress
 from align_chains.rewards import RewardModel, load_reward
