@@ -113,14 +113,14 @@ def _chat(args: argparse.Namespace) -> int:
     if args.n is not None:
         settings["n"] = args.n
     cls = chat_model_class(args.strategy)
-    guided_by_principle = args.principle is not None and "principle" in cls._strategy_field_names()
+    guided_by_principle = args.principle is not None and "principle" in cls.strategy_field_names()
     if guided_by_principle:
         settings["principle"] = args.principle
-    unknown = sorted(set(settings) - set(cls._strategy_field_names()))
+    unknown = sorted(set(settings) - set(cls.strategy_field_names()))
     if unknown:
         raise InvalidInputError(
             f"Unknown strategy option(s) {unknown} for {args.strategy!r}; "
-            f"it takes {cls._strategy_field_names()}."
+            f"it takes {cls.strategy_field_names()}."
         )
     for name in ("reward", "max_tokens", "temperature", "top_k"):  # unset: the chat model's default
         if getattr(args, name) is not None:
