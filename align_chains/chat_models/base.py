@@ -137,11 +137,6 @@ class AlignedChatModel(BaseChatModel):
         """The strategy settings this chat model exposes (fields beyond the base class's)."""
         return [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
 
-    @classmethod
-    def _strategy_field_names(cls) -> list[str]:
-        """Deprecated private spelling of ``strategy_field_names`` (the CLI and server still use it)."""
-        return cls.strategy_field_names()
-
     def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         overrides = overrides or {}
         return {name: overrides.get(name, getattr(self, name)) for name in self.strategy_field_names()}
@@ -177,7 +172,7 @@ class AlignedChatModel(BaseChatModel):
         )
 
     def _checked_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        allowed = _SAMPLING_KWARGS | set(self._strategy_field_names())
+        allowed = _SAMPLING_KWARGS | set(self.strategy_field_names())
         unknown = sorted(k for k in kwargs if k not in allowed)
         if unknown:
             raise InvalidInputError(
