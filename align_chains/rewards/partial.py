@@ -124,7 +124,7 @@ class JudgePartialScorer(PartialScorer):
         self.counters.reward_calls += 1
         self.counters.reward_items += len(prefixes)
         rows = torch.as_tensor(list(prompt_of_row), dtype=torch.long, device=self.device)
-        self.cache = out.past_key_values
+        self.cache = out.cache
         if not expand_into_preallocated(self.cache, rows, max_new_tokens + len(self.suffix)):
             self.cache.batch_select_indices(rows)
         self.mask = mask[rows]
@@ -150,7 +150,7 @@ class JudgePartialScorer(PartialScorer):
                     input_ids=block,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=self.cache,
+                    cache=self.cache,
                     use_cache=True,
                     **kwargs,
                 )
@@ -159,7 +159,7 @@ class JudgePartialScorer(PartialScorer):
                 f"Reward {self.reward.name!r} raised {type(exc).__name__} while scoring {rows} partial "
                 f"answers incrementally: {exc}"
             ) from exc
-        self.cache = out.past_key_values
+        self.cache = out.cache
         self.cache.crop(-int(self.suffix.shape[0]))  # drop the closing question, keep the answer
         self.mask = torch.cat([self.mask, valid.long()], dim=1)
         self.positions = self.positions + valid.sum(-1)
