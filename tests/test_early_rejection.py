@@ -211,3 +211,35 @@ def test_bad_settings_fail_on_construction():
     with pytest.raises(ValueError, match="positive number of tokens"):
         EarlyRejectionBestOfN(decision_every=0)
     assert get_strategy("speculative-rejection") is EarlyRejectionBestOfN
+
+
+# -- through BestOfNChatModel ---------------------------------------------------------------
+def test_best_of_n_chat_model_with_rejection_batches_and_streams(tiny_policy):
+    from align_chains import BestOfNChatModel
+
+    model = BestOfNChatModel(
+        policy=tiny_policy, reward=digit_reward(), n=4, rejection=0.5, decision_every=4,
+        max_tokens=12, temperature=1.0, seed=0,
+    )  # fmt: skip
+    assert isinstance(model.build_strategy(), EarlyRejectionBestOfN)
+    assert isinstance(BestOfNChatModel(n=4).build_strategy(), BestOfN)  # rejection=0: plain Best-of-N
+    first, second = model.batch(["Tell me a story.", "Hi"])
+    for message in (first, second):
+        meta = message.response_metadata
+        assert meta["strategy"] == "early-rejection" and meta["started"] == 4 and meta["rejected"] >= 1
+        assert meta["compute"]["batch_size"] == 2
+        assert meta["reward"] == max(c["reward"] for c in meta["candidates"])
+    chunks = list(model.stream("Tell me a story."))
+    streamed = "".join(c.content for c in chunks)
+    final = chunks[-1].response_metadata
+    assert streamed == model.invoke("Tell me a story.").content
+    assert final["strategy"] == "early-rejection" and final["decisions"] >= 1
+
+
+def test_rejection_needs_uniform_allocation():
+    from pydantic import ValidationError
+
+    from align_chains import BestOfNChatModel
+
+    with pytest.raises(ValidationError, match="rejection= applies to uniform"):
+        BestOfNChatModel(allocation="adaptive", rejection=0.5)

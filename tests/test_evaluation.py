@@ -243,3 +243,15 @@ def test_plot_has_a_curve_per_strategy(tmp_path):
     assert labels == ["plain", "best-of-n", "early-rejection"]
     ceiling = [line for line in fig.axes[3].lines if line.get_label() == "Best-of-n ceiling n/(n+1)"]
     assert list(ceiling[0].get_ydata()) == pytest.approx([0.5, 0.8, 16 / 17])
+
+
+def test_early_rejection_spec_runs_through_best_of_n_chat_model():
+    from align_chains import BestOfNChatModel
+    from align_chains.strategies import EarlyRejectionBestOfN
+
+    (default,) = parse_spec("early-rejection")
+    assert default.chat_model is BestOfNChatModel
+    strategy = default.build().build_strategy()
+    assert isinstance(strategy, EarlyRejectionBestOfN) and strategy.n == 32 and strategy.rejection == 0.75
+    (tuned,) = parse_spec("speculative-rejection:n=8:rejection=0.5:decision_every=4")
+    assert tuned.build().build_strategy() == EarlyRejectionBestOfN(n=8, rejection=0.5, decision_every=4)
