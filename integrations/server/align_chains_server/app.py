@@ -162,7 +162,8 @@ def create_app(
             raise RequestError(400, message, param=param) from exc
         if not served.loaded:
             raise RequestError(503, "The model is still loading; retry shortly.")
-        model, conversation, stop, output = served.prepare(parsed)
+        model, conversation, stop = served.prepare(parsed)
+        output = served.output_request(parsed)
 
         state["in_flight"] += 1
         future = executor.submit(served.run, model, conversation, stop, parsed.stream, output)

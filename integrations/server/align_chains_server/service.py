@@ -143,9 +143,8 @@ class ServedModel:
 
     def prepare(
         self, request: ChatCompletionRequest
-    ) -> tuple[AlignedChatModel, Conversation, list[str] | None, OutputRequest]:
-        """Validate everything a client sent; return the chat model for this request, the
-        conversation, the stop strings and what the answer must be (tools, a JSON schema)."""
+    ) -> tuple[AlignedChatModel, Conversation, list[str] | None]:
+        """Validate everything a client sent; return the chat model for this request."""
         problem = request.unsupported()
         if problem:
             raise RequestError(400, problem[1], param=problem[0])
@@ -201,14 +200,21 @@ class ServedModel:
                 param="messages",
             )
         try:
-            output = OutputRequest.from_request(request)
-            conversation = to_conversation(request.messages)
+            conversation = to_conversation(request.messages)  # tool calls and results included
             validate_conversation(conversation)
         except BadToolInput as exc:
             raise RequestError(400, str(exc), param=exc.param) from exc
         except InvalidInputError as exc:
             raise RequestError(400, str(exc), param="messages") from exc
-        return model, conversation, request.stop_list(), output
+        return model, conversation, request.stop_list()
+
+    @staticmethod
+    def output_request(request: ChatCompletionRequest) -> OutputRequest:
+        """What the answer must be (tools, tool_choice, a response format), checked before decoding."""
+        try:
+            return OutputRequest.from_request(request)
+        except BadToolInput as exc:
+            raise RequestError(400, str(exc), param=exc.param) from exc
 
     # -- running (blocking: call from a worker thread) -------------------------------------------
     def run(
