@@ -115,7 +115,8 @@ def tool_server(tmp_path_factory) -> Iterator[Server]:
     policy.tokenizer.save_pretrained(path)
     args = ["--policy", str(path), "--reward", "server_test_rewards:length"]
     args += ["-o", "n=2", "-o", "temperature=0", "-o", "max_tokens=96"]
-    server = start_server(args, tmp_path_factory.mktemp("tool-server") / "server.log")
+    # start-up is slow on a loaded machine: allow it more than the default two minutes
+    server = start_server(args, tmp_path_factory.mktemp("tool-server") / "server.log", wait_s=600)
     yield server
     server.stop()
 
