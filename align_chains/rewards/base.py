@@ -226,7 +226,20 @@ def check_weight(reward: RewardModel, weight: object) -> float:
 class WeightedReward(RewardModel):
     """``sum_i w_i * r_i(x, y)``.
 
-    Build with ``WeightedReward([(r1, 0.7), (r2, 0.3)])`` or ``0.7 * r1 + 0.3 * r2``.
+    Build with ``WeightedReward([(r1, 0.7), (r2, 0.3)])`` or ``0.7 * r1 + 0.3 * r2``. Each
+    term scores the whole batch in one call.
+
+    Args:
+        terms: ``(reward, weight)`` pairs; rewards are ``RewardModel`` instances (wrap plain
+            functions with ``CallableReward`` or ``load_reward``), weights real numbers.
+
+    Examples:
+        >>> from align_chains import CallableReward, WeightedReward
+        >>> words = CallableReward(lambda p, r: len(r.split()), name="words")
+        >>> bangs = CallableReward(lambda p, r: r.count("!"), name="bangs")
+        >>> mixed = WeightedReward([(words, 1.0), (bangs, -2.0)])  # the same as words + -2.0 * bangs
+        >>> mixed.score(["Hi"], ["Hello there!"])
+        [0.0]
     """
 
     def __init__(self, terms: Sequence[tuple[RewardModel, float]]) -> None:
