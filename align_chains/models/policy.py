@@ -37,8 +37,7 @@ class Policy:
     Examples:
         >>> from align_chains import BestOfNChatModel, load_policy
         >>> policy = load_policy()  # doctest: +SKIP
-        >>> policy.name, policy.device  # doctest: +SKIP
-        ('smollm2-135m-instruct', device(type='cpu'))
+        >>> policy.name, policy.device, policy.model.dtype  # doctest: +SKIP
         >>> a, b = BestOfNChatModel(policy=policy), BestOfNChatModel(policy=policy, n=8)  # doctest: +SKIP
     """
 

@@ -32,7 +32,22 @@ class RewardModel(Runnable[Mapping[str, Any], float], ABC):
     """Scores responses to prompts; higher is better.
 
     A prompt is a string (one user turn) or a chat conversation (list of role/content dicts).
-    As a Runnable it takes ``{"prompt": ..., "response": ...}`` and returns a float.
+    As a Runnable it takes ``{"prompt": ..., "response": ...}`` and returns a float. Rewards
+    add and scale (``0.7 * r1 + 0.3 * r2`` is a ``WeightedReward``). A new kind subclasses
+    it and implements ``_score(prompts, responses)``; ``score`` validates inputs, wraps
+    failures in ``RewardError`` and rejects wrong counts and non-finite scores.
+
+    Examples:
+        >>> from align_chains import RewardModel
+        >>> class Length(RewardModel):
+        ...     name = "length"
+        ...
+        ...     def _score(self, prompts, responses):
+        ...         return [float(len(r)) for r in responses]
+        >>> Length().score(["Hi"], ["Hello"])
+        [5.0]
+        >>> Length().invoke({"prompt": "Hi", "response": "Hello there"})
+        11.0
     """
 
     name: str = "reward"

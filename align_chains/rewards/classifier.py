@@ -33,7 +33,6 @@ class ClassifierReward(RewardModel):
         >>> from align_chains import ClassifierReward
         >>> rm = ClassifierReward.from_pretrained("./models/Skywork-Reward-V2-Qwen3-0.6B")  # doctest: +SKIP
         >>> rm.score(["Give me a tip for sleep."], ["Keep a fixed bedtime."])  # doctest: +SKIP
-        [3.1]
     """
 
     def __init__(

@@ -64,7 +64,6 @@ class EmbeddingReward(RewardModel):
         >>> from align_chains import EmbeddingReward
         >>> kind = EmbeddingReward(principle="Answers are practical and kind.")
         >>> kind.score(["How do I say no?"], ["Thank them, then say no plainly."])  # doctest: +SKIP
-        [1.02]
     """
 
     def __init__(

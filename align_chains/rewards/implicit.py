@@ -73,7 +73,6 @@ class ImplicitReward(RewardModel):
         >>> polite = ImplicitReward("smollm2-135m-instruct", principle="Answer politely.")  # doctest: +SKIP
         >>> dpo = ImplicitReward("./models/small-dpo", "./models/small-sft")  # doctest: +SKIP
         >>> polite.score(["Hi"], ["Hello! How can I help?"])  # doctest: +SKIP
-        [0.8]
     """
 
     def __init__(

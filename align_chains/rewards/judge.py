@@ -63,7 +63,6 @@ class JudgeReward(RewardModel):
         >>> from align_chains import JudgeReward, load_policy
         >>> judge = JudgeReward(load_policy(), principle="The answer is concise.")  # doctest: +SKIP
         >>> judge.score(["Name a fruit."], ["Apple."])  # doctest: +SKIP
-        [1.3]
     """
 
     def __init__(
