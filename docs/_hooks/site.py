@@ -50,7 +50,7 @@ def _repo_target(page_repo_path: str, target: str) -> tuple[str, str] | None:
         return None
     path, _, anchor = target.partition("#")
     repo_path = posixpath.normpath(posixpath.join(posixpath.dirname(page_repo_path), path))
-    if repo_path.startswith("../") or not (ROOT / repo_path).is_file():
+    if repo_path.startswith("../") or not (ROOT / repo_path).exists():
         return None
     return repo_path, anchor
 
@@ -65,7 +65,25 @@ def _site_uri(repo_path: str) -> str:
     """The site file that stands for a repository file: its docs page, notebook, or source page."""
     if repo_path.startswith("docs/"):
         return repo_path.removeprefix("docs/")
+    if (ROOT / repo_path).is_dir():
+        return f"{SOURCE_DIR}/{repo_path}/index.md"
     return repo_path if _is_notebook(repo_path) else f"{SOURCE_DIR}/{repo_path}.md"
+
+
+def _listed_files(directory: str) -> list[str]:
+    """The files of a repository folder that a folder page lists (no caches, no hidden files)."""
+    return sorted(
+        f"{directory}/{p.name}"
+        for p in (ROOT / directory).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix not in (".pyc",)
+    )
+
+
+def _folder_page(directory: str) -> str:
+    items = "\n".join(
+        f"- [`{path.rsplit('/', 1)[-1]}`]({path.rsplit('/', 1)[-1]}.md)" for path in _listed_files(directory)
+    )
+    return f"# `{directory}/`\n\n{items}\n"
 
 
 def _is_notebook(repo_path: str) -> bool:
@@ -113,6 +131,10 @@ def on_files(files: Files, config: Any) -> Files:
                     resolved = _repo_target(f"{NOTEBOOK_DIR}/{notebook.name}", match.group(2))
                     if resolved and not resolved[0].startswith("docs/") and not _is_notebook(resolved[0]):
                         linked.add(resolved[0])
+    for folder in sorted(p for p in linked if (ROOT / p).is_dir()):
+        linked.discard(folder)
+        linked.update(_listed_files(folder))
+        files.append(File.generated(config, f"{SOURCE_DIR}/{folder}/index.md", content=_folder_page(folder)))
     for repo_path in sorted(linked):
         files.append(File.generated(config, f"{SOURCE_DIR}/{repo_path}.md", content=_source_page(repo_path)))
     return files
