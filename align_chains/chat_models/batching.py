@@ -18,7 +18,7 @@ from langchain_core.outputs import ChatResult, LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 
-from align_chains.chat_models.messages import to_conversation
+from align_chains.models.messages import to_conversation
 
 #: runs every accepted input at once: (messages, run manager) pairs -> one result or error each
 BatchRun = Callable[

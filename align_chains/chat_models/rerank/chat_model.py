@@ -37,7 +37,7 @@ from align_chains.chat_models.rerank.uniform import UniformSearch
 from align_chains.errors import InvalidInputError
 from align_chains.models.embedded import EMBEDDED_REWARD
 from align_chains.rewards import RewardModel, load_reward
-from align_chains.strategies import canonical_strategy_name
+from align_chains.strategies import canonical_strategy_name, get_strategy
 
 #: the strategies a wrapped chat model can run, each by its search class
 SEARCHES: dict[str, type[Search]] = {
@@ -46,19 +46,15 @@ SEARCHES: dict[str, type[Search]] = {
     "darwin": DarwinSearch,
 }
 # what each strategy the wrapper cannot run would need from the policy
-_NEEDS_THE_MODEL = {
-    "reward-guided": "the policy's next-token logits at every step (ARGS)",
-    "value-guided": "the policy's next-token logits at every step (IVG)",
-    "sea": "gradients through the policy's embeddings (SEA)",
-}
 
 
 def _response_level_only(value: str) -> str:
     """The canonical strategy name, or a clear error for one a wrapped chat model cannot run."""
     name = canonical_strategy_name(value)
-    if name in _NEEDS_THE_MODEL:
+    needs = get_strategy(name).needs_policy_internals
+    if needs is not None:
         raise InvalidInputError(
-            f"Strategy {name!r} needs {_NEEDS_THE_MODEL[name]}, which a wrapped chat model does not "
+            f"Strategy {name!r} needs {needs}, which a wrapped chat model does not "
             "expose. Use strategy='best-of-n' here, or run it on a local policy with "
             f"chat_model_class({name!r})(model=...)."
         )
