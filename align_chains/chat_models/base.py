@@ -19,11 +19,10 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from align_chains.chat_models.batching import batch_with_callbacks
+from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
 from align_chains.chat_models.output_contract import (
     OutputContract,
     normalise_tool_choice,
@@ -45,7 +44,7 @@ from align_chains.strategies.base import Strategy, StrategyResult
 _SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed"}
 
 
-class AlignedChatModel(BaseChatModel):
+class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
     """A LangChain chat model that answers with an inference-time alignment strategy.
 
     Construction is cheap: the policy and reward load on first use (or pass loaded objects
@@ -167,11 +166,6 @@ class AlignedChatModel(BaseChatModel):
         """The strategy settings this chat model exposes (fields beyond the base class's)."""
         return [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
 
-    @classmethod
-    def _strategy_field_names(cls) -> list[str]:
-        """Deprecated private spelling of ``strategy_field_names`` (the CLI and server still use it)."""
-        return cls.strategy_field_names()
-
     def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         overrides = overrides or {}
         return {name: overrides.get(name, getattr(self, name)) for name in self.strategy_field_names()}
@@ -207,7 +201,7 @@ class AlignedChatModel(BaseChatModel):
         )
 
     def _checked_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        allowed = _SAMPLING_KWARGS | set(self._strategy_field_names())
+        allowed = _SAMPLING_KWARGS | set(self.strategy_field_names())
         unknown = sorted(k for k in kwargs if k not in allowed)
         if unknown:
             raise InvalidInputError(
@@ -330,19 +324,6 @@ class AlignedChatModel(BaseChatModel):
             return [chat_result(r, self.model_name, contract) for r in results]
 
         return batch_with_callbacks(self, inputs, config, return_exceptions, kwargs, run)
-
-    async def abatch(
-        self,
-        inputs: list[LanguageModelInput],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[BaseMessage]:
-        first = config[0] if isinstance(config, list) and config else config
-        return await run_in_executor(
-            first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
-        )
 
     # -- tools and structured output -----------------------------------------------------
     def bind_tools(
