@@ -166,9 +166,7 @@ def _settings_table(dotted: str) -> str:
     cls = getattr(importlib.import_module(module_name), class_name)
     from langchain_core.language_models import BaseChatModel
 
-    from align_chains.chat_models.base import AlignedChatModel
-
-    langchain_fields = set(BaseChatModel.model_fields) - set(AlignedChatModel.model_fields)
+    langchain_fields = set(BaseChatModel.model_fields)  # cache, callbacks, tags, ...: LangChain's own
     rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
     for name, field in cls.model_fields.items():
         if name in langchain_fields or name.startswith("_"):
