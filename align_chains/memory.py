@@ -46,8 +46,9 @@ _SAMPLING_BYTES = 24
 _FILTER_BYTES = 16
 # SEA: fp32 [rows, L, V] tensors alive at the backward of one iteration: the variable, noise,
 # noisy logits, softmax(noisy) and its product with log p, softmax(noisy / tau_r), the
-# policy's step logits and their log-softmax, and the gradient of the noisy logits.
-_SEA_STEP_TENSORS = 9
+# policy's step logits and their log-softmax, and the gradient of the noisy logits (9); the
+# backward adds the gradients flowing through the two softmaxes, the product and the scaling (4).
+_SEA_STEP_TENSORS = 13
 # Adam keeps exp_avg and exp_avg_sq next to the variable's .grad: 3 more fp32 copies.
 _ADAM_TENSORS = 3
 # Per layer and token, the tensors a Llama-style block saves for backward, in units of
