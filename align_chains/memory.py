@@ -215,6 +215,8 @@ class MemoryEstimate:
 # -- resolving the inputs ---------------------------------------------------------------------
 def policy_shape(policy: Any, dtype: str | torch.dtype | None = None) -> ModelShape:
     """A ModelShape from a Policy, a transformers model or config, or a spec (reads config.json only)."""
+    if isinstance(policy, ModelShape):
+        return policy
     model = getattr(policy, "model", None)
     if model is not None and hasattr(model, "config"):
         return ModelShape.of(model)
