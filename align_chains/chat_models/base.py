@@ -157,7 +157,9 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
                     self.policy, device=self.device, dtype=self.dtype, device_map=self.device_map
                 )
             if self._reward is None:
-                self._reward = load_reward(self.reward, device=self.device, policy=self._policy)
+                self._reward = load_reward(
+                    self.reward, device=self.device, dtype=self.dtype, policy=self._policy
+                )
         return self._policy, self._reward
 
     # -- settings ------------------------------------------------------------------------

@@ -106,9 +106,13 @@ class JudgeReward(RewardModel):
         )
 
     def _log_odds(self, logits: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        yes = torch.logsumexp(logp[:, self.yes_ids], dim=-1)
-        no = torch.logsumexp(logp[:, self.no_ids], dim=-1)
+        """log P(yes) - log P(no) from next-token logits ``[rows, V]`` in any dtype.
+
+        The softmax's normaliser cancels in the difference, so only the answer columns are read,
+        in fp32: a bf16 judge never needs a fp32 copy of its whole ``[rows, V]`` logits.
+        """
+        yes = torch.logsumexp(logits[:, self.yes_ids].float(), dim=-1)
+        no = torch.logsumexp(logits[:, self.no_ids].float(), dim=-1)
         return yes - no
 
     def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:

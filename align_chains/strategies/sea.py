@@ -206,7 +206,12 @@ class _Run:
         if not keep_cache:
             self._crop(batch, 0)
         self.counters.forward_passes += 1
-        return torch.cat([first, out.logits.float()], dim=1)
+        # fp32 whatever the model's dtype (the NLL meets the fp32 variable); written in place,
+        # so a bf16 model's logits are converted once, without an intermediate fp32 copy
+        logits = torch.empty((*tokens.shape, first.shape[-1]), dtype=torch.float32, device=first.device)
+        logits[:, :1] = first
+        logits[:, 1:] = out.logits
+        return logits
 
     @staticmethod
     def _crop(batch: Batch, response_tokens: int) -> None:
@@ -316,7 +321,7 @@ class _Run:
             if c.token_ids:
                 padded[r, : len(c.token_ids)] = torch.tensor(c.token_ids, device=self.device)
         logits0 = self._policy_logits(batch, padded) / sea.init_temperature
-        noise0 = torch.randn(logits0.shape, generator=self.generator, device=self.device)
+        noise0 = torch.randn(logits0.shape, generator=self.generator, device=self.device, dtype=torch.float32)
         beyond = torch.arange(length, device=self.device)[None, :] >= lengths[:, None]
         logits0 = torch.where(beyond[..., None], noise0, logits0)
         special = torch.zeros(vocab, dtype=torch.bool, device=self.device)
@@ -324,7 +329,9 @@ class _Run:
         special[len(policy.tokenizer) :] = True
         logits0 = logits0.masked_fill(special, _MASKED)
 
-        variable = torch.nn.Parameter(logits0)
+        # the optimisation variable and Adam's moments are fp32 whatever the model's dtype: bf16's
+        # 8-bit mantissa would swallow Adam's small steps on logits of magnitude ~10
+        variable = torch.nn.Parameter(logits0.float())
         optimiser = torch.optim.Adam([variable], lr=sea.lr)
         active = torch.ones(rows, dtype=torch.bool, device=self.device)
         stale = [0] * rows
@@ -336,7 +343,9 @@ class _Run:
                 break
             began, passes_before = time.perf_counter(), self.decode_passes
             sigma = noise_level(it, sea.iterations, sea.noise)
-            noise = torch.randn(variable.shape, generator=self.generator, device=self.device)
+            noise = torch.randn(
+                variable.shape, generator=self.generator, device=self.device, dtype=variable.dtype
+            )
             noisy = variable + sigma * noise
             hard = noisy.detach().argmax(-1)
             step_logits = self._policy_logits(batch, hard, keep_cache=True)

@@ -89,6 +89,7 @@ class ServedModel:
     limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     device: str | None = None
     model_id: str | None = None
+    dtype: str | None = None  # 'bf16', 'fp32', ... (automatic: bf16 on a CUDA GPU that has it)
 
     def __post_init__(self) -> None:
         self.cls: type[AlignedChatModel] = chat_model_class(self.strategy)
@@ -109,9 +110,11 @@ class ServedModel:
         """Load the policy and the reward (once); requests share them."""
         if self._policy is not None:
             return
-        policy = load_policy(self.policy_spec, device=self.device)
+        policy = load_policy(self.policy_spec, device=self.device, dtype=self.dtype)
         spec = self.reward_spec if self.reward_spec is not None else self.cls.model_fields["reward"].default
-        self._reward = load_reward(resolve_reward_spec(spec), device=self.device, policy=policy)
+        self._reward = load_reward(
+            resolve_reward_spec(spec), device=self.device, dtype=self.dtype, policy=policy
+        )
         self._policy = policy
 
     @property
@@ -139,7 +142,7 @@ class ServedModel:
         return out
 
     def _base_fields(self, **extra: Any) -> dict[str, Any]:
-        return {"device": self.device, **extra}
+        return {"device": self.device, "dtype": self.dtype, **extra}
 
     def prepare(
         self, request: ChatCompletionRequest
