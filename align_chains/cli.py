@@ -55,6 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     chat.add_argument("--json", action="store_true", help="Print the full result as JSON.")
     chat.add_argument("--quiet", action="store_true", help="No progress output.")
+    estimate = commands.add_parser(
+        "estimate",
+        help="Estimate a request's peak memory before running it (reads configs, loads no weights).",
+    )
+    estimate.add_argument("--strategy", default="best-of-n", help=f"One of: {', '.join(sorted(STRATEGIES))}.")
+    estimate.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
+    estimate.add_argument(
+        "--reward", help="'minilm', 'judge', 'judge:<model>', a classifier directory, or none (default)."
+    )
+    estimate.add_argument(
+        "--prompt-tokens", type=int, nargs="+", default=[256], help="One length per prompt."
+    )
+    estimate.add_argument("--max-tokens", type=int, default=128)
+    estimate.add_argument("--top-p", type=float, default=1.0)
+    estimate.add_argument("--top-k", type=int, default=0)
+    estimate.add_argument("--dtype", help="bf16, fp32, ... (default: what a load here would pick).")
+    estimate.add_argument(
+        "--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+        help="A strategy setting, e.g. -o n=16 (repeatable).",
+    )  # fmt: skip
+    estimate.add_argument("--json", action="store_true", help="Print the estimate as JSON.")
     _add_eval_parser(commands)
     serve = commands.add_parser(
         "serve",
@@ -222,6 +243,21 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    """Print ``align_chains.memory.estimate_memory`` for these settings (no weights are loaded)."""
+    from align_chains.engine.sampling import SamplingParams
+    from align_chains.memory import estimate_memory, footprint_from_spec, policy_shape
+    from align_chains.strategies import get_strategy
+
+    strategy = get_strategy(args.strategy)(**dict(args.option))
+    params = SamplingParams(max_new_tokens=args.max_tokens, top_p=args.top_p, top_k=args.top_k)
+    shape = policy_shape(args.policy, args.dtype)
+    reward = footprint_from_spec(args.reward, shape)
+    result = estimate_memory(strategy, shape, reward, params, list(args.prompt_tokens))
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.explain())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # its options belong to the server package
@@ -231,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "chat":
             return _chat(args)
+        if args.command == "estimate":
+            return _estimate(args)
         if args.command == "eval":
             return _eval(args)
     except AlignChainsError as exc:

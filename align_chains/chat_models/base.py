@@ -49,6 +49,36 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
 
     Construction is cheap: the policy and reward load on first use (or pass loaded objects
     to share them between chat models). Calls on one policy run one at a time.
+
+    Subclasses (``BestOfNChatModel``, ``RewardGuidedChatModel``, ``ValueGuidedChatModel``,
+    ``DarwinChatModel``, ``SEAChatModel``) add their strategy's settings; every setting can also
+    be passed per call (``model.invoke(prompt, n=8)``). ``response_metadata`` carries
+    ``model_name``, ``strategy``, ``reward``, ``candidates`` and ``compute``.
+
+    Args:
+        policy: A Hugging Face id, a local directory, ``"smollm2-135m-instruct"`` (the embedded
+            default) or a loaded Policy. Also accepted as ``model=``.
+        reward: A ``load_reward`` spec (``"minilm"``, a model id or directory, a function
+            ``(prompt, response) -> float``, ...) or a RewardModel.
+        max_tokens: Maximum new tokens per response.
+        temperature: Sampling temperature (0: greedy).
+        top_p: Nucleus sampling mass (1: off).
+        top_k: Keep the k most likely tokens (0: off).
+        stop: Strings that end a response.
+        seed: Makes sampling reproducible.
+        device: ``"cpu"``, ``"cuda"``, ... (automatic when None).
+        dtype: ``"bf16"``, ``"fp32"``, ... (automatic when None).
+        device_map: ``"auto"`` to shard a large policy over GPUs.
+        show_progress: Show tqdm progress bars while a strategy runs.
+        output_retries: With bound tools or a structured-output schema, how many more runs to try
+            when no candidate keeps the contract.
+
+    Examples:
+        >>> from align_chains import AlignedChatModel, BestOfNChatModel
+        >>> model = BestOfNChatModel(model="smollm2-135m-instruct", max_tokens=64, seed=0)
+        >>> isinstance(model, AlignedChatModel), model.policy
+        (True, 'smollm2-135m-instruct')
+        >>> model.invoke("Tips for better sleep?").response_metadata["compute"]  # doctest: +SKIP
     """
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
@@ -127,7 +157,9 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
                     self.policy, device=self.device, dtype=self.dtype, device_map=self.device_map
                 )
             if self._reward is None:
-                self._reward = load_reward(self.reward, device=self.device, policy=self._policy)
+                self._reward = load_reward(
+                    self.reward, device=self.device, dtype=self.dtype, policy=self._policy
+                )
         return self._policy, self._reward
 
     # -- settings ------------------------------------------------------------------------

@@ -43,15 +43,29 @@ class BestOfNChatModel(_Settings):  # type: ignore[misc,valid-type]
     prompts of a ``batch()``/``abatch()`` call, giving more to prompts where another sample is
     worth more (Raman et al. 2025); ``invoke()`` on one prompt is uniform Best-of-``budget``.
 
-    >>> from align_chains import BestOfNChatModel
-    >>> BestOfNChatModel(n=4).invoke("Give me three tips for better sleep.")  # doctest: +SKIP
-    >>> BestOfNChatModel(allocation="adaptive", budget=8).batch(["...", "..."])  # doctest: +SKIP
+    Args:
+        n: Candidates per prompt (uniform allocation; default 4).
+        allocation: ``"uniform"`` (default) or ``"adaptive"`` (across the prompts of a batch).
+        budget: Adaptive: average samples per prompt (default ``n``).
+        exploration: Adaptive: fraction of the budget explored first (default 0.75).
+        mc_draws: Adaptive: Monte Carlo draws per expected-maximum estimate.
+        rejection: Early rejection α (default 0: off); with ``decision_every``, ``memory_tokens``,
+            ``partial_scoring`` (see ``EarlyRejectionBestOfN``).
+        **settings: The common settings of ``AlignedChatModel`` (``policy``, ``reward``,
+            ``max_tokens``, ``temperature``, ``seed``, ...).
 
-    ``rejection=α`` (with ``decision_every=m``) starts ``n`` answers and, every m tokens, drops
-    the fraction α of them whose partial answers the reward scores lowest (early rejection,
-    Sun et al. 2024; see docs/early_rejection.md):
+    Examples:
+        >>> from align_chains import BestOfNChatModel
+        >>> BestOfNChatModel(n=4).invoke("Give me three tips for better sleep.")  # doctest: +SKIP
+        >>> BestOfNChatModel(allocation="adaptive", budget=8).batch(["...", "..."])  # doctest: +SKIP
+        >>> BestOfNChatModel(n=8, reward=lambda prompt, answer: -len(answer)).n
+        8
 
-    >>> BestOfNChatModel(n=32, rejection=0.75, decision_every=8, reward="judge")  # doctest: +SKIP
+        ``rejection=α`` (with ``decision_every=m``) starts ``n`` answers and, every m tokens, drops
+        the fraction α of them whose partial answers the reward scores lowest (early rejection,
+        Sun et al. 2024; see docs/early_rejection.md):
+
+        >>> BestOfNChatModel(n=32, rejection=0.75, decision_every=8, reward="judge")  # doctest: +SKIP
     """
 
     allocation: Literal["uniform", "adaptive"] = Field(

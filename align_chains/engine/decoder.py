@@ -132,7 +132,27 @@ class Batch:
 
 
 class Decoder:
-    """Runs a policy over batches of rows, counting the work it does."""
+    """Runs a policy over batches of rows, counting the work it does.
+
+    The shared decoding engine under every strategy: ``start`` prefills each distinct prompt
+    once and copies its KV cache to the rows that continue it; ``logits``/``append`` (or
+    ``extend``) decode all rows of a batch in one forward pass per token; ``completions``
+    reads the texts back. ``generate`` does all of it for plain sampling.
+
+    Args:
+        policy: The loaded policy to run.
+        counters: Where prompt tokens, generated tokens and forward passes are counted
+            (default: a fresh ``ComputeCounters``).
+
+    Examples:
+        >>> from align_chains import Decoder, SamplingParams, load_policy
+        >>> policy = load_policy()  # doctest: +SKIP
+        >>> decoder = Decoder(policy)  # doctest: +SKIP
+        >>> prompt = policy.render([{"role": "user", "content": "Name a fruit."}])  # doctest: +SKIP
+        >>> params = SamplingParams(max_new_tokens=16)
+        >>> answers = decoder.generate([prompt], rows=4, params=params)  # doctest: +SKIP
+        >>> [a.text for a in answers], decoder.counters.forward_passes  # doctest: +SKIP
+    """
 
     def __init__(self, policy: Policy, counters: ComputeCounters | None = None) -> None:
         self.policy = policy

@@ -67,6 +67,28 @@ class SEA(Strategy):
     Defaults are the published ones (L = ``max_new_tokens`` = 50 in the paper). The reward must
     offer a differentiable path (``reward.soft_scorer``): a decoder classifier, a JudgeReward,
     or the MiniLM EmbeddingReward (through the vocabulary bridge).
+
+    Args:
+        chains: Chains per prompt, each started from one policy sample.
+        iterations: Adam steps per chain.
+        lr: Adam learning rate on the logits.
+        nll_weight: lambda, weight of the policy's NLL in the energy.
+        reward_weight: alpha, weight of the reward in the energy.
+        reward_temperature: tau_r, temperature of the reward's softmax over the logits.
+        init_temperature: Initial logits are the policy's logits divided by this.
+        decode_top_k: Decode only among the policy's top-k tokens at each position.
+        patience: Stop a chain after this many steps without a better text (None: never).
+        noise: Noise standard deviations over equal parts of the run.
+        revise: Let the policy rewrite each chain's best text at the end.
+        time_budget_s: Wall-clock cap; the best text so far is returned when reached.
+
+    Examples:
+        >>> from align_chains import SEA, SamplingParams, load_policy, load_reward
+        >>> policy = load_policy()  # doctest: +SKIP
+        >>> judge = load_reward("judge", policy=policy)  # doctest: +SKIP
+        >>> sea = SEA(chains=2, iterations=10)
+        >>> result = sea.run("Hi!", policy, judge, SamplingParams(max_new_tokens=24))  # doctest: +SKIP
+        >>> result.details["reward_path"], [t["hard_reward"] for t in result.trace]  # doctest: +SKIP
     """
 
     name: ClassVar[str] = "sea"
@@ -184,7 +206,12 @@ class _Run:
         if not keep_cache:
             self._crop(batch, 0)
         self.counters.forward_passes += 1
-        return torch.cat([first, out.logits.float()], dim=1)
+        # fp32 whatever the model's dtype (the NLL meets the fp32 variable); written in place,
+        # so a bf16 model's logits are converted once, without an intermediate fp32 copy
+        logits = torch.empty((*tokens.shape, first.shape[-1]), dtype=torch.float32, device=first.device)
+        logits[:, :1] = first
+        logits[:, 1:] = out.logits
+        return logits
 
     @staticmethod
     def _crop(batch: Batch, response_tokens: int) -> None:
@@ -294,7 +321,7 @@ class _Run:
             if c.token_ids:
                 padded[r, : len(c.token_ids)] = torch.tensor(c.token_ids, device=self.device)
         logits0 = self._policy_logits(batch, padded) / sea.init_temperature
-        noise0 = torch.randn(logits0.shape, generator=self.generator, device=self.device)
+        noise0 = torch.randn(logits0.shape, generator=self.generator, device=self.device, dtype=torch.float32)
         beyond = torch.arange(length, device=self.device)[None, :] >= lengths[:, None]
         logits0 = torch.where(beyond[..., None], noise0, logits0)
         special = torch.zeros(vocab, dtype=torch.bool, device=self.device)
@@ -302,7 +329,9 @@ class _Run:
         special[len(policy.tokenizer) :] = True
         logits0 = logits0.masked_fill(special, _MASKED)
 
-        variable = torch.nn.Parameter(logits0)
+        # the optimisation variable and Adam's moments are fp32 whatever the model's dtype: bf16's
+        # 8-bit mantissa would swallow Adam's small steps on logits of magnitude ~10
+        variable = torch.nn.Parameter(logits0.float())
         optimiser = torch.optim.Adam([variable], lr=sea.lr)
         active = torch.ones(rows, dtype=torch.bool, device=self.device)
         stale = [0] * rows
@@ -314,7 +343,9 @@ class _Run:
                 break
             began, passes_before = time.perf_counter(), self.decode_passes
             sigma = noise_level(it, sea.iterations, sea.noise)
-            noise = torch.randn(variable.shape, generator=self.generator, device=self.device)
+            noise = torch.randn(
+                variable.shape, generator=self.generator, device=self.device, dtype=variable.dtype
+            )
             noisy = variable + sigma * noise
             hard = noisy.detach().argmax(-1)
             step_logits = self._policy_logits(batch, hard, keep_cache=True)

@@ -163,9 +163,10 @@ def create_app(
         if not served.loaded:
             raise RequestError(503, "The model is still loading; retry shortly.")
         model, conversation, stop = served.prepare(parsed)
+        output = served.output_request(parsed)
 
         state["in_flight"] += 1
-        future = executor.submit(served.run, model, conversation, stop, parsed.stream)
+        future = executor.submit(served.run, model, conversation, stop, parsed.stream, output)
 
         def _release(_: Any) -> None:  # the slot frees when the work ends, not when we stop waiting
             loop.call_soon_threadsafe(_done)
@@ -176,7 +177,7 @@ def create_app(
         loop = asyncio.get_running_loop()
         future.add_done_callback(_release)
         try:
-            result, pieces = await asyncio.wait_for(
+            result, reply = await asyncio.wait_for(
                 asyncio.shield(asyncio.wrap_future(future)), limits.timeout_s
             )
         except TimeoutError as exc:
@@ -197,7 +198,7 @@ def create_app(
 
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        extension = served.extension(model, result)
+        extension = {**served.extension(model, result), **reply.extension}
         usage = {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.best.num_tokens,
@@ -212,9 +213,9 @@ def create_app(
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
+                        "message": reply.message(),
                         "logprobs": None,
-                        "finish_reason": result.finish_reason,
+                        "finish_reason": reply.finish_reason,
                     }
                 ],
                 "usage": usage,
@@ -226,8 +227,8 @@ def create_app(
                 completion_id,
                 created,
                 served.model_id,
-                pieces,
-                result.finish_reason,
+                reply.deltas,
+                reply.finish_reason,
                 usage,
                 extension,
                 include_usage,
@@ -243,13 +244,14 @@ async def _sse(
     completion_id: str,
     created: int,
     model_id: str,
-    pieces: list[str],
+    deltas: list[dict[str, Any]],
     finish_reason: str,
     usage: dict[str, int],
     extension: dict[str, Any],
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    """OpenAI chunks: the role, the answer token by token, the finish reason, usage, then [DONE]."""
+    """OpenAI chunks: the role, the answer token by token (content, then any tool calls with
+    their arguments in pieces), the finish reason, usage, then [DONE]."""
 
     def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
         body: dict[str, Any] = {
@@ -267,8 +269,8 @@ async def _sse(
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    for piece in pieces:
-        yield chunk({"content": piece})
+    for delta in deltas:
+        yield chunk(delta)
     if include_usage:
         yield chunk({}, finish_reason)
         yield chunk(None, usage=usage, align_chains=extension)

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="Bind address (default 127.0.0.1).")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
+    parser.add_argument("--dtype", help="bf16, fp16, fp32 (automatic by default: bf16 on a GPU that has it).")
     parser.add_argument(
         "--option",
         "-o",
@@ -105,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits={**DEFAULT_LIMITS, **{k: float(v) for k, v in args.limit}},
             device=args.device,
             model_id=args.model_name,
+            dtype=args.dtype,
         )
         api_key = read_api_key(args.api_key_env, args.api_key_file)
     except (AlignChainsError, OSError, TypeError, ValueError) as exc:

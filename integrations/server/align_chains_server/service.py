@@ -24,6 +24,14 @@ from align_chains.models.policy import Policy, load_policy
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import StrategyResult
 from align_chains_server.schemas import ChatCompletionRequest, describe_validation_error
+from align_chains_server.tools import (
+    BadToolInput,
+    OutputRequest,
+    Reply,
+    build_reply,
+    stream_deltas,
+    to_conversation,
+)
 
 # Per-request sampling settings beyond the OpenAI fields (vLLM accepts top_k the same way).
 SAMPLING_EXTRAS = frozenset({"top_k"})
@@ -81,6 +89,7 @@ class ServedModel:
     limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     device: str | None = None
     model_id: str | None = None
+    dtype: str | None = None  # 'bf16', 'fp32', ... (automatic: bf16 on a CUDA GPU that has it)
 
     def __post_init__(self) -> None:
         self.cls: type[AlignedChatModel] = chat_model_class(self.strategy)
@@ -101,9 +110,11 @@ class ServedModel:
         """Load the policy and the reward (once); requests share them."""
         if self._policy is not None:
             return
-        policy = load_policy(self.policy_spec, device=self.device)
+        policy = load_policy(self.policy_spec, device=self.device, dtype=self.dtype)
         spec = self.reward_spec if self.reward_spec is not None else self.cls.model_fields["reward"].default
-        self._reward = load_reward(resolve_reward_spec(spec), device=self.device, policy=policy)
+        self._reward = load_reward(
+            resolve_reward_spec(spec), device=self.device, dtype=self.dtype, policy=policy
+        )
         self._policy = policy
 
     @property
@@ -131,7 +142,7 @@ class ServedModel:
         return out
 
     def _base_fields(self, **extra: Any) -> dict[str, Any]:
-        return {"device": self.device, **extra}
+        return {"device": self.device, "dtype": self.dtype, **extra}
 
     def prepare(
         self, request: ChatCompletionRequest
@@ -183,22 +194,30 @@ class ServedModel:
         except ValidationError as exc:
             message, param = describe_validation_error(exc)
             raise RequestError(400, message, param=param) from exc
-        conversation = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in request.messages
-        ]
-        if conversation[-1]["role"] not in ("user", "tool"):
+        last = request.messages[-1].role
+        if last not in ("user", "tool"):
             raise RequestError(
                 400,
-                f"The last message has role {conversation[-1]['role']!r}; end the conversation with a user "
+                f"The last message has role {last!r}; end the conversation with a user "
                 "message for the model to answer.",
                 param="messages",
             )
         try:
+            conversation = to_conversation(request.messages)  # tool calls and results included
             validate_conversation(conversation)
+        except BadToolInput as exc:
+            raise RequestError(400, str(exc), param=exc.param) from exc
         except InvalidInputError as exc:
             raise RequestError(400, str(exc), param="messages") from exc
         return model, conversation, request.stop_list()
+
+    @staticmethod
+    def output_request(request: ChatCompletionRequest) -> OutputRequest:
+        """What the answer must be (tools, tool_choice, a response format), checked before decoding."""
+        try:
+            return OutputRequest.from_request(request)
+        except BadToolInput as exc:
+            raise RequestError(400, str(exc), param=exc.param) from exc
 
     # -- running (blocking: call from a worker thread) -------------------------------------------
     def run(
@@ -207,11 +226,28 @@ class ServedModel:
         conversation: Conversation,
         stop: list[str] | None,
         pieces: bool = False,
-    ) -> tuple[StrategyResult, list[str]]:
-        """Run the strategy (under the policy's lock); with ``pieces`` also split the answer into tokens."""
-        (result,) = model.run_strategy([conversation], stop)
-        parts = list(text_pieces(self.policy, result.best.token_ids, result.text)) if pieces else []
-        return result, parts
+        output: OutputRequest | None = None,
+    ) -> tuple[StrategyResult, Reply]:
+        """Run the strategy (under the policy's lock) keeping ``output``'s contract; with
+        ``pieces`` also split the reply into the deltas of a stream (token by token)."""
+        contract = output.contract if output else None
+        (result,) = model.run_strategy([conversation], stop, contract=contract)
+        reply = build_reply(
+            result,
+            contract,
+            model.model_name,
+            parallel_tool_calls=output.parallel_tool_calls if output else None,
+        )
+        if pieces:
+            reply.deltas = stream_deltas(reply, lambda text: self._pieces(result, text))
+        return result, reply
+
+    def _pieces(self, result: StrategyResult, text: str) -> list[str]:
+        """``text`` split at token boundaries (the answer's own tokens when it is the answer)."""
+        if text == result.text:
+            return list(text_pieces(self.policy, result.best.token_ids, text))
+        ids = self.policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(text_pieces(self.policy, ids, text))
 
     def extension(self, model: AlignedChatModel, result: StrategyResult) -> dict[str, Any]:
         """The ``align_chains`` extension field: the chat model's response_metadata, JSON-safe."""
