@@ -19,6 +19,7 @@ from align_chains.strategies.base import (
 )
 from align_chains.strategies.best_of_n import BestOfN
 from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.early_rejection import EarlyRejectionBestOfN
 from align_chains.strategies.reward_guided import RewardGuided
 from align_chains.strategies.sea import SEA
 from align_chains.strategies.value_guided import ValueGuided
@@ -51,6 +52,7 @@ __all__ = [
     "BestOfN",
     "Candidate",
     "Darwin",
+    "EarlyRejectionBestOfN",
     "RewardGuided",
     "SearchRun",
     "Strategy",
