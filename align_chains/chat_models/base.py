@@ -28,6 +28,8 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr
 from tenacity import Retrying, retry_if_result, stop_after_attempt
 
+from align_chains import cancellation
+from align_chains.cancellation import CancelToken
 from align_chains.chat_models.batching import batch_with_callbacks
 from align_chains.chat_models.messages import to_conversation
 from align_chains.chat_models.output_contract import OutputContract, is_kept, normalise_tool_choice
@@ -41,7 +43,7 @@ from align_chains.progress import NullProgress, TqdmProgress
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import Strategy, StrategyResult
 
-_SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed"}
+_SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed", "time_budget_s"}
 logger = logging.getLogger(__name__)
 
 
@@ -80,6 +82,19 @@ class AlignedChatModel(BaseChatModel):
     dtype: str | None = Field(default=None, description="'bf16', 'fp32', ... (automatic if None).")
     device_map: str | None = Field(default=None, description="'auto' to shard a large policy.")
     show_progress: bool = False
+    time_budget_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wall seconds per call. Strategies with their own budget (DARWIN, SEA) return their "
+        "best answer so far, flagged; the others stop at their next step with "
+        "align_chains.cancellation.Cancelled, which carries the partial work.",
+    )
+    cancel_token: CancelToken | None = Field(
+        default=None,
+        exclude=True,
+        description="A cancel hook: call cancel_token.cancel() from any thread to stop a running call at "
+        "its next step (also honoured: a token made active with `with token.active():`).",
+    )
     output_retries: int = Field(
         default=1,
         ge=0,
@@ -137,8 +152,15 @@ class AlignedChatModel(BaseChatModel):
     # -- settings ------------------------------------------------------------------------
     @classmethod
     def _strategy_field_names(cls) -> list[str]:
-        """The strategy settings this chat model declares (fields beyond the base class's)."""
-        return [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
+        """The strategy settings this chat model declares (fields beyond the base class's, and
+        the base's ``time_budget_s`` where the strategy has its own)."""
+        own = getattr(cls, "strategy_class", None)
+        return [
+            name
+            for name in cls.model_fields
+            if name not in AlignedChatModel.model_fields
+            or (name == "time_budget_s" and own is not None and name in own.model_fields)
+        ]
 
     def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         overrides = overrides or {}
@@ -244,7 +266,10 @@ class AlignedChatModel(BaseChatModel):
         if on_commit is not None and getattr(strategy, "streams", False):
             extra["on_commit"] = on_commit
         progress = TqdmProgress() if self.show_progress else NullProgress()
-        with policy.lock:
+        budget = overrides.get("time_budget_s", self.time_budget_s)
+        if "time_budget_s" in type(strategy).model_fields:
+            budget = None  # the strategy keeps its own budget and returns its best so far
+        with cancellation.scope(budget, self.cancel_token), cancellation.holding(policy.lock):
             return strategy.run_batch(list(conversations), policy, reward, params, progress=progress, **extra)
 
     def _message(self, result: StrategyResult, contract: OutputContract | None = None) -> AIMessage:
