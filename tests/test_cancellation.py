@@ -10,7 +10,7 @@ import time
 import pytest
 
 from align_chains import cancellation
-from align_chains.cancellation import CancelToken, Cancelled
+from align_chains.cancellation import Cancelled, CancelToken
 from align_chains.chat_models import BestOfNChatModel
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Decoder
