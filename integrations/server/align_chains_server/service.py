@@ -122,7 +122,14 @@ class ServedModel:
                 f"{sorted(self._settable())}."
             )
         # validate the server's own defaults now, before any model loads
-        self.cls(**self._base_fields(policy=self.policy_spec, reward="unused"), **self.defaults)
+        model = self.cls(**self._base_fields(policy=self.policy_spec, reward="unused"), **self.defaults)
+        for name, limit in self.limits.items():  # a request that sends nothing must be admissible
+            value = getattr(model, name, None) if name in self._settable() else None
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > limit:
+                raise InvalidInputError(
+                    f"The default {name}={value} of strategy {self.strategy!r} is above the limit "
+                    f"{name}={limit:g}: lower it with `-o {name}=...` or raise `--limit {name}=...`."
+                )
 
     # -- loading -----------------------------------------------------------------------------
     def load(self) -> None:
