@@ -15,7 +15,7 @@ extra argument::
         model.invoke("...")            # raises Cancelled within one step of the deadline
     # from another thread: token.cancel("client disconnected")
 
-Polling without raising: ``token.cancelled`` (a flag). Nested scopes combine (``scope``): a
+Polling without raising: ``token.cancelled`` (a flag). Nested scopes combine (``cancel_scope``): a
 token is cancelled when any of its parents is.
 """
 
@@ -109,7 +109,7 @@ class CancelToken:
 
     @contextmanager
     def active(self) -> Iterator[CancelToken]:
-        """Make this the token that ``check()`` and the engine see in this thread/context."""
+        """Make this the token that ``check_cancelled()`` and the engine see in this thread/context."""
         reset = _CURRENT.set(self)
         try:
             yield self
@@ -122,7 +122,7 @@ def current() -> CancelToken | None:
     return _CURRENT.get()
 
 
-def check() -> None:
+def check_cancelled() -> None:
     """Raise ``Cancelled`` if the active token (if any) is cancelled; a no-op without one."""
     token = _CURRENT.get()
     if token is not None:
@@ -130,7 +130,7 @@ def check() -> None:
 
 
 @contextmanager
-def scope(
+def cancel_scope(
     time_budget_s: float | None = None, token: CancelToken | None = None
 ) -> Iterator[CancelToken | None]:
     """Activate, for a block, a token cancelled by any of: ``token``, the deadline

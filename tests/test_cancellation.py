@@ -47,16 +47,16 @@ def test_scope_combines_the_active_token_a_given_token_and_a_budget():
     outer, given = CancelToken(), CancelToken()
     assert cancellation.current() is None
     with outer.active():
-        with cancellation.scope() as same:
+        with cancellation.cancel_scope() as same:
             assert same is outer
-        with cancellation.scope(60.0, given) as combined:
+        with cancellation.cancel_scope(60.0, given) as combined:
             assert cancellation.current() is combined
-            cancellation.check()
+            cancellation.check_cancelled()
             outer.cancel("outer")
             with pytest.raises(Cancelled, match="outer"):
-                cancellation.check()
+                cancellation.check_cancelled()
     assert cancellation.current() is None
-    cancellation.check()  # nothing active: a no-op
+    cancellation.check_cancelled()  # nothing active: a no-op
 
 
 def test_decode_stops_at_the_next_step_and_hands_back_partial_rows(tiny_policy):

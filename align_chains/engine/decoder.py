@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from align_chains import cancellation
+from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.kv_cache import expand_into_preallocated
 from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
@@ -195,7 +195,7 @@ class Decoder:
             torch.arange(len(prompts), device=device), torch.tensor(counts, device=device)
         )
         source = torch.tensor(row_of_prompt, device=device)[prompt_of_row]
-        cache = out.past_key_values
+        cache = out.cache
         if not expand_into_preallocated(cache, source, params.max_new_tokens):
             cache.batch_select_indices(source)
         return Batch.fresh(
@@ -263,8 +263,8 @@ class Decoder:
     def _check_cancelled(self) -> None:
         """Every forward pass is a step where the active cancellation token is honoured."""
         try:
-            cancellation.check()
-        except cancellation.Cancelled as exc:
+            check_cancelled()
+        except Cancelled as exc:
             raise exc.attach(counters=self.counters) from None
 
     def _feed_pending(self, batch: Batch) -> None:
@@ -279,11 +279,11 @@ class Decoder:
                 input_ids=batch.pending[:, None],
                 attention_mask=mask,
                 position_ids=batch.positions[:, None],
-                past_key_values=batch.cache,
+                cache=batch.cache,
                 use_cache=True,
             )
         self.counters.forward_passes += 1
-        batch.cache = out.past_key_values
+        batch.cache = out.cache
         batch.attention_mask = mask
         batch.positions = batch.positions + 1
         batch.next_logits = out.logits[:, -1, :].float()
@@ -332,7 +332,7 @@ class Decoder:
                 self.append(batch, tokens)
                 if on_step is not None:
                     on_step(batch)
-        except cancellation.Cancelled as exc:  # hand back what every row has so far
+        except Cancelled as exc:  # hand back what every row has so far
             raise exc.attach(partial=self.completions(batch)) from None
 
     # -- finishing ----------------------------------------------------------------------

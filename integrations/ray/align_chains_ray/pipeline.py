@@ -17,8 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from align_chains import cancellation
-from align_chains.cancellation import Cancelled
+from align_chains.cancellation import Cancelled, cancel_scope
 from align_chains.chat_models import chat_model_class
 from align_chains.engine.counters import ComputeCounters
 from align_chains.errors import InvalidInputError
@@ -74,7 +73,7 @@ class AlignActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         ids, prompts = list(batch["id"]), [str(p) for p in batch["prompt"]]
-        with cancellation.scope(self.time_budget_s):
+        with cancel_scope(self.time_budget_s):
             results = self._run(prompts)
         out: dict[str, list[Any]] = {name: [] for name in OUTPUT_COLUMNS}
         for row_id, prompt, result in zip(ids, prompts, results, strict=True):

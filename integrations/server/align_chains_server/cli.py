@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from align_chains.cli_options import parse_option
 from align_chains.errors import AlignChainsError
 from align_chains.models.embedded import EMBEDDED_POLICY
 from align_chains_server.admission import CostLimits
@@ -25,12 +26,6 @@ from align_chains_server.scheduler import BatchingSettings
 from align_chains_server.service import DEFAULT_LIMITS, ServedModel
 
 API_KEY_ENV = "ALIGN_CHAINS_API_KEY"
-
-
-def _parse_option(text: str) -> tuple[str, object]:
-    from align_chains.cli import _parse_option as parse
-
-    return parse(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--option",
         "-o",
         action="append",
-        type=_parse_option,
+        type=parse_option,
         default=[],
         metavar="KEY=VALUE",
         help="A default strategy or sampling setting, e.g. -o n=8 -o max_tokens=256 (repeatable).",
@@ -63,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--limit",
         action="append",
-        type=_parse_option,
+        type=parse_option,
         default=[],
         metavar="KEY=MAX",
         help=f"Largest value a request may ask for (defaults: {DEFAULT_LIMITS}); repeatable.",

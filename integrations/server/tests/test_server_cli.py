@@ -79,3 +79,13 @@ def test_non_loopback_binds_need_a_key_or_an_explicit_flag(no_loading, monkeypat
     for extra in (["--api-key-file", str(key)], ["--allow-unauthenticated"]):
         with pytest.raises(AssertionError, match="a model was loaded"):
             cli.main(["serve", "--host", "0.0.0.0", *extra])
+
+
+def test_the_server_registers_serve_for_the_core_cli():
+    """`align-chains serve` reaches the server through its entry point, not an import in the core."""
+    from importlib.metadata import entry_points
+
+    from align_chains_server.cli import main
+
+    (command,) = entry_points(group=cli.COMMANDS_GROUP, name="serve")
+    assert command.load() is main

@@ -81,7 +81,7 @@ messages = st.lists(
 
 def request_bodies(strategy: str) -> st.SearchStrategy[bytes]:
     """Byte bodies for POST /v1/chat/completions aimed at ``strategy``'s settings."""
-    names = sorted(set(CHAT_MODELS[strategy]._strategy_field_names()) | set(TIGHT) | {"top_k", "bogus"})
+    names = sorted(set(CHAT_MODELS[strategy].strategy_field_names()) | set(TIGHT) | {"top_k", "bogus"})
     setting_values = st.dictionaries(
         st.sampled_from(names), st.one_of(small_numbers, json_values), max_size=4
     )
@@ -133,7 +133,7 @@ def check_answer(status: int, body: bytes, content_type: str) -> None:
 
 @pytest.mark.parametrize("strategy", sorted(CHAT_MODELS))
 def test_fuzzed_bodies_never_get_a_5xx_or_hang(strategy, loaded):
-    own = set(CHAT_MODELS[strategy]._strategy_field_names()) | {"max_tokens"}
+    own = set(CHAT_MODELS[strategy].strategy_field_names()) | {"max_tokens"}
     defaults = {k: v for k, v in SMALL_DEFAULTS.items() if k in own}
     served = ServedModel(strategy=strategy, policy_spec="unused", limits=dict(TIGHT), defaults=defaults)
     served._policy, served._reward = loaded  # what load() would set, without loading from disk
