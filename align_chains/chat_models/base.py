@@ -22,6 +22,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from align_chains.cancellation import CancelToken, cancel_scope, holding
 from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
 from align_chains.chat_models.output_contract import (
     OutputContract,
@@ -41,7 +42,10 @@ from align_chains.progress import NullProgress, TqdmProgress
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import Strategy, StrategyResult
 
-_SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed"}
+_SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed", "time_budget_s"}
+# Base settings a strategy may also declare (with its own meaning, which then wins): DARWIN's and
+# SEA's time_budget_s return their best answer so far instead of stopping with Cancelled.
+SHARED_WITH_STRATEGIES = frozenset({"time_budget_s"})
 
 
 class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
@@ -106,6 +110,19 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
     dtype: str | None = Field(default=None, description="'bf16', 'fp32', ... (automatic if None).")
     device_map: str | None = Field(default=None, description="'auto' to shard a large policy.")
     show_progress: bool = False
+    time_budget_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wall seconds per call. Strategies with their own budget (DARWIN, SEA) return their "
+        "best answer so far, flagged; the others stop at their next step with "
+        "align_chains.cancellation.Cancelled, which carries the partial work.",
+    )
+    cancel_token: CancelToken | None = Field(
+        default=None,
+        exclude=True,
+        description="A cancel hook: call cancel_token.cancel() from any thread to stop a running call at "
+        "its next step (also honoured: a token made active with `with token.active():`).",
+    )
     output_retries: int = Field(
         default=1,
         ge=0,
@@ -165,8 +182,11 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
     # -- settings ------------------------------------------------------------------------
     @classmethod
     def strategy_field_names(cls) -> list[str]:
-        """The strategy settings this chat model exposes (fields beyond the base class's)."""
-        return [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
+        """The strategy settings this chat model exposes (fields beyond the base class's, and a
+        shared base setting such as ``time_budget_s`` where its strategy declares it)."""
+        declared = {name for strategy in cls.settings_from for name in strategy.model_fields}
+        own = [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
+        return own + sorted(SHARED_WITH_STRATEGIES & declared)
 
     def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         overrides = overrides or {}
@@ -260,7 +280,10 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
         if on_commit is not None and getattr(strategy, "streams", False):
             extra["on_commit"] = on_commit
         progress = TqdmProgress() if self.show_progress else NullProgress()
-        with policy.lock:
+        budget = overrides.get("time_budget_s", self.time_budget_s)
+        if "time_budget_s" in type(strategy).model_fields:
+            budget = None  # the strategy keeps its own budget and returns its best so far
+        with cancel_scope(budget, self.cancel_token), holding(policy.lock):
             return strategy.run_batch(list(conversations), policy, reward, params, progress=progress, **extra)
 
     def _generate(

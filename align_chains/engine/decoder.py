@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.kv_cache import expand_into_preallocated
 from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
@@ -182,6 +183,7 @@ class Decoder:
             if len(ids) == 0:
                 raise InvalidInputError(f"Prompt {i} has no tokens.")
             self.policy.check_fits(len(ids), params.max_new_tokens)
+        self._check_cancelled()
 
         # identical prompts share one prefill row
         unique: dict[tuple[int, ...], int] = {}
@@ -278,8 +280,16 @@ class Decoder:
         assert batch.next_logits is not None
         return batch.next_logits
 
+    def _check_cancelled(self) -> None:
+        """Every forward pass is a step where the active cancellation token is honoured."""
+        try:
+            check_cancelled()
+        except Cancelled as exc:
+            raise exc.attach(counters=self.counters) from None
+
     def _feed_pending(self, batch: Batch) -> None:
         assert batch.pending is not None
+        self._check_cancelled()
         ones = torch.ones(
             (batch.size, 1), dtype=batch.attention_mask.dtype, device=batch.attention_mask.device
         )
@@ -333,13 +343,17 @@ class Decoder:
         """Sample up to ``num_tokens`` more tokens on every row (all rows in one forward each)."""
         remaining = batch.params.max_new_tokens - batch.steps
         steps = remaining if num_tokens is None else min(num_tokens, remaining)
-        for _ in range(steps):
-            if batch.done:
-                break
-            tokens = sample_tokens(self.logits(batch), batch.params, generator)
-            self.append(batch, tokens)
-            if on_step is not None:
-                on_step(batch)
+        try:
+            for _ in range(steps):
+                if batch.done:
+                    break
+                self._check_cancelled()
+                tokens = sample_tokens(self.logits(batch), batch.params, generator)
+                self.append(batch, tokens)
+                if on_step is not None:
+                    on_step(batch)
+        except Cancelled as exc:  # hand back what every row has so far
+            raise exc.attach(partial=self.completions(batch)) from None
 
     # -- finishing ----------------------------------------------------------------------
     def completions(self, batch: Batch) -> list[Completion]:

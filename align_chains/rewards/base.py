@@ -21,6 +21,7 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 
+from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation, as_conversation
 from align_chains.models.messages import to_conversation
@@ -67,9 +68,10 @@ class RewardModel(Runnable[Mapping[str, Any], float], ABC):
         if not responses:
             return []
         conversations = [as_conversation(p) for p in prompts]
+        check_cancelled()  # a reward call is a natural step: stop here if the caller cancelled
         try:
             raw = self._score(conversations, list(responses))
-        except (RewardError, InvalidInputError):
+        except (RewardError, InvalidInputError, Cancelled):
             raise
         except Exception as exc:
             raise RewardError(

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from pydantic import Field, model_validator
 
+from align_chains.cancellation import check_cancelled
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch, Completion, Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator
@@ -434,6 +435,7 @@ class _Search:
         wins = [Counter[int]() for _ in range(K)]
         segment = 0
         while True:
+            check_cancelled()  # a DARWIN segment is a natural step (its decode steps check too)
             segment += 1
             going = self._segment(rows, cycle, mutations)
             last = rows.pop.done or not going

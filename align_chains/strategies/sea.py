@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, field_validator
 
+from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.engine.decoder import Batch, Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator
 from align_chains.errors import InvalidInputError
@@ -249,6 +250,7 @@ class _Run:
             ones = torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)
             mask = torch.cat([mask, ones.expand(-1, first)], dim=1)
             for t in range(first, self.length - 1):
+                check_cancelled()  # one policy forward per position: each is a step
                 mask = torch.cat([mask, ones], dim=1)
                 with torch.no_grad():
                     out = self.policy.model(
@@ -338,6 +340,10 @@ class _Run:
         done = [0] * rows
         self.progress.stage(f"SEA: {rows} chain(s)", sea.iterations)
         for it in range(1, sea.iterations + 1):
+            try:  # an iteration is a natural step; the best chains so far go with the error
+                check_cancelled()
+            except Cancelled as exc:
+                raise exc.attach(partial=list(best), counters=self.counters) from None
             if deadline is not None and time.perf_counter() >= deadline:
                 self.flags["time_budget_exhausted"] = True
                 break
