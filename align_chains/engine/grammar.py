@@ -45,7 +45,9 @@ class Grammar:
         import llguidance
 
         if not isinstance(schema, Mapping):
-            raise InvalidInputError(f"A JSON schema must be a JSON object (a dict), not {type(schema).__name__}.")
+            raise InvalidInputError(
+                f"A JSON schema must be a JSON object (a dict), not {type(schema).__name__}."
+            )
         try:
             text = llguidance.LLMatcher.grammar_from_json_schema(
                 json.dumps(dict(schema)), defaults={"whitespace_flexible": False}
@@ -98,7 +100,7 @@ class Grammar:
 
 
 def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 # -- compiling: tokenizers and grammars are cached ------------------------------------------
@@ -154,7 +156,9 @@ class CompiledGrammar:
         return self.prototype.deep_copy()
 
 
-def compile_grammar(grammar: Grammar, tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int]) -> CompiledGrammar:
+def compile_grammar(
+    grammar: Grammar, tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int]
+) -> CompiledGrammar:
     """Check ``grammar`` against the tokenizer and build its start state, once per pair.
 
     Raises InvalidInputError (before any decoding) when the grammar does not compile.
