@@ -17,6 +17,7 @@ few microseconds a row); llguidance's parallel consume is slower than that for s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -124,10 +125,8 @@ def _tokenizer_key(tokenizer: Any) -> str:
             f"{type(tokenizer).__name__} is not one. Load the policy with use_fast=True."
         )
     key = hashlib.sha256(backend.to_str().encode()).hexdigest()
-    try:
+    with contextlib.suppress(TypeError):  # tokenizers that cannot be weakly referenced
         _tokenizer_keys[tokenizer] = key
-    except TypeError:
-        pass
     return key
 
 
