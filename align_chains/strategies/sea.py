@@ -181,7 +181,7 @@ class _Run:
                 input_ids=feed,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=batch.cache,
+                cache=batch.cache,
                 use_cache=True,
             )
         if not keep_cache:
@@ -231,7 +231,7 @@ class _Run:
                         input_ids=decoded[:, t : t + 1],
                         attention_mask=mask,
                         position_ids=(batch.prompt_lengths + t)[:, None],
-                        past_key_values=batch.cache,
+                        cache=batch.cache,
                         use_cache=True,
                     )
                 self.counters.forward_passes += 1

@@ -24,10 +24,9 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from align_chains.chat_models.batching import batch_with_callbacks
+from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
 from align_chains.chat_models.rerank.adaptive import AdaptiveSearch
 from align_chains.chat_models.rerank.calls import CallPool
 from align_chains.chat_models.rerank.darwin import DarwinSearch
@@ -77,7 +76,7 @@ def _misplaced_settings(strategy: str, given: set[str]) -> None:
             )
 
 
-class RerankChatModel(BaseChatModel):
+class RerankChatModel(AsyncBatchInOneRun, BaseChatModel):
     """Best-of-N, adaptive Best-of-N or DARWIN over any LangChain chat model, scored by our reward.
 
     >>> from langchain_openai import ChatOpenAI  # doctest: +SKIP
@@ -285,18 +284,4 @@ class RerankChatModel(BaseChatModel):
             return_exceptions,
             kwargs,
             lambda requests, stop: self._run(requests, stop, kwargs),
-        )
-
-    async def abatch(
-        self,
-        inputs: list[LanguageModelInput],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[BaseMessage]:
-        """``batch`` in a worker thread, so the whole batch still shares one reward call."""
-        first = config[0] if isinstance(config, list) and config else config
-        return await run_in_executor(
-            first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )
