@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from align_chains.chat_models.output_contract import OutputContract
-from align_chains.engine.grammar import Grammar
+from align_chains.engine.grammar import JSON_LAYOUT, Grammar
 from align_chains.errors import InvalidInputError
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
@@ -31,7 +31,7 @@ def call_schema(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> d
     """The JSON schema of one call's body: a bound tool's name and arguments valid for it."""
     chosen = [t for t in tools if tool_choice in (None, "any") or t["name"] == tool_choice]
     return {
-        "x-guidance": {"whitespace_flexible": False},  # compact JSON: no runs of blank tokens
+        "x-guidance": JSON_LAYOUT,  # the layout the prompt shows: '{"name": "add", "arguments": ...}'
         "anyOf": [
             {
                 "type": "object",

@@ -51,8 +51,9 @@ def structured_output_runnable(
     ``constrain``: decode under the schema's grammar (every candidate valid by construction);
     False keeps only the prompt, the ranking and the reruns.
     """
+    extra = {} if constrain else {"constrain": False}  # else the chat model's own setting
     llm = model.bind(
-        constrain=constrain,
+        **extra,
         response_format=response_format(schema, method),
         ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
     )

@@ -31,6 +31,9 @@ import torch
 from align_chains.errors import InvalidInputError
 
 _BITS = torch.arange(32, dtype=torch.int32)
+# JSON laid out as json.dumps writes it (and as prompts show it): '{"a": 1, "b": [2, 3]}'. No
+# other whitespace, so a policy cannot pad an answer with runs of blank tokens.
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Grammar:
 
     @classmethod
     def json_schema(cls, schema: Mapping[str, Any]) -> Grammar:
-        """A JSON value that validates against ``schema`` (no whitespace tricks, compact keys)."""
+        """A JSON value that validates against ``schema``, laid out as ``json.dumps`` writes it."""
         import llguidance
 
         if not isinstance(schema, Mapping):
@@ -51,7 +54,8 @@ class Grammar:
             )
         try:
             text = llguidance.LLMatcher.grammar_from_json_schema(
-                json.dumps(dict(schema)), defaults={"whitespace_flexible": False}
+                json.dumps(dict(schema)),
+                defaults=JSON_LAYOUT,  # type: ignore[arg-type]
             )
         except (ValueError, TypeError, RuntimeError) as exc:
             raise InvalidInputError(f"The JSON schema cannot be turned into a grammar: {exc}") from exc
