@@ -121,3 +121,10 @@ def test_bad_grammars_fail_before_any_decoding(tiny_policy, make, fragment):
     with pytest.raises(InvalidInputError, match=fragment):
         decoder.start([tiny_policy.render(USER)], 1, params(make()))
     assert decoder.counters.forward_passes == 0
+
+
+def test_sea_refuses_a_grammar_naming_the_strategies_that_can(tiny_policy):
+    from align_chains.strategies.sea import SEA
+
+    with pytest.raises(InvalidInputError, match=r"cannot keep to a grammar.*best-of-n"):
+        SEA().run_batch(["Hi."], tiny_policy, None, params(Grammar.regex("[0-9]+")))
