@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_vali
 
 from align_chains.cancellation import CancelToken, cancel_scope, holding
 from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
+from align_chains.chat_models.constraints import request_grammar
 from align_chains.chat_models.output_contract import (
     OutputContract,
     normalise_tool_choice,
@@ -32,6 +33,7 @@ from align_chains.chat_models.output_contract import (
 from align_chains.chat_models.results import build_message, chat_result
 from align_chains.chat_models.streaming import generation_chunks, live_pieces, text_pieces
 from align_chains.chat_models.structured import structured_output_runnable
+from align_chains.engine.decoder import Decoder
 from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
@@ -42,7 +44,9 @@ from align_chains.progress import NullProgress, TqdmProgress
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import Strategy, StrategyResult
 
-_SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed", "time_budget_s"}
+_SAMPLING_KWARGS = {
+    "max_tokens", "temperature", "top_p", "top_k", "seed", "time_budget_s", "grammar", "regex", "constrain"
+}
 # Base settings a strategy may also declare (with its own meaning, which then wins): DARWIN's and
 # SEA's time_budget_s return their best answer so far instead of stopping with Cancelled.
 SHARED_WITH_STRATEGIES = frozenset({"time_budget_s"})
@@ -128,6 +132,17 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
         ge=0,
         description="With bound tools or a structured-output schema: how many more runs to try when "
         "no candidate keeps the contract (a parsable call to a bound tool, JSON that validates).",
+    )
+
+    grammar: str | None = Field(
+        default=None,
+        description="A Lark grammar (llguidance's dialect) every answer must match, enforced token by token.",
+    )
+    regex: str | None = Field(default=None, description="A regex every answer must fully match.")
+    constrain: bool = Field(
+        default=True,
+        description="Decode bound tools and structured-output schemas under a grammar, so every "
+        "candidate keeps them by construction. False: they are only asked for, ranked and retried.",
     )
 
     _policy: Policy | None = PrivateAttr(default=None)
@@ -220,6 +235,12 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
             top_k=o.get("top_k", self.top_k),
             stop=tuple(stop if stop is not None else (self.stop or ())),
             seed=o.get("seed", self.seed),
+            grammar=request_grammar(
+                o.get("contract"),
+                o.get("grammar", self.grammar),
+                o.get("regex", self.regex),
+                o.get("constrain", self.constrain),
+            ),
         )
 
     def _checked_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +278,7 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
         overrides = self._checked_call_kwargs(kwargs)
         if contract is None:
             return self._run_once(conversations, stop, overrides, on_commit)
+        overrides["contract"] = contract
         return run_keeping_contract(
             contract,
             conversations,
@@ -276,6 +298,7 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
         strategy = self.build_strategy(**overrides)
         params = self._sampling(stop, overrides)
         policy, reward = self.load()
+        Decoder(policy).compile(params)  # a grammar that does not compile fails before any work
         extra = self._run_kwargs()
         if on_commit is not None and getattr(strategy, "streams", False):
             extra["on_commit"] = on_commit
@@ -381,19 +404,23 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
     ) -> Runnable[LanguageModelInput, dict | Any]:
         """Answers parsed into ``schema`` (a pydantic model, a TypedDict or a JSON schema).
 
-        ``json_schema`` asks for a JSON object in the system prompt and ranks candidates that
-        validate above those that do not; ``function_calling`` binds the schema as a forced
-        tool; ``json_mode`` asks for any JSON object. See ``chat_models.structured``.
-        ``strict`` is accepted for compatibility: answers are always checked against the schema
-        (ranked and retried, not constrained token by token).
+        ``json_schema`` asks for a JSON object in the system prompt and decodes under the
+        schema's grammar, so every candidate validates by construction; ``function_calling``
+        binds the schema as a forced tool (constrained the same way); ``json_mode`` asks for
+        any JSON object (constrained to one). ``strict=False`` turns the grammar off: answers
+        are then only ranked and retried against the schema. Default (None, True): constrained.
+        See ``chat_models.structured`` and docs/structured_output.md.
         """
         if kwargs:
             raise InvalidInputError(f"with_structured_output() does not take {sorted(kwargs)}.")
         if method == "function_calling":
             if schema is None:
                 raise InvalidInputError("method='function_calling' needs a schema.")
-            return super().with_structured_output(schema, include_raw=include_raw)
-        return structured_output_runnable(self, schema, method=method, include_raw=include_raw)
+            model = self if strict is not False else self.model_copy(update={"constrain": False})
+            return super(AlignedChatModel, model).with_structured_output(schema, include_raw=include_raw)
+        return structured_output_runnable(
+            self, schema, method=method, include_raw=include_raw, constrain=strict is not False
+        )
 
 
 def strategy_error_message(error: ValidationError) -> str:

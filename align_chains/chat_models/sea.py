@@ -56,3 +56,8 @@ class SEAChatModel(settings_base(SEA)):  # type: ignore[misc]
     )
     max_tokens: int = Field(default=48, ge=1, description="L: response positions optimised.")
     temperature: float = Field(default=0.8, ge=0.0, description="Temperature of the initial samples.")
+    constrain: bool = Field(
+        default=False,
+        description="SEA's relaxed optimisation cannot keep to a grammar, so bound tools and schemas "
+        "are only asked for, ranked and retried here; True (or grammar=/regex=) raises InvalidInputError.",
+    )

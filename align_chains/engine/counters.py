@@ -37,6 +37,7 @@ class ComputeCounters:
     reward_items: int = 0  # responses scored across those calls
     seconds: float = 0.0  # wall-clock seconds of the strategy run
     batch_size: int = 1  # prompts that shared this run's forward passes, reward calls and seconds
+    grammar_mask_seconds: float = 0.0  # of ``seconds``: computing and applying grammar token masks
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -60,4 +61,5 @@ class ComputeCounters:
             reward_items=self.reward_items + other.reward_items,
             seconds=self.seconds + other.seconds,
             batch_size=max(self.batch_size, other.batch_size),
+            grammar_mask_seconds=self.grammar_mask_seconds + other.grammar_mask_seconds,
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from align_chains.engine.grammar import Grammar
+
 
 class SamplingParams(BaseModel):
     """How the policy samples. Validated on construction, so bad values fail before any work.
@@ -35,6 +37,9 @@ class SamplingParams(BaseModel):
     top_k: int = Field(0, ge=0, description="0 disables top-k filtering.")
     stop: tuple[str, ...] = Field((), description="Strings that end a response (not included).")
     seed: int | None = Field(None, description="Makes sampling reproducible.")
+    grammar: Grammar | None = Field(
+        None, exclude=True, description="Every response must match it (decoding is masked token by token)."
+    )
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:

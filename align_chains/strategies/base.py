@@ -132,6 +132,7 @@ class Strategy(BaseModel, ABC):
     streams: ClassVar[bool] = False  # commits tokens as it goes (``on_commit``)
     needs_policy_internals: ClassVar[str | None] = None  # e.g. "the policy's next-token logits"
     one_prompt_chat_model: ClassVar[bool] = True  # False: only meaningful across a batch of prompts
+    follows_grammar: ClassVar[bool] = True  # False: its search cannot keep to SamplingParams.grammar
 
     @classmethod
     def default_params(cls) -> SamplingParams:
@@ -169,6 +170,7 @@ class Strategy(BaseModel, ABC):
         ``options`` go to ``_search`` (e.g. ``on_commit`` for a streaming strategy).
         """
         params = params or self.default_params()
+        check_grammar_support(type(self), params)
         progress = progress or NullProgress()
         conversations, token_ids = prepare_prompts(prompts, policy, params)
         run = SearchRun(
@@ -199,6 +201,18 @@ class Strategy(BaseModel, ABC):
 # canonical name -> class of every registered strategy (live: registering adds to it)
 STRATEGIES: dict[str, type[Strategy]] = {}
 _ALIASES: dict[str, str] = {}
+
+
+def check_grammar_support(cls: type[Strategy], params: SamplingParams) -> None:
+    """Refuse a grammar (tools, a schema, grammar=/regex=) a strategy cannot keep to, before any work."""
+    if params.grammar is None or cls.follows_grammar:
+        return
+    able = sorted(name for name, other in STRATEGIES.items() if other.follows_grammar)
+    raise InvalidInputError(
+        f"Strategy {cls.name!r} cannot keep to a grammar ({params.grammar.description}): its search "
+        "does not decode token by token. Strategies that can: " + ", ".join(able) + ". Or pass "
+        "constrain=False to rank candidates by the output contract only."
+    )
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:

@@ -95,6 +95,9 @@ class SEA(Strategy):
     name: ClassVar[str] = "sea"
     aliases: ClassVar[tuple[str, ...]] = ("simple-energy-adaptation",)
     needs_policy_internals: ClassVar[str | None] = "gradients through the policy's embeddings (SEA)"
+    # the relaxed optimisation moves whole logit sequences at once and rounds them at the end:
+    # no token-by-token mask can hold it to a grammar (its sample and revise decodes could be)
+    follows_grammar: ClassVar[bool] = False
 
     chains: int = Field(4, ge=1, description="Chains per prompt, each started from a policy sample.")
     iterations: int = Field(200, ge=1, description="Adam steps per chain.")

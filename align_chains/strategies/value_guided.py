@@ -191,7 +191,8 @@ class ValueGuided(Strategy):
         guided = base[:, :vocab] + self.w * (tuned[:, :vocab] - untuned[:, :vocab]).to(base.device)
         if vocab < base.shape[-1]:  # tokens the guides do not have keep the base logit
             guided = torch.cat([guided, base[:, vocab:]], dim=-1)
-        return guided
+        # a grammar masks every view alike (-inf - -inf is nan): forbidden tokens stay -inf
+        return torch.where(torch.isneginf(base), base, guided)
 
     @staticmethod
     def _chunk_values(
