@@ -45,7 +45,15 @@ from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import Strategy, StrategyResult
 
 _SAMPLING_KWARGS = {
-    "max_tokens", "temperature", "top_p", "top_k", "seed", "time_budget_s", "grammar", "regex", "constrain"
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "time_budget_s",
+    "grammar",
+    "regex",
+    "constrain",
 }
 # Base settings a strategy may also declare (with its own meaning, which then wins): DARWIN's and
 # SEA's time_budget_s return their best answer so far instead of stopping with Cancelled.
