@@ -466,13 +466,16 @@ class _Run:
         )
         scores = self._hard_scores(range(self.rows), [c.text for c in completions])
         # a revision is judged by the policy reading the plain prompt, like every other candidate
-        plain = self._plain_prompt_logprobs(batch, [c.token_ids for c in completions])
-        revised = []
-        for r, (c, s, lps) in enumerate(zip(completions, scores, plain, strict=True)):
-            verdict = self.guard.check(c.token_ids, lps, self.reference_nll[r])
-            if self.sea.fluency_guard and not verdict.admitted:
-                self._exclude(r, "revised", -1, s, c.text, verdict)
-            revised.append(_Chain(c.text, c.token_ids, c.logprobs, s, -1, c.finish_reason, verdict))
+        revised = [
+            _Chain(c.text, c.token_ids, c.logprobs, s, -1, c.finish_reason)
+            for c, s in zip(completions, scores, strict=True)
+        ]
+        if self.sea.fluency_guard:
+            plain = self._plain_prompt_logprobs(batch, [c.tokens for c in revised])
+            for r, (chain, lps) in enumerate(zip(revised, plain, strict=True)):
+                chain.guard = self.guard.check(chain.tokens, lps, self.reference_nll[r])
+                if not chain.guard.admitted:
+                    self._exclude(r, "revised", -1, chain.reward, chain.text, chain.guard)
         return revised
 
     # -- the fluency guard -----------------------------------------------------------------
@@ -505,7 +508,7 @@ class _Run:
         return [row[: len(a)] for row, a in zip(logprobs, answers, strict=True)]
 
     def _exclude(
-        self, row: int, kind: str, iteration: int, reward: float, text: str, verdict: GuardVerdict
+        self, row: int, kind: str, iteration: int, reward: float | None, text: str, verdict: GuardVerdict
     ) -> None:
         self.excluded.append(
             {
