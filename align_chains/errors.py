@@ -6,6 +6,7 @@ that fits (ValueError for bad input) so generic handlers keep working.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -35,3 +36,12 @@ class RewardError(AlignChainsError, RuntimeError):
     def __init__(self, message: str, *, partial: Any = None) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+class SamplingFailedError(AlignChainsError, RuntimeError):
+    """Every call that could answer a prompt failed (over a wrapped chat model, after retries);
+    ``errors`` holds each call's last exception."""
+
+    def __init__(self, message: str, errors: Sequence[BaseException]) -> None:
+        super().__init__(message)
+        self.errors = list(errors)

@@ -16,7 +16,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from align_chains import BestOfNChatModel, MiniLMEmbeddings
@@ -97,7 +97,8 @@ def report(reply: Any) -> None:
     )
 
 
-def main() -> None:
+def build_chain(model: BestOfNChatModel) -> Runnable[str, str]:
+    """retriever -> prompt -> ``model`` -> parser: the context is the two documents nearest the question."""
     retriever = InMemoryVectorStore.from_documents(DOCUMENTS, MiniLMEmbeddings()).as_retriever(
         search_kwargs={"k": 2}
     )
@@ -107,13 +108,16 @@ def main() -> None:
             ("human", "{question}"),
         ]
     )
-    model = BestOfNChatModel(n=N, max_tokens=32, seed=0)
-    chain = (
+    return (
         {"context": retriever | format_docs, "question": RunnablePassthrough()}
         | prompt
         | model
         | StrOutputParser()
     )
+
+
+def main() -> None:
+    chain = build_chain(BestOfNChatModel(n=N, max_tokens=32, seed=0))
 
     log = ComputeLog()
     question = "When did the Vasa sink?"

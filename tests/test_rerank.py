@@ -15,7 +15,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from pydantic import Field, PrivateAttr
 
 from align_chains import CallableReward, InvalidInputError, RerankChatModel, RewardError
-from align_chains.chat_models.rerank import SamplingFailedError, is_transient
+from align_chains.chat_models.rerank import is_transient
+from align_chains.errors import SamplingFailedError
 
 LENGTH = CallableReward(lambda prompt, response: len(response), name="length")
 

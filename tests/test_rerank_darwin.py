@@ -22,7 +22,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field, PrivateAttr
 
 from align_chains import CallableReward, InvalidInputError, RerankChatModel, RewardError
-from align_chains.chat_models.rerank import SamplingFailedError
+from align_chains.errors import SamplingFailedError
 
 WORDS = 6
 _REWRITE = re.compile(
@@ -331,3 +331,13 @@ def test_darwin_around_a_real_chat_model_on_embedded_defaults() -> None:
         "reward_calls": 2, "reward_items": 3, "seconds": 0,
     }  # fmt: skip
     assert message.usage_metadata["output_tokens"] > 0
+
+
+def test_the_trace_plot_draws_a_wrapped_models_darwin_trace(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from align_chains.plots import plot_darwin_trace
+
+    message = continued(VersionWriter(), cycles=2).invoke("Sleep tips")
+    figure = plot_darwin_trace(message.response_metadata["trace"], tmp_path / "trace.png")
+    assert (tmp_path / "trace.png").stat().st_size > 0
+    assert [ax.get_title().split(" (")[0] for ax in figure.axes] == ["cycle 1", "cycle 2"]

@@ -8,65 +8,39 @@ calls into the policy's model.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
-from langchain_core.output_parsers import StrOutputParser
-from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnablePassthrough
-from langchain_core.vectorstores import InMemoryVectorStore
 
-from align_chains import BestOfNChatModel, MiniLMEmbeddings, load_policy
+from align_chains import BestOfNChatModel, load_policy
 from align_chains.chat_models.messages import to_conversation
 from align_chains.models import EMBEDDED_POLICY
 
 pytestmark = pytest.mark.e2e
 
-N = 4
-DOCUMENTS = [
-    Document(
-        id="vasa",
-        page_content="The Vasa was a Swedish warship built for King Gustavus Adolphus. She sank in "
-        "Stockholm harbour on her maiden voyage on 10 August 1628, less than a mile from the "
-        "shipyard, because she was top-heavy. The wreck was raised in 1961 and is now shown in "
-        "the Vasa Museum in Stockholm.",
-    ),
-    Document(
-        id="bees",
-        page_content="Honey bee foragers tell their hive mates where food is with the waggle dance. "
-        "The angle of the waggle run to the vertical gives the direction of the flowers relative "
-        "to the sun, and the length of the run tells how far away they are.",
-    ),
-    Document(
-        id="seed-vault",
-        page_content="The Svalbard Global Seed Vault is built into a mountain on Spitsbergen, "
-        "Norway, 1,300 kilometres from the North Pole. Opened in 2008, it stores duplicate "
-        "samples of seeds from gene banks around the world, kept at minus 18 degrees Celsius.",
-    ),
-    Document(
-        id="rosetta",
-        page_content="The Rosetta Stone carries one decree from 196 BC in three scripts: "
-        "hieroglyphic, Demotic and ancient Greek. Found in 1799 near the town of Rashid in "
-        "Egypt, it let Champollion decipher hieroglyphs in 1822. It is in the British Museum.",
-    ),
-    Document(
-        id="sourdough",
-        page_content="Sourdough bread is leavened by a starter, a culture of wild yeast and lactic "
-        "acid bacteria kept alive in flour and water. The bacteria make the acids that give the "
-        "bread its sour taste, and the yeast makes the gas that raises the dough.",
-    ),
-]
+
+def _load_cookbook(name: str) -> Any:
+    """Import ``cookbook/<name>.py``: the test runs the chain the cookbook shows, not a copy of it."""
+    path = Path(__file__).resolve().parents[1] / "cookbook" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"cookbook_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+retrieval_chain = _load_cookbook("retrieval_chain")
+N, DOCUMENTS = retrieval_chain.N, retrieval_chain.DOCUMENTS
+
 QUESTIONS = {
     "When did the Vasa sink?": "vasa",
     "How do honey bees show each other where flowers are?": "bees",
     "Where is the Svalbard seed vault?": "seed-vault",
 }
-
-
-def format_docs(docs: list[Document]) -> str:
-    return "\n\n".join(doc.page_content for doc in docs)
 
 
 class Recorder(BaseCallbackHandler):
@@ -113,22 +87,7 @@ def policy():
 
 @pytest.fixture(scope="module")
 def chain(policy):
-    retriever = InMemoryVectorStore.from_documents(DOCUMENTS, MiniLMEmbeddings()).as_retriever(
-        search_kwargs={"k": 2}
-    )
-    prompt = ChatPromptTemplate.from_messages(
-        [
-            ("system", "Answer the question in one sentence, using only this context:\n\n{context}"),
-            ("human", "{question}"),
-        ]
-    )
-    model = BestOfNChatModel(policy=policy, n=N, max_tokens=24, seed=0)
-    return (
-        {"context": retriever | format_docs, "question": RunnablePassthrough()}
-        | prompt
-        | model
-        | StrOutputParser()
-    )
+    return retrieval_chain.build_chain(BestOfNChatModel(policy=policy, n=N, max_tokens=24, seed=0))
 
 
 @pytest.fixture

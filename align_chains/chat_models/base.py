@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -25,7 +25,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from tenacity import Retrying, retry_if_result, stop_after_attempt
 
 from align_chains.chat_models.batching import batch_with_callbacks
@@ -59,6 +59,7 @@ class AlignedChatModel(BaseChatModel):
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
     strategy_class: ClassVar[type[Strategy]]
+    settings_from: ClassVar[tuple[type[Strategy], ...]] = ()  # strategies whose fields it exposes
 
     policy: str | Policy = Field(
         default=EMBEDDED_POLICY,
@@ -136,13 +137,18 @@ class AlignedChatModel(BaseChatModel):
 
     # -- settings ------------------------------------------------------------------------
     @classmethod
-    def _strategy_field_names(cls) -> list[str]:
-        """The strategy settings this chat model declares (fields beyond the base class's)."""
+    def strategy_field_names(cls) -> list[str]:
+        """The strategy settings this chat model exposes (fields beyond the base class's)."""
         return [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
+
+    @classmethod
+    def _strategy_field_names(cls) -> list[str]:
+        """Deprecated private spelling of ``strategy_field_names`` (the CLI and server still use it)."""
+        return cls.strategy_field_names()
 
     def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         overrides = overrides or {}
-        return {name: overrides.get(name, getattr(self, name)) for name in self._strategy_field_names()}
+        return {name: overrides.get(name, getattr(self, name)) for name in self.strategy_field_names()}
 
     def build_strategy(self, **overrides: Any) -> Strategy:
         """The strategy for one call: the class's strategy built from the same-named fields."""
@@ -150,6 +156,16 @@ class AlignedChatModel(BaseChatModel):
         return self.strategy_class(
             **{k: v for k, v in settings.items() if k in self.strategy_class.model_fields}
         )
+
+    @model_validator(mode="after")
+    def _strategy_accepts_settings(self) -> Self:
+        """Rules across settings (e.g. DARWIN's ``k <= n``) are the strategy's: building it
+        here makes a chat model with invalid settings fail at construction, with its message."""
+        try:
+            self.build_strategy()
+        except ValidationError as exc:
+            raise ValueError(strategy_error_message(exc)) from None
+        return self
 
     def _sampling(
         self, stop: list[str] | None = None, overrides: dict[str, Any] | None = None
@@ -495,6 +511,15 @@ class AlignedChatModel(BaseChatModel):
                 raise InvalidInputError("method='function_calling' needs a schema.")
             return super().with_structured_output(schema, include_raw=include_raw)
         return structured_output_runnable(self, schema, method=method, include_raw=include_raw)
+
+
+def strategy_error_message(error: ValidationError) -> str:
+    """The strategy's own words for why its settings are invalid (one line per problem)."""
+    messages = []
+    for item in error.errors():
+        original = (item.get("ctx") or {}).get("error")
+        messages.append(str(original) if original is not None else item["msg"])
+    return "; ".join(messages)
 
 
 def _pieces(policy: Policy, token_ids: list[int], text: str) -> Iterator[str]:

@@ -16,13 +16,12 @@ import torch
 from align_chains.errors import InvalidInputError
 from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD, REWARD_ALIASES
 from align_chains.models.policy import Policy
-from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.base import Prompt, RewardModel, WeightedReward
 from align_chains.rewards.classifier import ClassifierReward
 from align_chains.rewards.embedding import EmbeddingReward
 from align_chains.rewards.function import CallableReward
 from align_chains.rewards.implicit import ImplicitReward
 from align_chains.rewards.judge import JudgeReward
-from align_chains.rewards.weighted import WeightedReward
 
 RewardSpec = str | RewardModel | Callable[..., Any] | Sequence[tuple[Any, float]]
 

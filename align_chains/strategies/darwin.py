@@ -36,18 +36,27 @@ from pydantic import Field, model_validator
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch, Completion, Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator
-from align_chains.errors import InvalidInputError, RewardError
+from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation, last_user_text
-from align_chains.models.policy import Policy
-from align_chains.progress import NullProgress, Progress
-from align_chains.rewards.base import Prompt, RewardModel
 from align_chains.strategies.base import (
     Candidate,
+    SearchRun,
     Strategy,
     StrategyResult,
-    attach_partial,
-    prepare_prompts,
+    register_strategy,
     score_texts,
+)
+from align_chains.strategies.darwin_trace import (
+    CycleEnd,
+    Replace,
+    Score,
+    Seed,
+    TraceEvent,
+    Winner,
+    archive_events,
+    finite,
+    mutation_events,
+    records,
 )
 from align_chains.strategies.mutation import (
     list_complete,
@@ -131,6 +140,14 @@ class CachedPopulation:
         self.batch.stopped[index] = stopped
 
 
+def check_k_at_most_n(k: int, n: int) -> None:
+    """DARWIN's rule across settings (one home for it): the top ``k`` are kept out of ``n``."""
+    if k > n:
+        raise ValueError(
+            f"k={k} must not exceed n={n}: the top k are kept out of n candidates; lower k or raise n."
+        )
+
+
 class _BudgetStop(Exception):
     """Raised from a decoding step when a budget would be overrun by the next step."""
 
@@ -154,6 +171,7 @@ class _Budget:
         return self.reason is not None
 
 
+@register_strategy
 class Darwin(Strategy):
     """DARWIN (Hung et al. 2024): mutate the instruction, decode, replace losers, evolve an archive.
 
@@ -179,11 +197,7 @@ class Darwin(Strategy):
 
     @model_validator(mode="after")
     def _k_at_most_n(self) -> Darwin:
-        if self.k > self.n:
-            raise ValueError(
-                f"k={self.k} must not exceed n={self.n}: the top k are kept out of n candidates; "
-                "lower k or raise n."
-            )
+        check_k_at_most_n(self.k, self.n)
         return self
 
     def population(
@@ -197,24 +211,15 @@ class Darwin(Strategy):
         """The decoding backend of the candidate phase (the reference re-prefills instead)."""
         return CachedPopulation(decoder, prompts, params, owners, num_owners)
 
-    def run_batch(
-        self,
-        prompts: Sequence[Prompt],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams | None = None,
-        *,
-        progress: Progress | None = None,
-    ) -> list[StrategyResult]:
-        params = params or SamplingParams()
-        conversations, token_ids = prepare_prompts(prompts, policy, params)
+    def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
+        policy, params = run.policy, run.params
         mutation_params = SamplingParams(
             max_new_tokens=self.mutation_max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
             top_k=params.top_k,
         )
-        for conversation in conversations:  # before any model work
+        for conversation in run.conversations:  # before any model work
             request = policy.render(mutation_request(last_user_text(conversation), self.n))
             if len(request) + self.mutation_max_tokens > policy.context_length:
                 raise InvalidInputError(
@@ -223,8 +228,10 @@ class Darwin(Strategy):
                     f"{policy.context_length}-token context of {policy.name!r}. Shorten the last user "
                     "message (move context into a system message) or lower mutation_max_tokens."
                 )
-        search = _Search(self, conversations, token_ids, policy, reward, params, mutation_params, progress)
-        return search.run()
+        search = _Search(self, run, mutation_params)
+        run.partial = lambda: search._results(reward_failed=True)
+        search._search()
+        return search._results()
 
 
 @dataclass
@@ -236,53 +243,52 @@ class _PromptState:
     prompt_ids: list[int]
     archive: dict[str, float] = field(default_factory=dict)
     candidates: list[Candidate] = field(default_factory=list)
-    trace: list[dict[str, Any]] = field(default_factory=list)
+    trace: list[TraceEvent] = field(default_factory=list)
     prompt_tokens: int = 0
     generated_tokens: int = 0
     reward_items: int = 0
     cycles_completed: int = 0
 
 
+@dataclass
+class _Rows:
+    """A cycle's candidate rows (grouped by prompt, n each) and what the search knows of each."""
+
+    pop: Population
+    owners: list[int]  # the prompt of each row
+    lineage: list[int]  # the mutation each row decodes from
+    rewards: list[float | None]
+    scored_at: list[int]  # tokens a row had when last scored
+    done: list[Completion] = field(default_factory=list)  # completions at the last scoring
+
+    def reorder(self, index: list[int]) -> None:
+        """Row r becomes a copy of row index[r] (cache rows and bookkeeping alike)."""
+        self.pop.select(index)
+        self.lineage = [self.lineage[i] for i in index]
+        self.rewards = [self.rewards[i] for i in index]
+        self.scored_at = [self.scored_at[i] for i in index]
+
+
 class _Search:
     """One ``run_batch`` call: all prompts searched together, batch by batch."""
 
-    def __init__(
-        self,
-        strategy: Darwin,
-        conversations: list[Conversation],
-        token_ids: list[list[int]],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams,
-        mutation_params: SamplingParams,
-        progress: Progress | None,
-    ) -> None:
+    def __init__(self, strategy: Darwin, run: SearchRun, mutation_params: SamplingParams) -> None:
         self.s = strategy
-        self.policy, self.reward, self.params, self.mutation_params = policy, reward, params, mutation_params
-        self.progress = progress or NullProgress()
-        self.counters = ComputeCounters(batch_size=len(conversations))
-        self.decoder = Decoder(policy, self.counters)
-        self.generator = make_generator(params.seed, policy.device)
-        self.rng = random.Random(params.seed)
+        self.policy, self.reward, self.params = run.policy, run.reward, run.params
+        self.mutation_params = mutation_params
+        self.progress = run.progress
+        self.counters = run.counters
+        self.decoder = Decoder(self.policy, self.counters)
+        self.generator = make_generator(self.params.seed, self.policy.device)
+        self.rng = random.Random(self.params.seed)
         self.budget = _Budget(self.counters, strategy.max_total_tokens, strategy.time_budget_s)
         self.prompts = [
             _PromptState(conversation=c, instruction=last_user_text(c), prompt_ids=ids)
-            for c, ids in zip(conversations, token_ids, strict=True)
+            for c, ids in zip(run.conversations, run.token_ids, strict=True)
         ]
         self.unscored: list[list[Candidate]] = [[] for _ in self.prompts]  # in flight at a failure
 
     # -- driver ------------------------------------------------------------------------
-    def run(self) -> list[StrategyResult]:
-        try:
-            with self.counters.timed():
-                try:
-                    self._search()
-                finally:
-                    self.progress.close()
-        except RewardError as exc:
-            raise attach_partial(exc, self._results(reward_failed=True)) from exc
-        return self._results()
-
     def _search(self) -> None:
         going, first_mutations = self._first_answers()
         if not going:
@@ -386,23 +392,19 @@ class _Search:
             )
             state.archive[state.instruction] = score
             state.trace.append(
-                {"event": "seed", "cycle": 0, "instruction": state.instruction, "reward": score,
-                 "tokens": len(c.token_ids), "finished": c.finish_reason == "stop"}
+                Seed(cycle=0, instruction=state.instruction, reward=score, tokens=len(c.token_ids),
+                     finished=c.finish_reason == "stop")
             )  # fmt: skip
         self.unscored = [[] for _ in self.prompts]
         return going, texts
 
-    # -- one cycle ---------------------------------------------------------------------
+    # -- one cycle: mutate, then segment / select until the candidates end, then end the cycle ----
     def _cycle(self, cycle: int, mutation_texts: list[str] | None = None) -> bool:
-        n, k, K = self.s.n, self.s.k, len(self.prompts)
+        """One cycle for every prompt; False when a budget stopped it."""
+        K = len(self.prompts)
         parents = [self.rng.choice(list(state.archive)) for state in self.prompts]
         for state, parent in zip(self.prompts, parents, strict=True):
-            state.trace.extend(
-                {"event": "archive", "cycle": cycle, "instruction": text, "reward": value,
-                 "parent": text == parent}
-                for text, value in state.archive.items()
-            )  # fmt: skip
-
+            state.trace.extend(archive_events(state.archive, cycle, parent))
         if mutation_texts is None:
             self.progress.stage(f"cycle {cycle}: mutations", self.mutation_params.max_new_tokens)
             requests = self._mutation_requests(parents)
@@ -411,80 +413,118 @@ class _Search:
             if not going:
                 return False
         mutations = self._parse_mutations(cycle, parents, mutation_texts)
+        rows = self._start_candidates(cycle, parents, mutations)
+        wins = [Counter[int]() for _ in range(K)]
+        segment = 0
+        while True:
+            segment += 1
+            going = self._segment(rows, cycle, mutations)
+            last = rows.pop.done or not going
+            index = list(range(len(rows.owners)))
+            finished = rows.pop.finished.tolist()
+            for p in range(K):
+                self._select(p, rows, cycle, segment, wins[p], finished, None if last else index)
+            if last:
+                break
+            if index != list(range(len(rows.owners))):
+                rows.reorder(index)
+        for p in range(K):
+            self._end_cycle(p, rows, cycle, parents[p], mutations[p], wins[p], archive=going)
+        self.unscored = [[] for _ in self.prompts]
+        return going
 
-        # one candidate per mutation, all prompts in one batch (rows grouped by prompt)
+    def _start_candidates(self, cycle: int, parents: list[str], mutations: list[list[str]]) -> _Rows:
+        """One candidate per mutation, all prompts in one population (rows grouped by prompt)."""
+        n, K = self.s.n, len(self.prompts)
         owners = [p for p in range(K) for _ in range(n)]
         cand_ids = [
             self._candidate_prompt(p, mutations[p][i], parents[p]) for p in range(K) for i in range(n)
         ]
         self.progress.stage(f"cycle {cycle}: {K * n} candidates", self.params.max_new_tokens)
         pop = self._start(cand_ids, self.params, owners, cached=False)
-        rows = K * n
-        lineage = [i for _ in range(K) for i in range(n)]  # which mutation each row decodes from
-        rewards: list[float | None] = [None] * rows
-        scored_at = [-1] * rows  # tokens a row had when last scored
-        wins = [Counter[int]() for _ in range(K)]
-        segment = 0
-        while True:
-            going = self._extend(pop, self.s.m, owners)
-            segment += 1
-            done = pop.completions()
-            self.unscored = [
-                [_candidate(done[r], None, cycle, r - p * n, lineage[r], mutations[p][lineage[r]])
-                 for r in range(p * n, (p + 1) * n)]
-                for p in range(K)
-            ]  # fmt: skip
-            # score the rows that changed since their last scoring (finished rows keep theirs)
-            stale = [r for r in range(rows) if done[r].generated_tokens != scored_at[r]]
-            scores = self._score([owners[r] for r in stale], [done[r].text for r in stale])
-            for r, score in zip(stale, scores, strict=True):
-                rewards[r], scored_at[r] = score, done[r].generated_tokens
-            last = pop.done or not going
-            finished = pop.finished.tolist()
-            index = list(range(rows))
-            for p in range(K):
-                group = range(p * n, (p + 1) * n)
-                top = top_k(group, rewards, k)
-                wins[p].update(lineage[r] for r in top)
-                self.prompts[p].trace.extend(
-                    {"event": "score", "cycle": cycle, "segment": segment, "row": r - p * n,
-                     "mutation": lineage[r], "reward": rewards[r], "tokens": int(done[r].generated_tokens),
-                     "finished": bool(finished[r]), "top_k": r in top}
-                    for r in group
-                )  # fmt: skip
-                if last:
-                    continue
-                for r, source in copy_plan(group, top, finished, self.rng):
-                    index[r] = source
-                    self.prompts[p].trace.append(
-                        {"event": "replace", "cycle": cycle, "segment": segment, "row": r - p * n,
-                         "source": source - p * n, "reward": rewards[r], "source_reward": rewards[source],
-                         "mutation": lineage[r], "source_mutation": lineage[source]}
-                    )  # fmt: skip
-            if last:
-                break
-            if index != list(range(rows)):
-                pop.select(index)
-                lineage = [lineage[i] for i in index]
-                rewards = [rewards[i] for i in index]
-                scored_at = [scored_at[i] for i in index]
+        return _Rows(
+            pop=pop,
+            owners=owners,
+            lineage=[i for _ in range(K) for i in range(n)],
+            rewards=[None] * (K * n),
+            scored_at=[-1] * (K * n),
+        )
 
-        for p, state in enumerate(self.prompts):
-            group = range(p * n, (p + 1) * n)
-            state.candidates.extend(
-                _candidate(done[r], rewards[r], cycle, r - p * n, lineage[r], mutations[p][lineage[r]])
-                for r in group
-            )
-            if going:
-                self._update_archive(state, cycle, parents[p], mutations[p], wins[p],
-                                     [(lineage[r], rewards[r]) for r in group])  # fmt: skip
-                state.cycles_completed = cycle
-            state.trace.append(
-                {"event": "cycle_end", "cycle": cycle,
-                 "reward": max(_value(rewards[r]) for r in group), "best_reward": _best(state)[1]}
-            )  # fmt: skip
-        self.unscored = [[] for _ in self.prompts]
+    def _segment(self, rows: _Rows, cycle: int, mutations: list[list[str]]) -> bool:
+        """The next m tokens of every unfinished row, then one reward call over the rows that
+        changed since their last scoring (finished rows keep theirs); False when out of budget."""
+        n = self.s.n
+        going = self._extend(rows.pop, self.s.m, rows.owners)
+        done = rows.done = rows.pop.completions()
+        self.unscored = [
+            [_candidate(done[r], None, cycle, r - p * n, rows.lineage[r], mutations[p][rows.lineage[r]])
+             for r in range(p * n, (p + 1) * n)]
+            for p in range(len(self.prompts))
+        ]  # fmt: skip
+        stale = [r for r in range(len(done)) if done[r].generated_tokens != rows.scored_at[r]]
+        scores = self._score([rows.owners[r] for r in stale], [done[r].text for r in stale])
+        for r, score in zip(stale, scores, strict=True):
+            rows.rewards[r], rows.scored_at[r] = score, done[r].generated_tokens
         return going
+
+    def _select(
+        self,
+        p: int,
+        rows: _Rows,
+        cycle: int,
+        segment: int,
+        wins: Counter[int],
+        finished: list[bool],
+        index: list[int] | None,
+    ) -> None:
+        """Prompt p's top k by reward; unless this was the last scoring (``index`` None), every
+        unfinished row outside it becomes a copy of a random top-k row (written into ``index``)."""
+        n, state = self.s.n, self.prompts[p]
+        group = range(p * n, (p + 1) * n)
+        top = top_k(group, rows.rewards, self.s.k)
+        wins.update(rows.lineage[r] for r in top)
+        state.trace.extend(
+            Score(cycle=cycle, segment=segment, row=r - p * n, mutation=rows.lineage[r],
+                  reward=rows.rewards[r], tokens=int(rows.done[r].generated_tokens),
+                  finished=bool(finished[r]), top_k=r in top)
+            for r in group
+        )  # fmt: skip
+        if index is None:
+            return
+        for r, source in copy_plan(group, top, finished, self.rng):
+            index[r] = source
+            state.trace.append(
+                Replace(cycle=cycle, segment=segment, row=r - p * n, source=source - p * n,
+                        reward=rows.rewards[r], source_reward=rows.rewards[source],
+                        mutation=rows.lineage[r], source_mutation=rows.lineage[source])
+            )  # fmt: skip
+
+    def _end_cycle(
+        self,
+        p: int,
+        rows: _Rows,
+        cycle: int,
+        parent: str,
+        mutations: list[str],
+        wins: Counter[int],
+        archive: bool,
+    ) -> None:
+        """Keep prompt p's candidates; unless a budget cut the cycle short, evolve the archive."""
+        n, state = self.s.n, self.prompts[p]
+        group = range(p * n, (p + 1) * n)
+        state.candidates.extend(
+            _candidate(rows.done[r], rows.rewards[r], cycle, r - p * n, rows.lineage[r],
+                       mutations[rows.lineage[r]])
+            for r in group
+        )  # fmt: skip
+        if archive:
+            final = [(rows.lineage[r], rows.rewards[r]) for r in group]
+            state.trace.extend(evolve_archive(state.archive, cycle, parent, mutations, wins, final))
+            state.cycles_completed = cycle
+        state.trace.append(
+            CycleEnd(cycle=cycle, reward=max(_value(rows.rewards[r]) for r in group),
+                     best_reward=_best(state)[1])
+        )  # fmt: skip
 
     def _mutation_requests(self, parents: list[str]) -> list[list[int]]:
         """The rendered one-shot request to rewrite each prompt's parent instruction."""
@@ -531,11 +571,7 @@ class _Search:
         for state, parent, text in zip(self.prompts, parents, texts, strict=True):
             parsed = parse_mutations(text, self.s.n, parent)
             out.append(parsed.instructions)
-            state.trace.extend(
-                {"event": "mutation", "cycle": cycle, "mutation": i, "instruction": instruction,
-                 "parent_instruction": parent, "parsed": i < parsed.parsed}
-                for i, instruction in enumerate(parsed.instructions)
-            )  # fmt: skip
+            state.trace.extend(mutation_events(cycle, parent, parsed))
         return out
 
     def _candidate_prompt(self, p: int, instruction: str, parent: str) -> list[int]:
@@ -546,22 +582,6 @@ class _Search:
             if len(ids) + self.params.max_new_tokens <= self.policy.context_length:
                 return ids
         return state.prompt_ids
-
-    def _update_archive(
-        self,
-        state: _PromptState,
-        cycle: int,
-        parent: str,
-        mutations: list[str],
-        wins: Counter[int],
-        final: list[tuple[int, float | None]],
-    ) -> None:
-        threshold = state.archive[parent]
-        for i, value, added in update_archive(state.archive, parent, mutations, wins, final):
-            state.trace.append(
-                {"event": "winner", "cycle": cycle, "mutation": i, "instruction": mutations[i],
-                 "wins": wins[i], "reward": value, "parent_reward": threshold, "added": added}
-            )  # fmt: skip
 
     # -- results -----------------------------------------------------------------------
     def _results(self, reward_failed: bool = False) -> list[StrategyResult]:
@@ -582,7 +602,7 @@ class _Search:
                 generated_tokens=state.generated_tokens,
                 reward_items=state.reward_items,
             )
-            trace = [{"prompt": p, **record} for record in state.trace]
+            trace = records(state.trace, prompt=p)
             results.append(
                 StrategyResult(
                     strategy=self.s.name,
@@ -643,6 +663,23 @@ def update_archive(
             text = mutations[i]
             archive[text] = max(value, archive.get(text, value))
     return winners
+
+
+def evolve_archive(
+    archive: dict[str, float],
+    cycle: int,
+    parent: str,
+    mutations: Sequence[str],
+    wins: Counter[int],
+    final: Sequence[tuple[int, float | None]],
+) -> list[Winner]:
+    """``update_archive`` at the end of a cycle, as the trace's ``Winner`` events."""
+    threshold = finite(archive[parent])
+    return [
+        Winner(cycle=cycle, mutation=i, instruction=mutations[i], wins=wins[i], reward=value,
+               parent_reward=threshold, added=added)
+        for i, value, added in update_archive(archive, parent, mutations, wins, final)
+    ]  # fmt: skip
 
 
 def top_k(rows: Sequence[int], rewards: Sequence[float | None], k: int) -> list[int]:

@@ -5,7 +5,10 @@ chat model as the policy: s0 seeds the archive; each cycle draws a parent instru
 archive, the WRAPPED model rewrites it into ``n`` instructions (``mutation.py``'s one-shot
 request and parser), one candidate answers each, and the candidates are scored against the
 ORIGINAL conversation; the archive gains the winners that beat their parent; the best answer of
-all cycles is returned. Top-k, copy choice and archive updates are ``darwin.py``'s own functions.
+all cycles is returned. Top-k, copy choice and archive updates are ``strategies/darwin.py``'s
+own functions, and the trace is ``strategies/darwin_trace.py``'s events, so the two searches
+read side by side: ``_cycle`` runs ``_segment`` / ``_select`` until every candidate has ended,
+then ``_end_cycle``.
 
 An API keeps no KV cache between calls, so "every m tokens" is one call per segment.
 ``continuation`` says how a partial answer goes on:
@@ -34,59 +37,42 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManager
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatResult
 from langchain_core.runnables import RunnableConfig
 
 from align_chains.chat_models.messages import to_conversation
-from align_chains.errors import InvalidInputError, RewardError
+from align_chains.chat_models.rerank.calls import child_config
+from align_chains.chat_models.rerank.results import best_index, chat_result, describe, summed_usage
+from align_chains.chat_models.rerank.search import Requests, RerankSettings, Search
+from align_chains.errors import InvalidInputError, RewardError, SamplingFailedError
 from align_chains.models.chat import Conversation, last_user_text
-from align_chains.strategies.darwin import copy_plan, top_k, update_archive
+from align_chains.strategies.darwin import check_k_at_most_n, copy_plan, evolve_archive, top_k
+from align_chains.strategies.darwin_trace import (
+    CallFailed,
+    CycleEnd,
+    MutationFailed,
+    Replace,
+    Score,
+    Seed,
+    TraceEvent,
+    archive_events,
+    finite,
+    mutation_events,
+    records,
+)
 from align_chains.strategies.mutation import mutation_request, parse_mutations
 
-if TYPE_CHECKING:
-    from align_chains.chat_models.rerank import RerankChatModel
-
+DARWIN_N = 5  # the paper's mutations per cycle: n's default under strategy="darwin"
 CONTINUATION_MAX_TOKENS = 256  # default answer cap when answers are continued segment by segment
 # finish reasons (OpenAI, Anthropic, Gemini, Ollama, vLLM spellings) meaning "cut by the token cap"
 _LENGTH_REASONS = frozenset({"length", "max_tokens", "max_output_tokens", "model_length"})
 _REASON_KEYS = ("finish_reason", "stop_reason", "done_reason")
-
-
-def check_darwin_settings(model: RerankChatModel, explicit: set[str]) -> None:
-    """Construction-time checks of ``strategy="darwin"``; ``explicit``: the settings the user passed."""
-    if model.k > model.n:
-        raise InvalidInputError(
-            f"k={model.k} must not exceed n={model.n}: the top k are kept out of n candidates; "
-            "lower k or raise n."
-        )
-    misplaced = [key for key in ("m", "continue_kwargs") if key in explicit]
-    if model.continuation == "none" and misplaced:
-        raise InvalidInputError(
-            f"{', '.join(misplaced)} only apply with continuation='final-message': with "
-            "continuation='none' every candidate is one whole answer, so there are no m-token segments "
-            "to continue. Remove them, or set continuation='final-message' if the wrapped model "
-            "continues a trailing assistant message."
-        )
-    needs_cap = model.continuation == "final-message" or model.max_tokens is not None
-    field_name = model.max_tokens_param
-    if needs_cap and field_name not in type(model.chat_model).model_fields:
-        why = (
-            "continuation='final-message' caps every segment call at m tokens"
-            if model.continuation == "final-message"
-            else "max_tokens= caps every answer call"
-        )
-        raise InvalidInputError(
-            f"{why}, but {type(model.chat_model).__name__} has no {field_name!r} field to pass the cap "
-            "through. Set max_tokens_param= to the name of its output-token field (e.g. 'num_predict' for "
-            "ChatOllama, 'max_output_tokens' for Gemini), or use continuation='none' without max_tokens "
-            "(whole answers, capped by the wrapped model's own setting)."
-        )
 
 
 @dataclass
@@ -115,7 +101,7 @@ class _Prompt:
     archive: dict[str, float] = field(default_factory=dict)
     candidates: list[tuple[_Row, dict[str, Any]]] = field(default_factory=list)  # (row, meta)
     rows: list[_Row] = field(default_factory=list)  # this cycle's candidates (failed ones flagged)
-    trace: list[dict[str, Any]] = field(default_factory=list)
+    trace: list[TraceEvent] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
     usage: list[UsageMetadata] = field(default_factory=list)
     calls: int = 0
@@ -125,42 +111,91 @@ class _Prompt:
     cycles_completed: int = 0
 
 
-class DarwinSearch:
-    """One ``_run`` of ``RerankChatModel(strategy="darwin")``: every prompt searched in lockstep."""
+class DarwinSearch(Search):
+    """``RerankChatModel(strategy="darwin")``: every prompt of a call searched in lockstep."""
 
-    def __init__(
-        self,
-        model: RerankChatModel,
-        requests: Sequence[tuple[list[BaseMessage], Any]],
-        stop: list[str] | None,
-        kwargs: dict[str, Any],
-    ) -> None:
-        self.model = model
+    own_settings: ClassVar[tuple[str, ...]] = (
+        "m",
+        "k",
+        "cycles",
+        "mutation_max_tokens",
+        "continuation",
+        "continue_kwargs",
+        "seed",
+    )
+    defaults: ClassVar[dict[str, Any]] = {"n": DARWIN_N}
+
+    @classmethod
+    def check_settings(cls, settings: RerankSettings, explicit: set[str]) -> None:
+        """k <= n; ``m``/``continue_kwargs`` only with continuation; a cap needs a field to pass it."""
+        try:
+            check_k_at_most_n(settings.k, settings.n)
+        except ValueError as error:
+            raise InvalidInputError(str(error)) from None
+        misplaced = [key for key in ("m", "continue_kwargs") if key in explicit]
+        if settings.continuation == "none" and misplaced:
+            raise InvalidInputError(
+                f"{', '.join(misplaced)} only apply with continuation='final-message': with "
+                "continuation='none' every candidate is one whole answer, so there are no m-token segments "
+                "to continue. Remove them, or set continuation='final-message' if the wrapped model "
+                "continues a trailing assistant message."
+            )
+        needs_cap = settings.continuation == "final-message" or settings.max_tokens is not None
+        field_name = settings.max_tokens_param
+        if needs_cap and field_name not in type(settings.chat_model).model_fields:
+            why = (
+                "continuation='final-message' caps every segment call at m tokens"
+                if settings.continuation == "final-message"
+                else "max_tokens= caps every answer call"
+            )
+            raise InvalidInputError(
+                f"{why}, but {type(settings.chat_model).__name__} has no {field_name!r} field to pass the "
+                "cap through. Set max_tokens_param= to the name of its output-token field (e.g. "
+                "'num_predict' for ChatOllama, 'max_output_tokens' for Gemini), or use continuation='none' "
+                "without max_tokens (whole answers, capped by the wrapped model's own setting)."
+            )
+
+    @classmethod
+    def identifying_params(cls, settings: RerankSettings) -> dict[str, Any]:
+        return {
+            "m": settings.m,
+            "k": settings.k,
+            "cycles": settings.cycles,
+            "continuation": settings.continuation,
+        }
+
+    def _setup(self, requests: Requests, stop: list[str] | None, kwargs: dict[str, Any]) -> None:
+        """The call's state: every conversion before any call."""
+        settings = self.settings
         self.stop, self.kwargs = stop, kwargs
-        self.continued = model.continuation == "final-message"
-        self.max_tokens = model.max_tokens or (CONTINUATION_MAX_TOKENS if self.continued else None)
-        self.rng = random.Random(model.seed)
-        self.continue_kwargs = _merged_over_fields(model.chat_model, model.continue_kwargs)
-        self.prompts = []
-        for messages, run_manager in requests:  # every conversion before any call
+        self.continued = settings.continuation == "final-message"
+        self.max_tokens = settings.max_tokens or (CONTINUATION_MAX_TOKENS if self.continued else None)
+        self.rng = random.Random(settings.seed)
+        self.continue_kwargs = _merged_over_fields(settings.chat_model, settings.continue_kwargs)
+        self.prompts: list[_Prompt] = []
+        for messages, run_manager in requests:
             conversation = to_conversation(messages)
             self.prompts.append(
                 _Prompt(
                     messages=list(messages),
                     conversation=conversation,
                     instruction=last_user_text(conversation),
-                    config=model._child_config(run_manager, CallbackManager),
+                    config=child_config(run_manager, CallbackManager),
                 )
             )
         self.reward_calls = 0
 
     # -- driver ------------------------------------------------------------------------
-    def run(self) -> list[ChatResult | Exception]:
+    def run(
+        self, requests: Requests, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> list[ChatResult | Exception]:
+        """s0 and ``cycles`` cycles for every prompt; per prompt the best answer or the error."""
+        self._setup(requests, stop, kwargs)
         begin = time.perf_counter()
-        self.reward = self.model.load_reward()
+        self.reward = self.settings.load_reward()
         try:
             mutation_texts = self._first_answers()
-            for cycle in range(1, self.model.cycles + 1):
+            for cycle in range(1, self.settings.cycles + 1):
                 self._cycle(cycle, mutation_texts if cycle == 1 else None)
         except RewardError as exc:  # nothing sampled is lost: every answer rides on the error
             exc.partial = [
@@ -176,19 +211,19 @@ class DarwinSearch:
     def _answer_kwargs(self, cap: int | None) -> dict[str, Any]:
         out = {"stop": self.stop, **self.kwargs}
         if cap is not None:
-            out[self.model.max_tokens_param] = cap
+            out[self.settings.max_tokens_param] = cap
         return out
 
     def _mutation_kwargs(self) -> dict[str, Any]:
         """No stop strings (they must not cut the list); the list cap when the model takes one."""
         out = {key: value for key, value in self.kwargs.items() if key != "stop"}
-        if self.model.max_tokens_param in type(self.model.chat_model).model_fields:
-            out[self.model.max_tokens_param] = self.model.mutation_max_tokens
+        if self.settings.max_tokens_param in type(self.settings.chat_model).model_fields:
+            out[self.settings.max_tokens_param] = self.settings.mutation_max_tokens
         return out
 
     def _call(self, jobs: list[tuple[int, str, list[BaseMessage], dict[str, Any]]]) -> list[Any]:
         """Run (prompt, kind, messages, call keywords) jobs in one pool; count calls, usage, errors."""
-        outcomes = self.model._call_many(
+        outcomes = self.pool.call_many(
             [(messages, self.prompts[p].config, call_kwargs) for p, _, messages, call_kwargs in jobs]
         )
         out = []
@@ -208,7 +243,7 @@ class DarwinSearch:
         return out
 
     def _mutation_job(self, p: int, parent: str) -> tuple[int, str, list[BaseMessage], dict[str, Any]]:
-        request = [_to_message(turn) for turn in mutation_request(parent, self.model.n)]
+        request = [_to_message(turn) for turn in mutation_request(parent, self.settings.n)]
         return (p, "mutation", request, self._mutation_kwargs())
 
     def _score(self, items: Sequence[tuple[int, str]]) -> list[float]:
@@ -241,43 +276,35 @@ class DarwinSearch:
             if row is None:
                 # no s0: the instruction enters the archive unscored, so any scored winner beats it
                 state.archive[state.instruction] = -math.inf
-                state.trace.append({"event": "seed", "cycle": 0, "instruction": state.instruction,
-                                    "reward": None, "failed": _describe(outcomes[p])})  # fmt: skip
+                state.trace.append(Seed(cycle=0, instruction=state.instruction, reward=None,
+                                        failed=describe(outcomes[p])))  # fmt: skip
                 continue
             row.reward = row_score = scores[ok.index(p)]
             row.scored_text = row.text
             state.archive[state.instruction] = row_score
-            state.trace.append({"event": "seed", "cycle": 0, "instruction": state.instruction,
-                                "reward": row_score, "tokens": row.tokens,
-                                "finished": row.finished})  # fmt: skip
+            state.trace.append(Seed(cycle=0, instruction=state.instruction, reward=row_score,
+                                    tokens=row.tokens, finished=row.finished))  # fmt: skip
         return outcomes[K:]
 
     # -- one cycle ---------------------------------------------------------------------
     def _cycle(self, cycle: int, mutation_lists: list[Any] | None) -> None:
         """Mutate, answer segment by segment with replacement, update the archive (all prompts)."""
-        n, k, K = self.model.n, self.model.k, len(self.prompts)
+        n, k, K = self.settings.n, self.settings.k, len(self.prompts)
         parents = [self.rng.choice(list(state.archive)) for state in self.prompts]
         for state, parent in zip(self.prompts, parents, strict=True):
-            state.trace.extend(
-                {"event": "archive", "cycle": cycle, "instruction": text, "reward": _finite(value),
-                 "parent": text == parent}
-                for text, value in state.archive.items()
-            )  # fmt: skip
+            state.trace.extend(archive_events(state.archive, cycle, parent))
         if mutation_lists is None:
             mutation_lists = self._call([self._mutation_job(p, parents[p]) for p in range(K)])
         mutations = []
         for state, parent, outcome in zip(self.prompts, parents, mutation_lists, strict=True):
             if not isinstance(outcome, AIMessage):  # failed after its retries: the parent stands in
-                state.trace.append({"event": "mutation_failed", "cycle": cycle, "parent_instruction": parent,
-                                    "error": _describe(outcome)})  # fmt: skip
+                state.trace.append(
+                    MutationFailed(cycle=cycle, parent_instruction=parent, error=describe(outcome))
+                )
             text = outcome.text if isinstance(outcome, AIMessage) else ""
             parsed = parse_mutations(text, n, parent)
             mutations.append(parsed.instructions)
-            state.trace.extend(
-                {"event": "mutation", "cycle": cycle, "mutation": i, "instruction": instruction,
-                 "parent_instruction": parent, "parsed": i < parsed.parsed}
-                for i, instruction in enumerate(parsed.instructions)
-            )  # fmt: skip
+            state.trace.extend(mutation_events(cycle, parent, parsed))
             state.rows = [_Row(mutation=i) for i in range(n)]
         prompts_for = [
             [_with_instruction(state.messages, instruction) for instruction in mutations[p]]
@@ -316,7 +343,7 @@ class DarwinSearch:
                 cap = self.max_tokens
                 if self.continued:
                     assert self.max_tokens is not None
-                    cap = min(self.model.m, self.max_tokens - row.tokens)
+                    cap = min(self.settings.m, self.max_tokens - row.tokens)
                 call_kwargs = self._answer_kwargs(cap)
                 if self.continued and row.text:
                     messages = [*messages, AIMessage(content=row.text)]
@@ -329,9 +356,10 @@ class DarwinSearch:
             row = self._row_after(state.rows[r], outcome, cap, whole=not self.continued)
             if row is None:
                 state.rows[r].failed = True
-                state.trace.append({"event": "call_failed", "cycle": cycle, "segment": segment, "row": r,
-                                    "mutation": state.rows[r].mutation,
-                                    "error": _describe(outcome)})  # fmt: skip
+                state.trace.append(
+                    CallFailed(cycle=cycle, segment=segment, row=r, mutation=state.rows[r].mutation,
+                               error=describe(outcome))
+                )  # fmt: skip
             else:
                 state.rows[r] = row
 
@@ -372,8 +400,8 @@ class DarwinSearch:
         top = top_k(group, [row.reward for row in rows], k)
         wins.update(rows[r].mutation for r in top)
         state.trace.extend(
-            {"event": "score", "cycle": cycle, "segment": segment, "row": r, "mutation": row.mutation,
-             "reward": row.reward, "tokens": row.tokens, "finished": row.finished, "top_k": r in top}
+            Score(cycle=cycle, segment=segment, row=r, mutation=row.mutation, reward=row.reward,
+                  tokens=row.tokens, finished=row.finished, top_k=r in top)
             for r, row in enumerate(rows) if not row.failed
         )  # fmt: skip
         if not replace_rows:
@@ -381,9 +409,9 @@ class DarwinSearch:
         copies = copy_plan(group, top, [row.finished for row in rows], self.rng)
         for r, source in copies:
             state.trace.append(
-                {"event": "replace", "cycle": cycle, "segment": segment, "row": r, "source": source,
-                 "reward": rows[r].reward, "source_reward": rows[source].reward,
-                 "mutation": rows[r].mutation, "source_mutation": rows[source].mutation}
+                Replace(cycle=cycle, segment=segment, row=r, source=source, reward=rows[r].reward,
+                        source_reward=rows[source].reward, mutation=rows[r].mutation,
+                        source_mutation=rows[source].mutation)
             )  # fmt: skip
         originals = list(rows)
         for r, source in copies:
@@ -402,32 +430,24 @@ class DarwinSearch:
         )
         if alive:  # a cycle every candidate of which failed adds nothing to the archive
             final = [(row.mutation, row.reward) for _, row in alive]
-            threshold = _finite(state.archive[parent])
-            for i, value, added in update_archive(state.archive, parent, mutations, wins, final):
-                state.trace.append(
-                    {"event": "winner", "cycle": cycle, "mutation": i, "instruction": mutations[i],
-                     "wins": wins[i], "reward": value, "parent_reward": threshold,
-                     "added": added}
-                )  # fmt: skip
+            state.trace.extend(evolve_archive(state.archive, cycle, parent, mutations, wins, final))
             state.cycles_completed = cycle
         best = _best(state)
         state.trace.append(
-            {"event": "cycle_end", "cycle": cycle,
-             "reward": max((row.reward for _, row in alive if row.reward is not None), default=None),
-             "best_reward": None if best is None else state.candidates[best][0].reward}
+            CycleEnd(cycle=cycle,
+                     reward=max((row.reward for _, row in alive if row.reward is not None), default=None),
+                     best_reward=None if best is None else state.candidates[best][0].reward)
         )  # fmt: skip
         state.rows = []
 
     # -- results -----------------------------------------------------------------------
     def _result(self, state: _Prompt, seconds: float) -> ChatResult | Exception:
-        from align_chains.chat_models.rerank import SamplingFailedError
-
         best = _best(state)
         if best is None:
             return SamplingFailedError(
-                f"DARWIN over {type(self.model.chat_model).__name__}: every answer call failed "
-                f"({state.calls} calls, {self.model.retry_attempts} tries each on transient errors), "
-                f"so no candidate was scored; first error: {_describe(state.errors[0])}",
+                f"DARWIN over {type(self.settings.chat_model).__name__}: every answer call failed "
+                f"({state.calls} calls, {self.settings.retry_attempts} tries each on transient errors), "
+                f"so no candidate was scored; first error: {describe(state.errors[0])}",
                 state.errors,
             )
         row, _ = state.candidates[best]
@@ -435,7 +455,7 @@ class DarwinSearch:
         metadata: dict[str, Any] = {
             **row.message.response_metadata,
             "strategy": "darwin",
-            "continuation": self.model.continuation,
+            "continuation": self.settings.continuation,
             "reward": row.reward,
             "finish_reason": row.finish_reason,
             "candidates": [
@@ -448,9 +468,9 @@ class DarwinSearch:
                 }
                 for c, meta in state.candidates
             ],
-            "archive": [{"instruction": t, "reward": _finite(v)} for t, v in state.archive.items()],
+            "archive": [{"instruction": t, "reward": finite(v)} for t, v in state.archive.items()],
             "cycles_completed": state.cycles_completed,
-            "trace": state.trace,
+            "trace": records(state.trace),
             "compute": {
                 "candidates": len(state.candidates),
                 "calls": state.calls,
@@ -464,20 +484,16 @@ class DarwinSearch:
         }
         if state.errors:
             metadata["failed_calls"] = len(state.errors)
-            metadata["call_errors"] = [_describe(e) for e in state.errors]
-        usage = _summed(state.usage)
-        message = row.message.model_copy(
-            update={"content": row.text, "response_metadata": metadata, "usage_metadata": usage}
+            metadata["call_errors"] = [describe(e) for e in state.errors]
+        usage = summed_usage(state.usage)
+        return chat_result(
+            row.message, {"content": row.text, "response_metadata": metadata, "usage_metadata": usage}
         )
-        return ChatResult(generations=[ChatGeneration(message=message)])
 
 
 def _best(state: _Prompt) -> int | None:
     """Index of the best scored candidate (ties: earliest), or None."""
-    scored = [i for i, (row, _) in enumerate(state.candidates) if row.reward is not None]
-    if not scored:
-        return None
-    return max(scored, key=lambda i: (state.candidates[i][0].reward, -i))
+    return best_index([row.reward for row, _ in state.candidates])
 
 
 def _merged_over_fields(chat_model: BaseChatModel, extra: dict[str, Any]) -> dict[str, Any]:
@@ -510,20 +526,3 @@ def _to_message(turn: dict[str, Any]) -> BaseMessage:
 
 def _plain(row: _Row) -> AIMessage:
     return AIMessage(content=row.text)
-
-
-def _finite(value: float) -> float | None:
-    """An archive reward for metadata: None for the unscored seed (-inf)."""
-    return None if value == -math.inf else value
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _summed(usages: Sequence[UsageMetadata]) -> UsageMetadata | None:
-    """Tokens paid for across every successful call (answers and mutation lists), if reported."""
-    if not usages:
-        return None
-    keys = ("input_tokens", "output_tokens", "total_tokens")
-    return UsageMetadata(**{key: sum(u.get(key, 0) for u in usages) for key in keys})  # type: ignore[typeddict-item]
