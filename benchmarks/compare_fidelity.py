@@ -15,10 +15,9 @@ selecting with the reward the method optimises:
   and at the new principle-mode default (after).
 
 **Equal compute.** The machine is shared (2 cores, other jobs running), so wall-clock seconds
-swing with the load; with one torch thread, the process's CPU seconds do not. Best-of-N runs
-with N = 1, 2, 4, ... until its CPU time passes the slowest method of the family; "BoN at
-equal compute" for a method is the largest N whose CPU time is at most the method's. Wall
-seconds, generated tokens and forward passes are reported beside it.
+swing with the load; with one torch thread, the process's CPU seconds swing much less. Best-of-N
+runs with several N; "BoN at equal compute" for a method is the largest N whose CPU time is at
+most the method's. Wall seconds, generated tokens and forward passes are saved beside it.
 
 **Signals.** For every answer: the reward the method optimised; held-out signals it did not
 optimise: the MiniLM embedding reward (cosine of answer and question: is it about what was
@@ -26,12 +25,22 @@ asked?) and, for IVG, the policy-as-judge's verdict on the guiding principle; fl
 policy's perplexity of the answer under the plain prompt and the share of repeated token
 3-grams. Means and medians over prompts, and per-prompt win rates against BoN.
 
-Adding a family (DARWIN before/after, say): write a function returning a ``Family`` (its
-methods as ``Row``s, the optimised reward, sampling settings, extra held-out signals) and
-register it in ``FAMILIES``; the runner, the Best-of-N ladder and the report are shared.
+Each method and each Best-of-N runs as its own job (``run``; its answers and CPU seconds go to
+a JSON file), so a shared machine can run them one after another and a crash loses one job;
+``report`` scores every saved answer and prints one table per family.
 
-    OMP_NUM_THREADS=1 python benchmarks/compare_fidelity.py --families sea ivg \\
-        --json bench-results/compare_fidelity.json
+Adding a family (DARWIN before/after, say): write a function returning a ``Family`` (its rows,
+which row is before and which after, the optimised reward, sampling settings, extra held-out
+signals) and register it in ``FAMILIES``; jobs, the Best-of-N ladder and the report are shared.
+
+    export OMP_NUM_THREADS=1
+    for row in no-guard guard bon-4 bon-8 bon-16; do
+        python benchmarks/compare_fidelity.py run sea $row --prompts 8 --json bench-results/fid/eval_sea_$row.json
+    done
+    for row in w=1 w=2 bon-2 bon-4 bon-8; do
+        python benchmarks/compare_fidelity.py run ivg $row --prompts 6 --json bench-results/fid/eval_ivg_$row.json
+    done
+    python benchmarks/compare_fidelity.py report bench-results/fid/eval_*.json --json bench-results/fidelity.json
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ w > 1 whose median perplexity is at most 1.5x that of w = 1 and whose mean repet
 at most that of w = 1 plus 0.05; if none qualifies, keep the smallest w > 1 tried.
 
 ``sea``: SEA as a new user runs it (reward "judge" with its default principle, chains=2,
-iterations=10, patience=10, 48 tokens, T=0.8, revise on) with the guard OFF, so every decoded
-text is visible: the trace has each text's reward, its per-token NLL under the policy, its
-chain's initial-sample NLL and its repetition rate; revisions come with the same numbers. The
-JSON is read by hand to set the margin and the repetition threshold (docs/sea.md).
+iterations=10, patience=10, 48 tokens, T=0.8, revise on) with the guard OFF, dumping every
+decoded text with its reward, its per-token NLL under the policy, its chain's initial-sample
+NLL and its repetition rate: a tool to inspect the guard's thresholds on the dev prompts. (The
+defaults in docs/sea.md were set before any run, from what the numbers mean.)
 
     OMP_NUM_THREADS=1 python benchmarks/tune_fidelity.py ivg --json bench-results/tune_ivg.json
     OMP_NUM_THREADS=1 python benchmarks/tune_fidelity.py sea --json bench-results/tune_sea.json

@@ -54,7 +54,8 @@ REVISE_INSTRUCTION = (
 
 _MASKED = -1e10
 
-# The fluency guard's defaults, chosen on benchmarks/data/fidelity_dev_prompts.txt (docs/sea.md).
+# The fluency guard's defaults: a perplexity e (2.7) times the chain's sample's; a third of the
+# trigrams repeated. Set from what they mean, before any measurement (docs/sea.md).
 GUARD_NLL_MARGIN = 1.0
 GUARD_MAX_REPETITION = 0.3
 GUARD_NGRAM = 3
