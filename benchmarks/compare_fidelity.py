@@ -35,12 +35,12 @@ signals) and register it in ``FAMILIES``; jobs, the Best-of-N ladder and the rep
 
     export OMP_NUM_THREADS=1
     for row in no-guard guard bon-4 bon-8 bon-16; do
-        python benchmarks/compare_fidelity.py run sea $row --prompts 8 --json bench-results/fid/eval_sea_$row.json
+        python benchmarks/compare_fidelity.py run sea $row --prompts 8 --json out/sea_$row.json
     done
     for row in w=1 w=2 bon-2 bon-4 bon-8; do
-        python benchmarks/compare_fidelity.py run ivg $row --prompts 6 --json bench-results/fid/eval_ivg_$row.json
+        python benchmarks/compare_fidelity.py run ivg $row --prompts 6 --json out/ivg_$row.json
     done
-    python benchmarks/compare_fidelity.py report bench-results/fid/eval_*.json --json bench-results/fidelity.json
+    python benchmarks/compare_fidelity.py report out/*.json --json out/report.json
 """
 
 from __future__ import annotations
