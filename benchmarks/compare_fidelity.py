@@ -74,6 +74,9 @@ class Family:
     reward: RewardModel  # what the methods optimise; Best-of-N selects with it too
     params: SamplingParams
     held_out: dict[str, RewardModel] = field(default_factory=dict)
+    # True when every row's own reported reward is the optimised reward of the returned text
+    # (SEA and Best-of-N with the judge): the report then does not score it again
+    reported_reward_is_optimised: bool = False
 
 
 def sea_family(policy: Policy, args: argparse.Namespace) -> Family:
@@ -88,6 +91,7 @@ def sea_family(policy: Policy, args: argparse.Namespace) -> Family:
         after="guard",
         reward=load_reward("judge", policy=policy),
         params=SamplingParams(max_new_tokens=args.sea_tokens, temperature=0.8, seed=args.seed),
+        reported_reward_is_optimised=True,
     )
 
 
@@ -161,7 +165,10 @@ def run_job(args: argparse.Namespace) -> None:
 def measure(job: dict[str, Any], policy: Policy, family: Family, minilm: RewardModel) -> None:
     """The optimised reward, the held-out signals and fluency of every answer of one job."""
     prompts, answers = job["prompts"], job["answers"]
-    job["optimised"] = family.reward.score(prompts, answers)
+    if family.reported_reward_is_optimised:
+        job["optimised"] = job["strategy_rewards"]
+    else:
+        job["optimised"] = family.reward.score(prompts, answers)
     job["held_out"] = {"minilm relevance": minilm.score(prompts, answers)}
     for name, reward in family.held_out.items():
         job["held_out"][name] = reward.score(prompts, answers)
