@@ -72,11 +72,13 @@ def tune_ivg(args: argparse.Namespace) -> dict[str, Any]:
     return {"prompts": prompts, "principle": IVG_PRINCIPLE, "rows": rows}
 
 
-def choose_w(files: list[str]) -> dict[str, Any]:
-    """Merge sweep files (one process per w on a shared machine) and apply the rule above."""
+def choose_w(files: list[str], prompts: int | None = None) -> dict[str, Any]:
+    """Merge sweep files (one process per w on a shared machine) and apply the rule above, on the
+    first ``prompts`` dev prompts of every file (files may cover more prompts than others)."""
     rows: dict[str, Any] = {}
     for f in files:
-        rows.update(json.loads(Path(f).read_text())["rows"])
+        for label, row in json.loads(Path(f).read_text())["rows"].items():
+            rows[label] = {k: v[:prompts] if isinstance(v, list) else v for k, v in row.items()}
     base = rows["ivg w=1"]
     scales = sorted(float(k.split("=")[1]) for k in rows if k.startswith("ivg w="))
     ok = []
@@ -146,7 +148,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.what == "ivg-choose":
-        report = choose_w(args.files)
+        report = choose_w(args.files, args.prompts)
     else:
         report = tune_ivg(args) if args.what == "ivg" else tune_sea(args)
     if args.json:

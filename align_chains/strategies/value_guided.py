@@ -43,7 +43,7 @@ OnCommit = Callable[[int, list[int]], None]
 # principled prompt; guidance beyond prompting needs w > 1 (classifier-free-guidance style).
 # Chosen by a sweep on benchmarks/data/fidelity_dev_prompts.txt (docs/guided_decoding.md).
 PAIR_GUIDANCE_SCALE = 1.0
-PRINCIPLE_GUIDANCE_SCALE = 2.0
+PRINCIPLE_GUIDANCE_SCALE = 1.5
 
 
 @register_strategy
