@@ -106,3 +106,25 @@ def test_the_cli_runs_a_registered_strategy(worst_of_n, monkeypatch, tiny_policy
     argv = ["chat", "Hi", "--strategy", "won", "--n", "2", "--max-tokens", "6", "--seed", "0", "--quiet"]
     assert cli.main(argv) == 0
     assert "(worst-of-n, " in capsys.readouterr().out
+
+
+def test_the_server_serves_a_registered_strategy(worst_of_n, tiny_policy, length_reward):
+    """The OpenAI-compatible server finds the toy strategy by name, takes its settings per request,
+    and answers with its choice: nothing beyond the one class was registered anywhere."""
+    pytest.importorskip("align_chains_server")
+    from align_chains_server.app import create_app
+    from align_chains_server.service import ServedModel
+    from fastapi.testclient import TestClient
+
+    served = ServedModel(strategy="won", policy_spec="tiny", defaults={"max_tokens": 6})
+    served._policy, served._reward = tiny_policy, length_reward  # what load() would set, without disk
+    with TestClient(create_app(served)) as client:
+        assert "n" in client.get("/v1/models").json()["data"][0]["align_chains"]["settings"]
+        body = {"messages": [{"role": "user", "content": "Hi"}], "seed": 0, "align_chains": {"n": 3}}
+        reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    meta = data["align_chains"]
+    assert meta["strategy"] == "worst-of-n" and len(meta["candidates"]) == 3
+    shortest = min(meta["candidates"], key=lambda c: len(c["text"]))["text"]
+    assert data["choices"][0]["message"]["content"] == shortest

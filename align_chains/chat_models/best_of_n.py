@@ -20,9 +20,21 @@ class BestOfNChatModel(settings_base(BestOfN, AdaptiveBestOfN)):  # type: ignore
     prompts of a ``batch()``/``abatch()`` call, giving more to prompts where another sample is
     worth more (Raman et al. 2025); ``invoke()`` on one prompt is uniform Best-of-``budget``.
 
-    >>> from align_chains import BestOfNChatModel
-    >>> BestOfNChatModel(n=4).invoke("Give me three tips for better sleep.")  # doctest: +SKIP
-    >>> BestOfNChatModel(allocation="adaptive", budget=8).batch(["...", "..."])  # doctest: +SKIP
+    Args:
+        n: Candidates per prompt (uniform allocation; default 4).
+        allocation: ``"uniform"`` (default) or ``"adaptive"`` (across the prompts of a batch).
+        budget: Adaptive: average samples per prompt (default ``n``).
+        exploration: Adaptive: fraction of the budget explored first (default 0.75).
+        mc_draws: Adaptive: Monte Carlo draws per expected-maximum estimate.
+        **settings: The common settings of ``AlignedChatModel`` (``policy``, ``reward``,
+            ``max_tokens``, ``temperature``, ``seed``, ...).
+
+    Examples:
+        >>> from align_chains import BestOfNChatModel
+        >>> BestOfNChatModel(n=4).invoke("Give me three tips for better sleep.")  # doctest: +SKIP
+        >>> BestOfNChatModel(allocation="adaptive", budget=8).batch(["...", "..."])  # doctest: +SKIP
+        >>> BestOfNChatModel(n=8, reward=lambda prompt, answer: -len(answer)).n
+        8
     """
 
     allocation: Literal["uniform", "adaptive"] = Field(

@@ -10,7 +10,25 @@ from dataclasses import asdict, dataclass
 
 @dataclass
 class ComputeCounters:
-    """What a request cost. Reported to users in ``response_metadata['compute']``."""
+    """What a request cost. Reported to users in ``response_metadata['compute']``.
+
+    Strategies fill one per run; a chat model reports it as a dict (``as_dict()``).
+
+    Args:
+        prompt_tokens: Prompt tokens run through the policy (prefill).
+        generated_tokens: Tokens sampled by the policy, EOS included.
+        forward_passes: Policy forward calls (prefill and decode steps).
+        reward_calls: Batched calls into the reward model.
+        reward_items: Responses scored across those calls.
+        seconds: Wall-clock seconds of the strategy run.
+        batch_size: Prompts that shared this run's forward passes, reward calls and seconds.
+
+    Examples:
+        >>> from align_chains import ComputeCounters
+        >>> counters = ComputeCounters(prompt_tokens=38, generated_tokens=256, forward_passes=32)
+        >>> counters.as_dict()["forward_passes"]
+        32
+    """
 
     prompt_tokens: int = 0  # prompt tokens run through the policy (prefill)
     generated_tokens: int = 0  # tokens sampled by the policy, EOS included

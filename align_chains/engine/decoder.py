@@ -132,7 +132,27 @@ class Batch:
 
 
 class Decoder:
-    """Runs a policy over batches of rows, counting the work it does."""
+    """Runs a policy over batches of rows, counting the work it does.
+
+    The shared decoding engine under every strategy: ``start`` prefills each distinct prompt
+    once and copies its KV cache to the rows that continue it; ``logits``/``append`` (or
+    ``extend``) decode all rows of a batch in one forward pass per token; ``completions``
+    reads the texts back. ``generate`` does all of it for plain sampling.
+
+    Args:
+        policy: The loaded policy to run.
+        counters: Where prompt tokens, generated tokens and forward passes are counted
+            (default: a fresh ``ComputeCounters``).
+
+    Examples:
+        >>> from align_chains import Decoder, SamplingParams, load_policy
+        >>> policy = load_policy()  # doctest: +SKIP
+        >>> decoder = Decoder(policy)  # doctest: +SKIP
+        >>> prompt = policy.render([{"role": "user", "content": "Name a fruit."}])  # doctest: +SKIP
+        >>> params = SamplingParams(max_new_tokens=16)
+        >>> answers = decoder.generate([prompt], rows=4, params=params)  # doctest: +SKIP
+        >>> [a.text for a in answers], decoder.counters.forward_passes  # doctest: +SKIP
+    """
 
     def __init__(self, policy: Policy, counters: ComputeCounters | None = None) -> None:
         self.policy = policy
@@ -193,7 +213,7 @@ class Decoder:
             torch.arange(len(prompts), device=device), torch.tensor(counts, device=device)
         )
         source = torch.tensor(row_of_prompt, device=device)[prompt_of_row]
-        cache = out.past_key_values
+        cache = out.cache
         if not expand_into_preallocated(cache, source, params.max_new_tokens):
             cache.batch_select_indices(source)
         return Batch.fresh(
@@ -269,11 +289,11 @@ class Decoder:
                 input_ids=batch.pending[:, None],
                 attention_mask=mask,
                 position_ids=batch.positions[:, None],
-                past_key_values=batch.cache,
+                cache=batch.cache,
                 use_cache=True,
             )
         self.counters.forward_passes += 1
-        batch.cache = out.past_key_values
+        batch.cache = out.cache
         batch.attention_mask = mask
         batch.positions = batch.positions + 1
         batch.next_logits = out.logits[:, -1, :].float()

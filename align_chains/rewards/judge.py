@@ -49,7 +49,20 @@ class JudgeReward(RewardModel):
 
     ``judge`` is a loaded Policy or a spec for ``load_policy`` (loads are shared: judging with
     the policy's own spec reuses its weights). The question shown to the judge is the last
-    user message.
+    user message. It has an exact soft path for SEA when it shares the policy's vocabulary.
+
+    Args:
+        judge: The judging LM: a loaded Policy or a spec (default: the embedded SmolLM2).
+        principle: The sentence the judge checks (default: "The response is helpful, accurate
+            and harmless.").
+        batch_size: Conversations per forward pass (default 8).
+        device: ``"cpu"``, ``"cuda"``, ... (automatic when None).
+        dtype: ``"bf16"``, ``"fp32"``, ... (automatic when None).
+
+    Examples:
+        >>> from align_chains import JudgeReward, load_policy
+        >>> judge = JudgeReward(load_policy(), principle="The answer is concise.")  # doctest: +SKIP
+        >>> judge.score(["Name a fruit."], ["Apple."])  # doctest: +SKIP
     """
 
     def __init__(

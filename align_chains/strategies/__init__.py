@@ -25,7 +25,22 @@ from align_chains.strategies.value_guided import ValueGuided
 
 
 def get_strategy(name: str) -> type[Strategy]:
-    """The strategy class registered under ``name`` (aliases like 'bon' accepted)."""
+    """The strategy class registered under ``name`` (aliases like 'bon' accepted).
+
+    Args:
+        name: A registered name or alias, case-insensitive (``"best-of-n"``, ``"bon"``,
+            ``"args"``, ``"ivg"``, ``"darwin"``, ``"sea"``, ...).
+
+    Returns:
+        The strategy class. An unknown name raises ``UnknownStrategyError`` listing the names.
+
+    Examples:
+        >>> from align_chains import get_strategy
+        >>> get_strategy("args").__name__
+        'RewardGuided'
+        >>> get_strategy("ivg")(principle="Be brief.").w
+        1.0
+    """
     return STRATEGIES[canonical_strategy_name(name)]
 
 

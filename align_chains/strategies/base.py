@@ -42,7 +42,25 @@ class Candidate:
 
 @dataclass
 class StrategyResult:
-    """What a strategy returns for one prompt."""
+    """What a strategy returns for one prompt.
+
+    Args:
+        strategy: The strategy's registered name.
+        text: The chosen answer.
+        reward: Its reward (None when the reward failed and the result is partial).
+        candidates: Every answer considered, with its reward, tokens and finish reason.
+        best_index: Index of the chosen answer in ``candidates``.
+        prompt_tokens: Tokens of the rendered prompt.
+        counters: The compute the run used (``ComputeCounters``; shared by a batch).
+        trace: Flat records, one per event (``pandas.DataFrame(result.trace)`` works).
+        flags: Conditions worth a look, e.g. ``{"budget_exhausted": "time_budget_s"}``.
+        details: Strategy-specific facts, e.g. DARWIN's ``archive``, SEA's ``reward_path``.
+
+    Examples:
+        >>> from align_chains import BestOfN, SamplingParams, load_policy, load_reward
+        >>> result = BestOfN(n=4).run("Name a fruit.", load_policy(), load_reward())  # doctest: +SKIP
+        >>> result.text == result.best.text, result.finish_reason  # doctest: +SKIP
+    """
 
     strategy: str
     text: str
@@ -95,6 +113,16 @@ class Strategy(BaseModel, ABC):
     implements ``_search``; ``run_batch`` does the common opening and closing. Decorate it
     with ``@register_strategy`` to make it reachable by name from ``get_strategy``, the chat
     models (``chat_model_class``), the CLI and the server.
+
+    Examples:
+        >>> from align_chains import BestOfN, get_strategy
+        >>> get_strategy("bon") is BestOfN
+        True
+        >>> BestOfN(n=0)
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for BestOfN
+        ...
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -80,6 +80,28 @@ class SEA(Strategy):
     Defaults are the published ones (L = ``max_new_tokens`` = 50 in the paper). The reward must
     offer a differentiable path (``reward.soft_scorer``): a decoder classifier, a JudgeReward,
     or the MiniLM EmbeddingReward (through the vocabulary bridge).
+
+    Args:
+        chains: Chains per prompt, each started from one policy sample.
+        iterations: Adam steps per chain.
+        lr: Adam learning rate on the logits.
+        nll_weight: lambda, weight of the policy's NLL in the energy.
+        reward_weight: alpha, weight of the reward in the energy.
+        reward_temperature: tau_r, temperature of the reward's softmax over the logits.
+        init_temperature: Initial logits are the policy's logits divided by this.
+        decode_top_k: Decode only among the policy's top-k tokens at each position.
+        patience: Stop a chain after this many steps without a better text (None: never).
+        noise: Noise standard deviations over equal parts of the run.
+        revise: Let the policy rewrite each chain's best text at the end.
+        time_budget_s: Wall-clock cap; the best text so far is returned when reached.
+
+    Examples:
+        >>> from align_chains import SEA, SamplingParams, load_policy, load_reward
+        >>> policy = load_policy()  # doctest: +SKIP
+        >>> judge = load_reward("judge", policy=policy)  # doctest: +SKIP
+        >>> sea = SEA(chains=2, iterations=10)
+        >>> result = sea.run("Hi!", policy, judge, SamplingParams(max_new_tokens=24))  # doctest: +SKIP
+        >>> result.details["reward_path"], [t["hard_reward"] for t in result.trace]  # doctest: +SKIP
     """
 
     name: ClassVar[str] = "sea"
@@ -212,7 +234,7 @@ class _Run:
                 input_ids=feed,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=batch.cache,
+                cache=batch.cache,
                 use_cache=True,
             )
         if not keep_cache:
@@ -262,7 +284,7 @@ class _Run:
                         input_ids=decoded[:, t : t + 1],
                         attention_mask=mask,
                         position_ids=(batch.prompt_lengths + t)[:, None],
-                        past_key_values=batch.cache,
+                        cache=batch.cache,
                         use_cache=True,
                     )
                 self.counters.forward_passes += 1

@@ -49,7 +49,23 @@ PRINCIPLE_GUIDANCE_SCALE = 1.5
 @register_strategy
 class ValueGuided(Strategy):
     """IVG settings. ``token_guidance``/``chunk_value`` of None mean: implicit guidance when a
-    guide (principle or tuned/untuned pair) is available, else chunk-level search on the reward."""
+    guide (principle or tuned/untuned pair) is available, else chunk-level search on the reward.
+
+    Args:
+        w: Token-level guidance weight: logits = base + w * (tuned - untuned).
+        beams: W, beams kept after every chunk.
+        samples: K, samples each beam is extended into per chunk.
+        chunk_tokens: L, tokens per chunk between selections.
+        token_guidance: Implicit token-level guidance on or off (None: on with a guide).
+        chunk_value: ``"implicit"``, ``"reward"`` or ``"none"`` (None: implicit with a guide,
+            else the reward).
+        principle: Guide the policy with itself, read with and without this principle.
+
+    Examples:
+        >>> from align_chains import SamplingParams, ValueGuided, load_policy, load_reward
+        >>> ivg = ValueGuided(principle="Answer concisely and politely", beams=2, samples=2)
+        >>> ivg.run("Hi!", load_policy(), load_reward(), SamplingParams(max_new_tokens=48))  # doctest: +SKIP
+    """
 
     name: ClassVar[str] = "value-guided"
     aliases: ClassVar[tuple[str, ...]] = ("ivg", "value_guided")

@@ -46,12 +46,12 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatResult
 from langchain_core.runnables import RunnableConfig
 
-from align_chains.chat_models.messages import to_conversation
 from align_chains.chat_models.rerank.calls import child_config
 from align_chains.chat_models.rerank.results import best_index, chat_result, describe, summed_usage
 from align_chains.chat_models.rerank.search import Requests, RerankSettings, Search
 from align_chains.errors import InvalidInputError, RewardError, SamplingFailedError
 from align_chains.models.chat import Conversation, last_user_text
+from align_chains.models.messages import to_conversation
 from align_chains.strategies.darwin import check_k_at_most_n, copy_plan, evolve_archive, top_k
 from align_chains.strategies.darwin_trace import (
     CallFailed,
