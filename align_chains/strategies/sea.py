@@ -94,6 +94,12 @@ class SEA(Strategy):
         noise: Noise standard deviations over equal parts of the run.
         revise: Let the policy rewrite each chain's best text at the end.
         time_budget_s: Wall-clock cap; the best text so far is returned when reached.
+        fluency_guard: Never choose a text whose per-token NLL under the policy is more than
+            ``guard_nll_margin`` above its chain's initial sample's, or that repeats itself
+            (not in the paper; ``False`` is the paper's choice by reward alone).
+        guard_nll_margin: Nats per token a text may exceed its chain's initial sample's NLL.
+        guard_max_repetition: Largest admitted share of token n-grams repeating an earlier one.
+        guard_ngram: n of the repetition check.
 
     Examples:
         >>> from align_chains import SEA, SamplingParams, load_policy, load_reward
