@@ -39,8 +39,8 @@ def get_strategy(name: str) -> type[Strategy]:
         >>> from align_chains import get_strategy
         >>> get_strategy("args").__name__
         'RewardGuided'
-        >>> get_strategy("ivg")(principle="Be brief.").w
-        1.0
+        >>> get_strategy("ivg")(principle="Be brief.").guidance_scale(None)
+        1.5
     """
     return STRATEGIES[canonical_strategy_name(name)]
 
