@@ -39,6 +39,7 @@ CPU_BY_DESIGN = {
     ("embedding.py", "soft_scorer"),  # row index, moved to the vectors' device before use
     ("vocab_bridge.py", "_build"),  # the bridge's index vectors, moved to the probs' device per call
     ("darwin_reference.py", "__init__"),  # the benchmark-only reference's CPU bookkeeping
+    ("decoder.py", "dead_end"),  # grammar dead-end flags live beside the CPU matchers; set with .cpu()
     ("darwin_reference.py", "num_tokens"),
     ("allocation.py", "allocate"),
 }

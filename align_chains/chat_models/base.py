@@ -88,6 +88,12 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
         show_progress: Show tqdm progress bars while a strategy runs.
         output_retries: With bound tools or a structured-output schema, how many more runs to try
             when no candidate keeps the contract.
+        constrain: Constrain decoding to the bound tools' or schema's grammar (default True); False
+            keeps ranking and reruns only.
+        grammar: A Lark grammar every answer must follow.
+        regex: A regular expression every answer must match (not together with ``grammar``).
+        time_budget_s: Wall-clock budget per call; past it the run is cancelled (``Cancelled``).
+        cancel_token: A ``CancelToken`` another thread can cancel to stop the run within a step.
 
     Examples:
         >>> from align_chains import AlignedChatModel, BestOfNChatModel

@@ -45,14 +45,19 @@ def call_schema(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> d
 
 
 def tool_call_grammar(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> Grammar:
-    """One ``<tool_call>`` block (forced), or that block OR plain text (``tool_choice`` auto)."""
+    """``<tool_call>`` blocks (forced; one or more, newline-separated, for parallel calls), or those
+    blocks OR plain text (``tool_choice`` auto)."""
     body = json.dumps(call_schema(tools, tool_choice))
-    call = f"call: {json.dumps(CALL_OPEN)} body {json.dumps(CALL_CLOSE)}\nbody: %json {body}\n"
+    # one call, or several separated by a newline as a history writes them (parallel tool calls)
+    call = (
+        f'calls: call ("\\n" call)*\ncall: {json.dumps(CALL_OPEN)} body {json.dumps(CALL_CLOSE)}\n'
+        f"body: %json {body}\n"
+    )
     if tool_choice is None:
-        source = f"start: call | TEXT\n{call}TEXT: {_PLAIN_TEXT}\n"
+        source = f"start: calls | TEXT\n{call}TEXT: {_PLAIN_TEXT}\n"
         what = "a call to one of " + ", ".join(t["name"] for t in tools) + " or plain text"
     else:
-        source = f"start: call\n{call}"
+        source = f"start: calls\n{call}"
         what = "a call to " + (tool_choice if tool_choice != "any" else "one of the bound tools")
     try:
         return Grammar(Grammar.lark(source).text, f"tool-call grammar ({what})")

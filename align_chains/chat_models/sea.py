@@ -40,6 +40,8 @@ class SEAChatModel(settings_base(SEA)):  # type: ignore[misc]
         noise: Noise standard deviations over equal parts of the run.
         revise: Let the policy rewrite each chain's best text.
         time_budget_s: Wall-clock cap per request.
+        constrain: Off by default: SEA's relaxed optimisation cannot keep to a grammar, so tools
+            and schemas are ranked, not constrained.
         **settings: The common settings of ``AlignedChatModel``.
 
     Examples:

@@ -22,6 +22,7 @@ class ComputeCounters:
         reward_items: Responses scored across those calls.
         seconds: Wall-clock seconds of the strategy run.
         batch_size: Prompts that shared this run's forward passes, reward calls and seconds.
+        grammar_mask_seconds: Seconds spent computing grammar token masks (part of ``seconds``).
 
     Examples:
         >>> from align_chains import ComputeCounters

@@ -22,6 +22,7 @@ class SamplingParams(BaseModel):
         top_k: Keep the k most likely tokens; 0 disables top-k filtering (default 0).
         stop: Strings that end a response (not included in it).
         seed: Makes sampling reproducible (default None: not seeded).
+        grammar: A compiled-on-use ``Grammar`` every row must follow (default None: free text).
 
     Examples:
         >>> from align_chains import SamplingParams

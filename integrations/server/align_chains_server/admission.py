@@ -112,8 +112,27 @@ def _reward_guided(s: dict[str, Any]) -> Cost:
     return Cost(t, 2 * (1 + t), s["k"] * t + 1, 1)  # a scorer forward per step beside the policy's
 
 
+def _early_rejection(s: dict[str, Any]) -> Cost:
+    t, n = s["max_tokens"], s["n"]
+    every = s["decision_every"] if isinstance(s.get("decision_every"), int) else 1
+    # at most Best-of-n's tokens (rejection only removes rows); every row's partial answer may be
+    # scored at each decision, and every finished one once more
+    return Cost(n * t, 1 + t, n * (1 + math.ceil(t / every)), n)
+
+
+def _fallback(s: dict[str, Any]) -> Cost:
+    """A strategy with no cost model of its own, bounded as ``n`` (or one) samples of max_tokens."""
+    t, n = s["max_tokens"], int(s.get("n") or 1)
+    return Cost(n * t, 1 + t, n, n)
+
+
+#: the model for a strategy registered without one (a new strategy file needs no server edit;
+#: add it to COST_MODELS for a tighter bound)
+FALLBACK = CostModel(_fallback, ("n", "max_tokens"))
+
 COST_MODELS: dict[str, CostModel] = {
     "best-of-n": CostModel(_best_of_n, ("n", "budget", "max_tokens")),
+    "early-rejection": CostModel(_early_rejection, ("n", "max_tokens")),
     "darwin": CostModel(
         _darwin, ("cycles", "n", "mutation_max_tokens", "max_tokens", "m"), {"mutation_max_tokens": 16}
     ),
@@ -140,7 +159,7 @@ class OverBudget(Exception):
 
 def estimate(strategy: str, settings: dict[str, Any]) -> Cost:
     """The cost of one request of ``strategy`` with fully resolved ``settings``."""
-    return COST_MODELS[strategy].estimate(settings)
+    return COST_MODELS.get(strategy, FALLBACK).estimate(settings)
 
 
 def admit(strategy: str, settings: dict[str, Any], limits: CostLimits, sent: set[str]) -> Cost:
@@ -148,9 +167,7 @@ def admit(strategy: str, settings: dict[str, Any], limits: CostLimits, sent: set
 
     ``sent`` are the settings the client chose (the ones worth blaming first).
     """
-    model = COST_MODELS.get(strategy)
-    if model is None:
-        raise KeyError(f"no cost model for strategy {strategy!r}")
+    model = COST_MODELS.get(strategy, FALLBACK)
     cost = model.estimate(settings)
     for dimension, (words, flag) in _DIMENSIONS.items():
         limit = getattr(limits, dimension)
