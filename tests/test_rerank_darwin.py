@@ -154,7 +154,7 @@ def test_vllm_continuation_adds_vllms_fields_to_the_continuing_calls_only() -> N
     expected = {"top_k": 40, "continue_final_message": True, "add_generation_prompt": False}
     assert all(kw["extra_body"] == expected for kw in continuing)
     assert all("extra_body" not in kw for kw in others)
-    with pytest.raises(InvalidInputError, match="continuation='vllm' .* has no extra_body field"):
+    with pytest.raises(InvalidInputError, match=r"continuation='vllm' .* has no extra_body field"):
         darwin(FakeListChatModel(responses=["a"]), continuation="vllm", max_tokens_param="responses")
 
 
