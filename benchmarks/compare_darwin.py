@@ -92,7 +92,16 @@ def worker(out: Path, max_tokens: int, seed: int) -> None:
 
 def run_worker(code: Path, out: Path, max_tokens: int, seed: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [sys.executable, __file__, "--worker", str(out), "--max-tokens", str(max_tokens), "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        str(out),
+        "--max-tokens",
+        str(max_tokens),
+        "--seed",
+        str(seed),
+    ]
     subprocess.run(cmd, env=env, check=True)
     return json.loads(out.read_text())
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from align_chains.chat_models import AlignedChatModel, chat_model_class
 from align_chains.chat_models.base import _pieces
 from align_chains.errors import InvalidInputError
-from align_chains.models.chat import Conversation, validate_conversation
+from align_chains.models.chat import CONTINUE_FINAL, Conversation, validate_conversation
 from align_chains.models.policy import Policy, load_policy
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import StrategyResult
@@ -188,7 +188,17 @@ class ServedModel:
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in request.messages
         ]
-        if conversation[-1]["role"] not in ("user", "tool"):
+        if request.continue_final_message:
+            if request.add_generation_prompt or conversation[-1]["role"] != "assistant":
+                raise RequestError(
+                    400,
+                    "continue_final_message=true continues the last message, which must be an assistant "
+                    "message, and needs add_generation_prompt=false (as in vLLM); end the conversation "
+                    "with the partial assistant answer and send both fields.",
+                    param="continue_final_message",
+                )
+            conversation[-1][CONTINUE_FINAL] = True
+        elif conversation[-1]["role"] not in ("user", "tool"):
             raise RequestError(
                 400,
                 f"The last message has role {conversation[-1]['role']!r}; end the conversation with a user "
