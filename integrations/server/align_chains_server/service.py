@@ -198,6 +198,13 @@ class ServedModel:
                     param="continue_final_message",
                 )
             conversation[-1][CONTINUE_FINAL] = True
+        elif not request.add_generation_prompt:
+            raise RequestError(
+                400,
+                "add_generation_prompt=false is only supported together with continue_final_message=true "
+                "(continuing a final assistant message); drop it to get a new answer.",
+                param="add_generation_prompt",
+            )
         elif conversation[-1]["role"] not in ("user", "tool"):
             raise RequestError(
                 400,

@@ -18,6 +18,7 @@ from align_chains.models.policy import load_policy
 
 MODEL = "best-of-n"
 PARTIAL = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello there"}]
+HELLO = PARTIAL[:1]
 CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
 
 
@@ -40,6 +41,10 @@ def test_the_server_continues_a_final_assistant_message(server):
     with pytest.raises(openai.BadRequestError, match="add_generation_prompt=false"):
         client.chat.completions.create(
             model=MODEL, messages=PARTIAL, extra_body={"continue_final_message": True}
+        )
+    with pytest.raises(openai.BadRequestError, match="only supported together with continue_final"):
+        client.chat.completions.create(
+            model=MODEL, messages=HELLO, extra_body={"add_generation_prompt": False}
         )
     with pytest.raises(openai.BadRequestError, match="must be an assistant message"):
         client.chat.completions.create(model=MODEL, messages=PARTIAL[:1], extra_body=CONTINUE)
