@@ -740,7 +740,7 @@ def top_k(rows: Sequence[int], rewards: Sequence[float | None], k: int) -> list[
 def copy_plan(
     rows: Sequence[int], top: Sequence[int], finished: Sequence[bool], rng: random.Random
 ) -> list[tuple[int, int]]:
-    """(row, source) for every unfinished row outside ``top``: it becomes a copy of a random top row.
+    """(row, source) for every unfinished row outside ``top``: it takes a random top row's answer.
 
     Rows are visited in order and each draws one ``rng.choice``, so a seeded search replays.
     """
