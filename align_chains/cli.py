@@ -9,24 +9,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import ValidationError
 
+from align_chains.cli_options import parse_option
 from align_chains.errors import AlignChainsError, InvalidInputError
 from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD
 from align_chains.strategies import STRATEGIES
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.replace("-", "_"), value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int)
     chat.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
     chat.add_argument(
-        "--option", "-o", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+        "--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
         help="Any other strategy setting, e.g. -o n=8 (repeatable).",
     )  # fmt: skip
     chat.add_argument("--json", action="store_true", help="Print the full result as JSON.")
@@ -74,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS_GROUP = "align_chains.commands"
+"""Entry-point group through which installed packages add subcommands (the server adds ``serve``)."""
+
 SERVER_INSTALL_HINT = (
     "'align-chains serve' needs the server package: from a checkout run "
     "python -m pip install -e integrations/server (or pip install align-chains-server)."
@@ -81,9 +75,20 @@ SERVER_INSTALL_HINT = (
 
 
 def _serve(argv: list[str]) -> int:
-    """Hand the arguments to align_chains_server, imported only now (it is an optional package)."""
+    """Hand the arguments to the ``serve`` command an installed package registers (align-chains-server).
+
+    The core never imports an integration: the command is found through the ``align_chains.commands``
+    entry point and loaded only now.
+    """
+    found = entry_points(group=COMMANDS_GROUP, name="serve")
+    if not found:
+        print(
+            f"align-chains: error: {SERVER_INSTALL_HINT} (no {COMMANDS_GROUP!r} entry point 'serve')",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        from align_chains_server.cli import main as serve_main
+        serve_main = next(iter(found)).load()
     except ImportError as exc:
         if (exc.name or "").split(".")[0] not in ("align_chains_server", "fastapi", "uvicorn", "starlette"):
             raise
@@ -108,14 +113,14 @@ def _chat(args: argparse.Namespace) -> int:
     if args.n is not None:
         settings["n"] = args.n
     cls = chat_model_class(args.strategy)
-    guided_by_principle = args.principle is not None and "principle" in cls._strategy_field_names()
+    guided_by_principle = args.principle is not None and "principle" in cls.strategy_field_names()
     if guided_by_principle:
         settings["principle"] = args.principle
-    unknown = sorted(set(settings) - set(cls._strategy_field_names()))
+    unknown = sorted(set(settings) - set(cls.strategy_field_names()))
     if unknown:
         raise InvalidInputError(
             f"Unknown strategy option(s) {unknown} for {args.strategy!r}; "
-            f"it takes {cls._strategy_field_names()}."
+            f"it takes {cls.strategy_field_names()}."
         )
     for name in ("reward", "max_tokens", "temperature", "top_k"):  # unset: the chat model's default
         if getattr(args, name) is not None:

@@ -14,8 +14,8 @@ from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from align_chains import BestOfNChatModel
-from align_chains.chat_models.messages import to_conversation
 from align_chains.chat_models.output_contract import OutputContract
+from align_chains.models.messages import to_conversation
 from align_chains.testing import taught_policy
 
 CALLS: list[tuple[int, int]] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from align_chains import cli
+from align_chains.cli_options import parse_option
 
 
 @pytest.fixture
@@ -48,7 +49,15 @@ def test_bad_settings_fail_before_loading(no_loading, capsys, argv, message):
 
 
 def test_option_values_are_parsed_as_json():
-    assert cli._parse_option("n=8") == ("n", 8)
-    assert cli._parse_option("allocation=adaptive") == ("allocation", "adaptive")
+    assert parse_option("n=8") == ("n", 8)
+    assert parse_option("allocation=adaptive") == ("allocation", "adaptive")
     with pytest.raises(Exception, match="KEY=VALUE"):
-        cli._parse_option("novalue")
+        parse_option("novalue")
+
+
+def test_serve_without_a_registered_command_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "entry_points", lambda **_: ())  # no package registers 'serve'
+    assert cli.main(["serve", "--port", "8000"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install -e integrations/server" in err
+    assert "align_chains.commands" in err

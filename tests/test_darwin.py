@@ -417,7 +417,7 @@ def count_prefills(policy, run):
     """Runs ``run()`` and counts the batches it started (forward passes with no cache yet)."""
     seen = []
     hook = policy.model.register_forward_hook(
-        lambda module, args, kwargs, out: seen.append(kwargs.get("past_key_values") is None), with_kwargs=True
+        lambda module, args, kwargs, out: seen.append(kwargs.get("cache") is None), with_kwargs=True
     )
     try:
         result = run()

@@ -95,7 +95,7 @@ class _AlignedIntegrationTests(ChatModelIntegrationTests):
         return True
 
     # Local policies are text-only causal LMs; non-text content blocks are rejected with an
-    # InvalidInputError before any model work (align_chains/chat_models/messages.py).
+    # InvalidInputError before any model work (align_chains/models/messages.py).
     @property
     def supports_image_inputs(self) -> bool:
         return False

@@ -17,8 +17,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 
 from align_chains import BestOfNChatModel, load_policy
-from align_chains.chat_models.messages import to_conversation
 from align_chains.models import EMBEDDED_POLICY
+from align_chains.models.messages import to_conversation
 
 pytestmark = pytest.mark.e2e
 

@@ -284,12 +284,15 @@ def test_revise_rewrites_each_chain_best_text_greedily(tiny_policy):
 
 
 def test_restricted_decode_equals_a_sequential_top_k_decode(tiny_policy):
-    from align_chains.engine import Decoder
+    from align_chains.engine import ComputeCounters, Decoder
+    from align_chains.progress import NullProgress
+    from align_chains.strategies.base import SearchRun
     from align_chains.strategies.sea import _Run
 
     sea = SEA(chains=2, decode_top_k=3)
     ids = [tiny_policy.render([{"role": "user", "content": PROMPT}])]
-    run = _Run(sea, tiny_policy, ConstantSoftReward(tiny_policy, [5]), PARAMS, [[]], ids, None)
+    reward = ConstantSoftReward(tiny_policy, [5])
+    run = _Run(sea, SearchRun([[]], ids, tiny_policy, reward, PARAMS, NullProgress(), ComputeCounters()))
     decoder = Decoder(tiny_policy)
     batch = decoder.start(ids, 2, PARAMS)
     torch.manual_seed(0)

@@ -24,11 +24,11 @@ from align_chains import (
     SEAChatModel,
     ValueGuidedChatModel,
 )
-from align_chains.chat_models.messages import to_conversation
 from align_chains.chat_models.output_contract import OutputContract
 from align_chains.chat_models.structured import response_format
 from align_chains.engine.counters import ComputeCounters
 from align_chains.errors import InvalidInputError
+from align_chains.models.messages import to_conversation
 from align_chains.models.policy import Policy
 from align_chains.models.tool_calls import parse_tool_calls
 from align_chains.rewards import CallableReward

@@ -1,55 +1,50 @@
 """The aligned chat-model base class: LangChain semantics over a plain-Python strategy.
 
 Subclasses name a Strategy class and declare its settings as fields with the same names;
-everything else (message conversion, lazy loading, sampling settings, metadata, streaming,
-batching, callbacks) lives here.
+everything else (lazy loading, sampling settings, callbacks, batching, tools) is wired here, from
+rooms of its own: ``models.messages`` (message conversion), ``output_contract`` (tools, schemas and
+their bounded reruns), ``results`` (the AIMessage and its response_metadata), ``streaming`` (text
+pieces, live or after the pick).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Literal, Self
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, PrivateAttr
-from tenacity import Retrying, retry_if_result, stop_after_attempt
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from align_chains.chat_models.batching import batch_with_callbacks
-from align_chains.chat_models.messages import to_conversation
-from align_chains.chat_models.output_contract import OutputContract, is_kept, normalise_tool_choice
+from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
+from align_chains.chat_models.output_contract import (
+    OutputContract,
+    normalise_tool_choice,
+    run_keeping_contract,
+)
+from align_chains.chat_models.results import build_message, chat_result
+from align_chains.chat_models.streaming import generation_chunks, live_pieces, text_pieces
 from align_chains.chat_models.structured import structured_output_runnable
 from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
 from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD
+from align_chains.models.messages import to_conversation
 from align_chains.models.policy import Policy, load_policy
 from align_chains.progress import NullProgress, TqdmProgress
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import Strategy, StrategyResult
 
 _SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed"}
-logger = logging.getLogger(__name__)
 
 
-class _StreamClosed(Exception):
-    """Raised inside a streaming strategy when its consumer stopped reading."""
-
-
-class AlignedChatModel(BaseChatModel):
+class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
     """A LangChain chat model that answers with an inference-time alignment strategy.
 
     Construction is cheap: the policy and reward load on first use (or pass loaded objects
@@ -59,6 +54,7 @@ class AlignedChatModel(BaseChatModel):
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
     strategy_class: ClassVar[type[Strategy]]
+    settings_from: ClassVar[tuple[type[Strategy], ...]] = ()  # strategies whose fields it exposes
 
     policy: str | Policy = Field(
         default=EMBEDDED_POLICY,
@@ -136,13 +132,13 @@ class AlignedChatModel(BaseChatModel):
 
     # -- settings ------------------------------------------------------------------------
     @classmethod
-    def _strategy_field_names(cls) -> list[str]:
-        """The strategy settings this chat model declares (fields beyond the base class's)."""
+    def strategy_field_names(cls) -> list[str]:
+        """The strategy settings this chat model exposes (fields beyond the base class's)."""
         return [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
 
     def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         overrides = overrides or {}
-        return {name: overrides.get(name, getattr(self, name)) for name in self._strategy_field_names()}
+        return {name: overrides.get(name, getattr(self, name)) for name in self.strategy_field_names()}
 
     def build_strategy(self, **overrides: Any) -> Strategy:
         """The strategy for one call: the class's strategy built from the same-named fields."""
@@ -150,6 +146,16 @@ class AlignedChatModel(BaseChatModel):
         return self.strategy_class(
             **{k: v for k, v in settings.items() if k in self.strategy_class.model_fields}
         )
+
+    @model_validator(mode="after")
+    def _strategy_accepts_settings(self) -> Self:
+        """Rules across settings (e.g. DARWIN's ``k <= n``) are the strategy's: building it
+        here makes a chat model with invalid settings fail at construction, with its message."""
+        try:
+            self.build_strategy()
+        except ValidationError as exc:
+            raise ValueError(strategy_error_message(exc)) from None
+        return self
 
     def _sampling(
         self, stop: list[str] | None = None, overrides: dict[str, Any] | None = None
@@ -165,7 +171,7 @@ class AlignedChatModel(BaseChatModel):
         )
 
     def _checked_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        allowed = _SAMPLING_KWARGS | set(self._strategy_field_names())
+        allowed = _SAMPLING_KWARGS | set(self.strategy_field_names())
         unknown = sorted(k for k in kwargs if k not in allowed)
         if unknown:
             raise InvalidInputError(
@@ -199,36 +205,14 @@ class AlignedChatModel(BaseChatModel):
         overrides = self._checked_call_kwargs(kwargs)
         if contract is None:
             return self._run_once(conversations, stop, overrides, on_commit)
-        prepared = [contract.prepare(c) for c in conversations]
-        results = [contract.choose(r) for r in self._run_once(prepared, stop, overrides, None)]
-        attempts = [1] * len(results)
-
-        def run_again() -> list[int]:
-            todo = [i for i, r in enumerate(results) if not is_kept(r)]
-            if not todo:
-                return todo
-            again = dict(overrides)
-            seed = overrides.get("seed", self.seed)
-            if seed is not None:  # a seeded run would only repeat itself
-                again["seed"] = seed + max(attempts[i] for i in todo)
-            for i, new in zip(
-                todo, self._run_once([prepared[i] for i in todo], stop, again, None), strict=True
-            ):
-                new = contract.choose(new)
-                attempts[i] += 1
-                results[i] = replace(new, counters=results[i].counters + new.counters)
-            return [i for i in todo if not is_kept(results[i])]
-
-        if self.output_retries:
-            Retrying(
-                stop=stop_after_attempt(self.output_retries),
-                retry=retry_if_result(bool),
-                retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-            )(run_again)
-        return [
-            replace(r, details={**r.details, "output_check": {**r.details["output_check"], "attempts": n}})
-            for r, n in zip(results, attempts, strict=True)
-        ]
+        return run_keeping_contract(
+            contract,
+            conversations,
+            lambda prepared, again: self._run_once(prepared, stop, again, None),
+            overrides,
+            seed=overrides.get("seed", self.seed),
+            retries=self.output_retries,
+        )
 
     def _run_once(
         self,
@@ -247,54 +231,6 @@ class AlignedChatModel(BaseChatModel):
         with policy.lock:
             return strategy.run_batch(list(conversations), policy, reward, params, progress=progress, **extra)
 
-    def _message(self, result: StrategyResult, contract: OutputContract | None = None) -> AIMessage:
-        usage = UsageMetadata(
-            input_tokens=result.prompt_tokens,
-            output_tokens=result.best.num_tokens,
-            total_tokens=result.prompt_tokens + result.best.num_tokens,
-        )
-        metadata = self._metadata(result)
-        if contract is None or not contract.tools:
-            return AIMessage(content=result.text, usage_metadata=usage, response_metadata=metadata)
-        parsed = contract.parse(result.text)
-        if parsed.calls:
-            metadata["finish_reason"] = "tool_calls"
-        return AIMessage(
-            content=parsed.content,
-            tool_calls=[tool_call(name=c["name"], args=c["args"], id=c["id"]) for c in parsed.calls],
-            invalid_tool_calls=[
-                invalid_tool_call(name=c["name"], args=c["args"], id=c["id"], error=c["error"])
-                for c in parsed.invalid
-            ],
-            usage_metadata=usage,
-            response_metadata=metadata,
-        )
-
-    def _metadata(self, result: StrategyResult) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "model_provider": "align_chains",
-            "strategy": result.strategy,
-            "reward": result.reward,
-            "finish_reason": result.finish_reason,
-            "compute": result.counters.as_dict(),
-            "candidates": [
-                {"text": c.text, "reward": c.reward, "tokens": c.num_tokens, "finish_reason": c.finish_reason}
-                for c in result.candidates
-            ],
-            **result.details,
-            **result.flags,
-        }
-
-    def _chat_result(self, result: StrategyResult, contract: OutputContract | None = None) -> ChatResult:
-        message = self._message(result, contract)
-        return ChatResult(
-            generations=[
-                ChatGeneration(message=message, generation_info={"finish_reason": result.finish_reason})
-            ],
-            llm_output={"model_name": self.model_name},
-        )
-
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -305,7 +241,7 @@ class AlignedChatModel(BaseChatModel):
         kwargs = dict(kwargs)
         contract = OutputContract.from_kwargs(kwargs)
         (result,) = self.run_strategy([to_conversation(messages)], stop, contract=contract, **kwargs)
-        return self._chat_result(result, contract)
+        return chat_result(result, self.model_name, contract)
 
     def _stream(
         self,
@@ -325,100 +261,21 @@ class AlignedChatModel(BaseChatModel):
         contract = OutputContract.from_kwargs(kwargs)
         strategy = self.build_strategy(**self._checked_call_kwargs(dict(kwargs)))
         policy, _ = self.load()
-        calls: list[Any] = []
+        pieces: Iterable[str]
         if contract is not None:  # text and calls are told apart once the answer is chosen
             (result,) = self.run_strategy([conversation], stop, contract=contract, **kwargs)
-            message = self._message(result, contract)
-            pieces, holder = iter([message.text] if message.text else []), [result]
-            calls = [
-                tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
-                for i, c in enumerate(message.tool_calls)
-            ]
+            text = build_message(result, self.model_name, contract).text
+            pieces, holder = ([text] if text else []), [result]
         elif getattr(strategy, "streams", False):
-            pieces, holder = self._live_pieces(conversation, stop, kwargs)
+            pieces, holder = live_pieces(
+                lambda on_commit: self.run_strategy([conversation], stop, on_commit=on_commit, **kwargs)[0],
+                policy,
+                stops=stop if stop is not None else (self.stop or []),
+            )
         else:
             (result,) = self.run_strategy([conversation], stop, **kwargs)
-            pieces, holder = _pieces(policy, result.best.token_ids, result.text), [result]
-        for piece in pieces:
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-            if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
-        if calls:
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=calls))
-            if run_manager:
-                run_manager.on_llm_new_token("", chunk=chunk)
-            yield chunk
-        result = holder[0]
-        final = self._message(result, contract)
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                usage_metadata=final.usage_metadata,
-                response_metadata=final.response_metadata,
-                chunk_position="last",
-            ),
-            generation_info={"finish_reason": result.finish_reason},
-        )
-
-    def _live_pieces(
-        self, conversation: Conversation, stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[Iterator[str], list[StrategyResult]]:
-        """Text pieces as the strategy commits tokens (worker thread); the result lands in the list."""
-        policy, _ = self.load()
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        closed = threading.Event()
-        holder: list[StrategyResult] = []
-
-        def on_commit(_prompt: int, token_ids: list[int]) -> None:
-            if closed.is_set():
-                raise _StreamClosed
-            events.put(("tokens", token_ids))
-
-        def work() -> None:
-            try:
-                events.put(
-                    ("done", self.run_strategy([conversation], stop, on_commit=on_commit, **kwargs)[0])
-                )
-            except BaseException as exc:  # handed to the consuming thread
-                events.put(("error", exc))
-
-        # a stop string may only be recognised a few characters late: hold that much text back
-        stops = stop if stop is not None else (self.stop or [])
-        hold = max((len(s) for s in stops), default=0)
-
-        def pieces() -> Iterator[str]:
-            worker = threading.Thread(target=work, name="align-chains-stream", daemon=True)
-            worker.start()
-            ids: list[int] = []
-            emitted = ""
-            try:
-                while True:
-                    kind, value = events.get()
-                    if kind == "error":
-                        raise value
-                    if kind == "done":
-                        holder.append(value)
-                        break
-                    ids.extend(value)
-                    text = policy.decode(ids)
-                    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-                    ready = cut if cut >= 0 else len(text) - hold  # the answer ends before a stop
-                    if text.endswith("\ufffd") or ready <= len(emitted):
-                        continue
-                    yield text[len(emitted) : ready]
-                    emitted = text[:ready]
-            finally:
-                closed.set()
-            final = holder[0].text
-            if final.startswith(emitted):
-                if len(final) > len(emitted):
-                    yield final[len(emitted) :]
-            else:  # never expected: committed tokens always prefix the answer
-                logger.warning("streamed text is not a prefix of the final answer; sending the rest as is")
-                yield final[len(emitted) :]
-
-        return pieces(), holder
+            pieces, holder = text_pieces(policy, result.best.token_ids, result.text), [result]
+        yield from generation_chunks(pieces, holder, self.model_name, contract, run_manager)
 
     # -- batching: all inputs in one strategy run, callbacks per input ---------------------
     def batch(
@@ -434,22 +291,9 @@ class AlignedChatModel(BaseChatModel):
             call_kwargs = dict(kwargs)
             contract = OutputContract.from_kwargs(call_kwargs)
             results = self.run_strategy(conversations, stop, contract=contract, **call_kwargs)
-            return [self._chat_result(r, contract) for r in results]
+            return [chat_result(r, self.model_name, contract) for r in results]
 
         return batch_with_callbacks(self, inputs, config, return_exceptions, kwargs, run)
-
-    async def abatch(
-        self,
-        inputs: list[LanguageModelInput],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[BaseMessage]:
-        first = config[0] if isinstance(config, list) and config else config
-        return await run_in_executor(
-            first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
-        )
 
     # -- tools and structured output -----------------------------------------------------
     def bind_tools(
@@ -497,13 +341,10 @@ class AlignedChatModel(BaseChatModel):
         return structured_output_runnable(self, schema, method=method, include_raw=include_raw)
 
 
-def _pieces(policy: Policy, token_ids: list[int], text: str) -> Iterator[str]:
-    """Split ``text`` at token boundaries; the pieces concatenate to exactly ``text``."""
-    emitted = 0
-    for end in range(1, len(token_ids) + 1):
-        prefix = policy.decode(token_ids[:end])[: len(text)]
-        if len(prefix) > emitted and not prefix.endswith("\ufffd"):
-            yield text[emitted : len(prefix)]
-            emitted = len(prefix)
-    if emitted < len(text):
-        yield text[emitted:]
+def strategy_error_message(error: ValidationError) -> str:
+    """The strategy's own words for why its settings are invalid (one line per problem)."""
+    messages = []
+    for item in error.errors():
+        original = (item.get("ctx") or {}).get("error")
+        messages.append(str(original) if original is not None else item["msg"])
+    return "; ".join(messages)

@@ -16,9 +16,9 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult, LLMResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import get_config_list
+from langchain_core.runnables.config import get_config_list, run_in_executor
 
-from align_chains.chat_models.messages import to_conversation
+from align_chains.models.messages import to_conversation
 
 #: runs every accepted input at once: (messages, run manager) pairs -> one result or error each
 BatchRun = Callable[
@@ -93,3 +93,21 @@ def batch_with_callbacks(
         run_manager.on_llm_end(LLMResult(generations=[result.generations], llm_output=result.llm_output))
         outputs[i] = result.generations[0].message
     return outputs
+
+
+class AsyncBatchInOneRun:
+    """Mixin for chat models whose ``batch`` is one underlying run: ``abatch`` runs that ``batch`` in a
+    worker thread (LangChain's default would ``ainvoke`` input by input, losing the shared run)."""
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:
+        first = config[0] if isinstance(config, list) and config else config
+        return await run_in_executor(
+            first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        )

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from align_chains.chat_models.base import AlignedChatModel
+from align_chains.chat_models.settings import settings_base
 from align_chains.strategies.adaptive_best_of_n import AdaptiveBestOfN
 from align_chains.strategies.base import Strategy
 from align_chains.strategies.best_of_n import BestOfN
 
 
-class BestOfNChatModel(AlignedChatModel):
+class BestOfNChatModel(settings_base(BestOfN, AdaptiveBestOfN)):  # type: ignore[misc]
     """Samples several answers and returns the one the reward likes best.
 
     ``allocation="uniform"`` (default) samples ``n`` answers per prompt.
@@ -25,17 +25,8 @@ class BestOfNChatModel(AlignedChatModel):
     >>> BestOfNChatModel(allocation="adaptive", budget=8).batch(["...", "..."])  # doctest: +SKIP
     """
 
-    strategy_class: ClassVar[type[Strategy]] = BestOfN
-
-    n: int = Field(default=4, ge=1, description="Candidates per prompt (uniform allocation).")
     allocation: Literal["uniform", "adaptive"] = Field(
         default="uniform", description="How samples are spread over the prompts of a batch."
-    )
-    budget: int | None = Field(
-        default=None, ge=1, description="Adaptive: average samples per prompt (defaults to n)."
-    )
-    exploration: float = Field(
-        default=0.75, gt=0.0, le=1.0, description="Adaptive: fraction of the budget explored first."
     )
 
     @model_validator(mode="after")
@@ -50,5 +41,7 @@ class BestOfNChatModel(AlignedChatModel):
         settings = self._strategy_settings(overrides)
         if settings["allocation"] == "adaptive":
             budget = settings["budget"] if settings["budget"] is not None else settings["n"]
-            return AdaptiveBestOfN(budget=budget, exploration=settings["exploration"])
+            return AdaptiveBestOfN(
+                budget=budget, exploration=settings["exploration"], mc_draws=settings["mc_draws"]
+            )
         return BestOfN(n=settings["n"])

@@ -7,14 +7,19 @@ The contract does three jobs around any strategy:
    call to a tool that is not bound, missing a forced call, JSON that does not validate);
 3. ``choose`` re-picks a strategy's answer so that a candidate that breaks the contract is
    never chosen over one that keeps it; among keepers the reward decides, as before.
+
+``run_keeping_contract`` runs a strategy under a contract: prepare, run, choose, and run again
+(a bounded number of times) the prompts whose answer still breaks it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+from tenacity import Retrying, retry_if_result, stop_after_attempt
 
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
@@ -212,3 +217,51 @@ class OutputContract:
 def is_kept(result: StrategyResult) -> bool:
     """Whether a chosen result keeps its contract (results without a contract always do)."""
     return bool(result.details.get("output_check", {}).get("valid", True))
+
+
+RunStrategy = Callable[[Sequence[Conversation], dict[str, Any]], list[StrategyResult]]
+"""``run(conversations, overrides)``: one batched strategy run with per-call setting overrides."""
+
+
+def run_keeping_contract(
+    contract: OutputContract,
+    conversations: Sequence[Conversation],
+    run: RunStrategy,
+    overrides: dict[str, Any],
+    *,
+    seed: int | None,
+    retries: int,
+) -> list[StrategyResult]:
+    """Run under ``contract``; prompts with no keeper are run again, up to ``retries`` more times.
+
+    Each rerun adds its counters to the prompt's result (the work is counted, never lost), and a
+    seeded run is reseeded (``seed + attempts``) since it would only repeat itself.
+    ``details["output_check"]["attempts"]`` says how many runs each prompt took.
+    """
+    prepared = [contract.prepare(c) for c in conversations]
+    results = [contract.choose(r) for r in run(prepared, overrides)]
+    attempts = [1] * len(results)
+
+    def run_again() -> list[int]:
+        todo = [i for i, r in enumerate(results) if not is_kept(r)]
+        if not todo:
+            return todo
+        again = dict(overrides)
+        if seed is not None:  # a seeded run would only repeat itself
+            again["seed"] = seed + max(attempts[i] for i in todo)
+        for i, new in zip(todo, run([prepared[i] for i in todo], again), strict=True):
+            new = contract.choose(new)
+            attempts[i] += 1
+            results[i] = replace(new, counters=results[i].counters + new.counters)
+        return [i for i in todo if not is_kept(results[i])]
+
+    if retries:
+        Retrying(
+            stop=stop_after_attempt(retries),
+            retry=retry_if_result(bool),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )(run_again)
+    return [
+        replace(r, details={**r.details, "output_check": {**r.details["output_check"], "attempts": n}})
+        for r, n in zip(results, attempts, strict=True)
+    ]

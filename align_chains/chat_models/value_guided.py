@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from align_chains.chat_models.base import AlignedChatModel
+from align_chains.chat_models.settings import settings_base
 from align_chains.models.policy import Policy
 from align_chains.rewards.implicit import ImplicitReward
-from align_chains.strategies.base import Strategy
 from align_chains.strategies.value_guided import ValueGuided
 
 
-class ValueGuidedChatModel(AlignedChatModel):
+class ValueGuidedChatModel(settings_base(ValueGuided)):  # type: ignore[misc]
     """Value-guided decoding: implicit token-level guidance and/or chunk-level beam search.
 
     The guide is either a ``principle`` (the policy with and without it in its system prompt,
@@ -25,21 +24,9 @@ class ValueGuidedChatModel(AlignedChatModel):
     >>> ValueGuidedChatModel(principle="Answer concisely and politely").invoke("Hi!")  # doctest: +SKIP
     """
 
-    strategy_class: ClassVar[type[Strategy]] = ValueGuided
-
     top_k: int = Field(default=50, ge=0, description="Token-level sampling keeps the top 50 (IVG's setting).")
 
-    w: float = Field(default=1.0, ge=0.0, le=100.0, allow_inf_nan=False, description="Token-level weight.")
-    beams: int = Field(default=2, ge=1, le=64, description="W: beams kept after every chunk.")
-    samples: int = Field(default=2, ge=1, le=64, description="K: samples per beam per chunk.")
-    chunk_tokens: int = Field(default=30, ge=1, description="L: tokens per chunk.")
-    token_guidance: bool | None = Field(
-        default=None, description="Token-level guidance (None: on with a guide)."
-    )
-    chunk_value: Literal["implicit", "reward", "none"] | None = Field(
-        default=None, description="Chunk scoring (None: implicit with a guide, else the reward)."
-    )
-    principle: str | None = Field(default=None, min_length=1, description="Guide the policy with itself.")
+    # chat-only: loaded guide models, handed to the strategy as ``guide`` (``_run_kwargs``)
     tuned: str | Policy | None = Field(default=None, description="Tuned guide LM (e.g. a DPO model).")
     untuned: str | Policy | None = Field(
         default=None, description="Its untuned reference (e.g. the SFT model)."

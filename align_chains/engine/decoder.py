@@ -193,7 +193,7 @@ class Decoder:
             torch.arange(len(prompts), device=device), torch.tensor(counts, device=device)
         )
         source = torch.tensor(row_of_prompt, device=device)[prompt_of_row]
-        cache = out.past_key_values
+        cache = out.cache
         if not expand_into_preallocated(cache, source, params.max_new_tokens):
             cache.batch_select_indices(source)
         return Batch.fresh(
@@ -269,11 +269,11 @@ class Decoder:
                 input_ids=batch.pending[:, None],
                 attention_mask=mask,
                 position_ids=batch.positions[:, None],
-                past_key_values=batch.cache,
+                cache=batch.cache,
                 use_cache=True,
             )
         self.counters.forward_passes += 1
-        batch.cache = out.past_key_values
+        batch.cache = out.cache
         batch.attention_mask = mask
         batch.positions = batch.positions + 1
         batch.next_logits = out.logits[:, -1, :].float()

@@ -23,6 +23,7 @@ from langchain_core.runnables.config import run_in_executor
 
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation, as_conversation
+from align_chains.models.messages import to_conversation
 from align_chains.rewards.soft import SoftScorer, WeightedSoftScorer
 
 Prompt = str | Sequence[Mapping[str, Any]]
@@ -196,8 +197,6 @@ def _runnable_pair(name: str, item: Any, index: int) -> tuple[Prompt, str]:
     if isinstance(prompt, PromptValue):
         prompt = prompt.to_messages()
     if isinstance(prompt, Sequence) and prompt and all(isinstance(m, BaseMessage) for m in prompt):
-        from align_chains.chat_models.messages import to_conversation  # lazy: chat_models imports rewards
-
         prompt = to_conversation(prompt)
     if isinstance(response, BaseMessage):
         response = response.text

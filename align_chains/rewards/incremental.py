@@ -119,7 +119,7 @@ class ClassifierBranchScorer(BranchScorer):
         self.counters.reward_calls += 1
         self.counters.reward_items += len(prefixes)
         rows = torch.as_tensor(list(prompt_of_row), dtype=torch.long, device=self.device)
-        self.cache = out.past_key_values
+        self.cache = out.cache
         # k candidate columns live past the response: reserve them too
         if not expand_into_preallocated(self.cache, rows, max_new_tokens + 64):
             raise TypeError("incremental branch scoring needs a plain (non-sliding) KV cache")
@@ -143,7 +143,7 @@ class ClassifierBranchScorer(BranchScorer):
                 input_ids=candidates.to(self.device),
                 attention_mask=attn,
                 position_ids=self.positions[:, None].expand(rows, k),
-                past_key_values=self.cache,
+                cache=self.cache,
                 use_cache=True,
             )
             values = self.head(out.last_hidden_state)[..., self.reward.label_index].float()

@@ -100,7 +100,7 @@ class CausalSoftScorer(SoftScorer):
         with torch.no_grad():
             out = self.base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         index = torch.as_tensor(list(rows), dtype=torch.long, device=device)
-        self._prefix_kv = [(layer.keys[index], layer.values[index]) for layer in out.past_key_values.layers]
+        self._prefix_kv = [(layer.keys[index], layer.values[index]) for layer in out.cache.layers]
         self._prefix_mask = mask[index]
         self._prefix_lengths = mask.sum(-1)[index]
         self._suffix = torch.as_tensor(list(suffix), dtype=torch.long, device=device)
@@ -125,7 +125,7 @@ class CausalSoftScorer(SoftScorer):
             inputs_embeds=inputs,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         return self.head(out.last_hidden_state[:, -1]).float()

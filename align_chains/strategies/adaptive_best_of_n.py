@@ -10,25 +10,19 @@ reuses stage 1's prompt caches: no prompt is prefilled twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
-from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch, Decoder
-from align_chains.engine.sampling import SamplingParams, make_generator
-from align_chains.errors import RewardError
-from align_chains.models.policy import Policy
-from align_chains.progress import NullProgress, Progress
-from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.engine.sampling import make_generator
 from align_chains.strategies.allocation import allocate, exploration_size
 from align_chains.strategies.base import (
+    SearchRun,
     Strategy,
     StrategyResult,
-    attach_partial,
-    prepare_prompts,
+    register_strategy,
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
@@ -36,6 +30,7 @@ from align_chains.strategies.best_of_n import best_per_prompt
 _STAGE2_SEED_OFFSET = 1_000_003  # stage 2 must not replay stage 1's random draws
 
 
+@register_strategy
 class AdaptiveBestOfN(Strategy):
     """Best-of-N with the sample budget allocated across a batch of prompts.
 
@@ -44,6 +39,8 @@ class AdaptiveBestOfN(Strategy):
     """
 
     name: ClassVar[str] = "adaptive-best-of-n"
+    aliases: ClassVar[tuple[str, ...]] = ("adaptive", "adaptive_best_of_n")
+    one_prompt_chat_model: ClassVar[bool] = False  # BestOfNChatModel(allocation="adaptive") runs it
 
     budget: int = Field(8, ge=1, description="Average samples per prompt (B).")
     exploration: float = Field(
@@ -51,23 +48,15 @@ class AdaptiveBestOfN(Strategy):
     )
     mc_draws: int = Field(1024, ge=16, description="Monte Carlo draws per expected-max estimate.")
 
-    def run_batch(
-        self,
-        prompts: Sequence[Prompt],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams | None = None,
-        *,
-        progress: Progress | None = None,
-    ) -> list[StrategyResult]:
-        params = params or SamplingParams()
-        progress = progress or NullProgress()
-        conversations, token_ids = prepare_prompts(prompts, policy, params)
-        k = len(conversations)
+    def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
+        policy, params, progress, counters = run.policy, run.params, run.progress, run.counters
+        k = run.num_prompts
         d = exploration_size(self.budget, self.exploration, k)
-        counters = ComputeCounters(batch_size=k)
         decoder = Decoder(policy, counters)
         completions, scores, stage = [], [], []
+        run.partial = lambda: (
+            best_per_prompt(self.name, completions, None, counters, k) if completions else None
+        )
 
         def sample_round(batch: Batch, seed: int | None, label: int) -> None:
             """Decode the batch to the end, score it in one call, and record the round."""
@@ -75,35 +64,27 @@ class AdaptiveBestOfN(Strategy):
                 batch, generator=make_generator(seed, policy.device), on_step=lambda _: progress.advance()
             )
             done = decoder.completions(batch)
-            texts, convs = [c.text for c in done], [conversations[c.prompt_index] for c in done]
+            texts, convs = [c.text for c in done], [run.conversations[c.prompt_index] for c in done]
             completions.extend(done)
-            scores.extend(score_texts(reward, convs, texts, counters, progress))
+            scores.extend(score_texts(run.reward, convs, texts, counters, progress))
             stage.extend([label] * len(done))
 
-        try:
-            with counters.timed():
-                # stage 1: d samples for every prompt, one batch
-                progress.stage(f"exploring: {d * k} samples", params.max_new_tokens)
-                batch = decoder.start(token_ids, d, params)
-                sample_round(batch, params.seed, 1)
-                explored = [
-                    [s for c, s in zip(completions, scores, strict=True) if c.prompt_index == p]
-                    for p in range(k)
-                ]
+        # stage 1: d samples for every prompt, one batch
+        progress.stage(f"exploring: {d * k} samples", params.max_new_tokens)
+        batch = decoder.start(run.token_ids, d, params)
+        sample_round(batch, params.seed, 1)
+        explored = [
+            [s for c, s in zip(completions, scores, strict=True) if c.prompt_index == p] for p in range(k)
+        ]
 
-                # allocate the rest greedily by expected gain
-                extra = allocate(explored, self.budget, self.mc_draws, np.random.default_rng(params.seed))
+        # allocate the rest greedily by expected gain
+        extra = allocate(explored, self.budget, self.mc_draws, np.random.default_rng(params.seed))
 
-                # stage 2: the allocation, one batch, from stage 1's prompt caches
-                if sum(extra):
-                    progress.stage(f"allocating: {sum(extra)} samples", params.max_new_tokens)
-                    seed2 = None if params.seed is None else params.seed + _STAGE2_SEED_OFFSET
-                    sample_round(decoder.restart(batch, extra), seed2, 2)
-        except RewardError as exc:
-            partial = best_per_prompt(self.name, completions, None, counters, k) if completions else None
-            raise attach_partial(exc, partial) from exc
-        finally:
-            progress.close()
+        # stage 2: the allocation, one batch, from stage 1's prompt caches
+        if sum(extra):
+            progress.stage(f"allocating: {sum(extra)} samples", params.max_new_tokens)
+            seed2 = None if params.seed is None else params.seed + _STAGE2_SEED_OFFSET
+            sample_round(decoder.restart(batch, extra), seed2, 2)
         details = [
             {
                 "exploration_samples": d,

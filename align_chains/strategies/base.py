@@ -8,7 +8,7 @@ the compute counters, and a trace fit for plotting.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.sampling import SamplingParams
-from align_chains.errors import InvalidInputError, RewardError
+from align_chains.errors import InvalidInputError, RewardError, UnknownStrategyError
 from align_chains.models.chat import Conversation, as_conversation
 from align_chains.models.policy import Policy
 from align_chains.progress import NullProgress, Progress
@@ -64,12 +64,51 @@ class StrategyResult:
         return self.best.finish_reason
 
 
+@dataclass
+class SearchRun:
+    """What ``Strategy.run_batch`` hands a strategy's ``_search``: validated prompts, models, settings.
+
+    ``counters`` are timed around the whole search. A search that has work to show when its
+    reward fails sets ``partial`` to a function returning that work; ``run_batch`` attaches it
+    to the ``RewardError`` it re-raises.
+    """
+
+    conversations: list[Conversation]
+    token_ids: list[list[int]]
+    policy: Policy
+    reward: RewardModel
+    params: SamplingParams
+    progress: Progress
+    counters: ComputeCounters
+    partial: Callable[[], Any] | None = None
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.conversations)
+
+
 class Strategy(BaseModel, ABC):
-    """Settings plus the algorithm. Settings are validated when the strategy is built."""
+    """Settings plus the algorithm. Settings are validated when the strategy is built.
+
+    A subclass names itself (``name``, and ``aliases`` users may type), says what it needs
+    (``needs_policy_internals``: why it cannot run over a chat API, or None when it can) and
+    implements ``_search``; ``run_batch`` does the common opening and closing. Decorate it
+    with ``@register_strategy`` to make it reachable by name from ``get_strategy``, the chat
+    models (``chat_model_class``), the CLI and the server.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    streams: ClassVar[bool] = False  # commits tokens as it goes (``on_commit``)
+    needs_policy_internals: ClassVar[str | None] = None  # e.g. "the policy's next-token logits"
+    one_prompt_chat_model: ClassVar[bool] = True  # False: only meaningful across a batch of prompts
+
+    @classmethod
+    def default_params(cls) -> SamplingParams:
+        """The sampling settings used when ``run_batch`` gets none."""
+        return SamplingParams()
 
     def run(
         self,
@@ -79,11 +118,11 @@ class Strategy(BaseModel, ABC):
         params: SamplingParams | None = None,
         *,
         progress: Progress | None = None,
+        **options: Any,
     ) -> StrategyResult:
         """Run on one prompt (a string or a list of role/content messages)."""
-        return self.run_batch([prompt], policy, reward, params, progress=progress)[0]
+        return self.run_batch([prompt], policy, reward, params, progress=progress, **options)[0]
 
-    @abstractmethod
     def run_batch(
         self,
         prompts: Sequence[Prompt],
@@ -92,8 +131,79 @@ class Strategy(BaseModel, ABC):
         params: SamplingParams | None = None,
         *,
         progress: Progress | None = None,
+        **options: Any,
     ) -> list[StrategyResult]:
-        """Run on several prompts, batching the work across them where the method allows."""
+        """Run on several prompts, batching the work across them where the method allows.
+
+        Validates and renders the prompts before any model work, times the search (every result
+        reports the whole run's seconds, shared by the batch), closes the progress display, and
+        on a reward failure re-raises with the work done so far attached.
+        ``options`` go to ``_search`` (e.g. ``on_commit`` for a streaming strategy).
+        """
+        params = params or self.default_params()
+        progress = progress or NullProgress()
+        conversations, token_ids = prepare_prompts(prompts, policy, params)
+        run = SearchRun(
+            conversations=conversations,
+            token_ids=token_ids,
+            policy=policy,
+            reward=reward,
+            params=params,
+            progress=progress,
+            counters=ComputeCounters(batch_size=len(conversations)),
+        )
+        try:
+            with run.counters.timed():
+                results = self._search(run, **options)
+        except RewardError as exc:
+            raise attach_partial(exc, run.partial() if run.partial is not None else None) from exc
+        finally:
+            progress.close()
+        for result in results:  # the batch shares the run's wall time, now that it is known
+            result.counters.seconds = run.counters.seconds
+        return results
+
+    @abstractmethod
+    def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
+        """The strategy's own search over ``run``'s prompts: one result per prompt, in order."""
+
+
+# canonical name -> class of every registered strategy (live: registering adds to it)
+STRATEGIES: dict[str, type[Strategy]] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Make ``cls`` reachable by its ``name`` and ``aliases`` (a class decorator).
+
+    Adding a strategy is one module that defines a ``Strategy`` subclass decorated with this,
+    imported once (the built-in ones are imported by ``align_chains.strategies``).
+    """
+    for key in (cls.name, *cls.aliases):
+        key = key.strip().lower()
+        owner = STRATEGIES.get(key) or STRATEGIES.get(_ALIASES.get(key, ""))
+        if owner is not None and owner is not cls:
+            raise ValueError(f"Strategy name {key!r} is taken by {owner.__name__}; pick another name.")
+    STRATEGIES[cls.name] = cls
+    _ALIASES.update({alias.strip().lower(): cls.name for alias in cls.aliases})
+    return cls
+
+
+def unregister_strategy(cls: type[Strategy]) -> None:
+    """Undo ``register_strategy`` (a plugin unloading, a test cleaning up)."""
+    if STRATEGIES.get(cls.name) is cls:
+        del STRATEGIES[cls.name]
+    for alias in [a for a, owner in _ALIASES.items() if owner == cls.name]:
+        del _ALIASES[alias]
+
+
+def canonical_strategy_name(name: str) -> str:
+    """The registered name for ``name`` or one of its aliases (raises UnknownStrategyError)."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in STRATEGIES:
+        raise UnknownStrategyError(f"Unknown strategy {name!r}. Available: {', '.join(sorted(STRATEGIES))}.")
+    return key
 
 
 def prepare_prompts(

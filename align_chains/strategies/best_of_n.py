@@ -10,21 +10,17 @@ from pydantic import Field
 
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Completion, Decoder
-from align_chains.engine.sampling import SamplingParams
-from align_chains.errors import RewardError
-from align_chains.models.policy import Policy
-from align_chains.progress import NullProgress, Progress
-from align_chains.rewards.base import Prompt, RewardModel
 from align_chains.strategies.base import (
     Candidate,
+    SearchRun,
     Strategy,
     StrategyResult,
-    attach_partial,
-    prepare_prompts,
+    register_strategy,
     score_texts,
 )
 
 
+@register_strategy
 class BestOfN(Strategy):
     """Sample ``n`` candidates per prompt and keep the one the reward scores highest.
 
@@ -34,41 +30,25 @@ class BestOfN(Strategy):
     """
 
     name: ClassVar[str] = "best-of-n"
+    aliases: ClassVar[tuple[str, ...]] = ("bon", "best_of_n", "bestofn")
 
     n: int = Field(4, ge=1, description="Candidates sampled per prompt.")
 
-    def run_batch(
-        self,
-        prompts: Sequence[Prompt],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams | None = None,
-        *,
-        progress: Progress | None = None,
-    ) -> list[StrategyResult]:
-        params = params or SamplingParams()
-        progress = progress or NullProgress()
-        conversations, token_ids = prepare_prompts(prompts, policy, params)
-        counters = ComputeCounters(batch_size=len(conversations))
-        with counters.timed():
-            progress.stage(f"generating {self.n * len(conversations)} candidates", params.max_new_tokens)
-            completions = Decoder(policy, counters).generate(
-                token_ids, self.n, params, on_step=lambda _batch: progress.advance()
-            )
-            try:
-                scores = score_texts(
-                    reward,
-                    [conversations[c.prompt_index] for c in completions],
-                    [c.text for c in completions],
-                    counters,
-                    progress,
-                )
-            except RewardError as exc:
-                unscored = best_per_prompt(self.name, completions, None, counters, len(conversations))
-                raise attach_partial(exc, unscored) from exc
-            finally:
-                progress.close()
-        return best_per_prompt(self.name, completions, scores, counters, len(conversations))
+    def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
+        num = run.num_prompts
+        run.progress.stage(f"generating {self.n * num} candidates", run.params.max_new_tokens)
+        completions = Decoder(run.policy, run.counters).generate(
+            run.token_ids, self.n, run.params, on_step=lambda _batch: run.progress.advance()
+        )
+        run.partial = lambda: best_per_prompt(self.name, completions, None, run.counters, num)
+        scores = score_texts(
+            run.reward,
+            [run.conversations[c.prompt_index] for c in completions],
+            [c.text for c in completions],
+            run.counters,
+            run.progress,
+        )
+        return best_per_prompt(self.name, completions, scores, run.counters, num)
 
 
 def best_per_prompt(

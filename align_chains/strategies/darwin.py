@@ -39,17 +39,14 @@ from pydantic import Field, model_validator
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch, Completion, Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator
-from align_chains.errors import InvalidInputError, RewardError
+from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation, last_user_text
-from align_chains.models.policy import Policy
-from align_chains.progress import NullProgress, Progress
-from align_chains.rewards.base import Prompt, RewardModel
 from align_chains.strategies.base import (
     Candidate,
+    SearchRun,
     Strategy,
     StrategyResult,
-    attach_partial,
-    prepare_prompts,
+    register_strategy,
     score_texts,
 )
 from align_chains.strategies.darwin_trace import (
@@ -158,6 +155,14 @@ class CachedPopulation:
         self.batch.stopped[index] = stopped
 
 
+def check_k_at_most_n(k: int, n: int) -> None:
+    """DARWIN's rule across settings (one home for it): the top ``k`` are kept out of ``n``."""
+    if k > n:
+        raise ValueError(
+            f"k={k} must not exceed n={n}: the top k are kept out of n candidates; lower k or raise n."
+        )
+
+
 class _BudgetStop(Exception):
     """Raised from a decoding step when a budget would be overrun by the next step."""
 
@@ -181,6 +186,7 @@ class _Budget:
         return self.reason is not None
 
 
+@register_strategy
 class Darwin(Strategy):
     """DARWIN (Hung et al. 2024): mutate the instruction, decode, replace losers, evolve an archive.
 
@@ -206,11 +212,7 @@ class Darwin(Strategy):
 
     @model_validator(mode="after")
     def _k_at_most_n(self) -> Darwin:
-        if self.k > self.n:
-            raise ValueError(
-                f"k={self.k} must not exceed n={self.n}: the top k are kept out of n candidates; "
-                "lower k or raise n."
-            )
+        check_k_at_most_n(self.k, self.n)
         return self
 
     def population(
@@ -224,24 +226,15 @@ class Darwin(Strategy):
         """The decoding backend of the candidate phase (the reference re-prefills instead)."""
         return CachedPopulation(decoder, prompts, params, owners, num_owners)
 
-    def run_batch(
-        self,
-        prompts: Sequence[Prompt],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams | None = None,
-        *,
-        progress: Progress | None = None,
-    ) -> list[StrategyResult]:
-        params = params or SamplingParams()
-        conversations, token_ids = prepare_prompts(prompts, policy, params)
+    def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
+        policy, params = run.policy, run.params
         mutation_params = SamplingParams(
             max_new_tokens=self.mutation_max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
             top_k=params.top_k,
         )
-        for conversation in conversations:  # before any model work
+        for conversation in run.conversations:  # before any model work
             request = policy.render(mutation_request(last_user_text(conversation), self.n))
             if len(request) + self.mutation_max_tokens > policy.context_length:
                 raise InvalidInputError(
@@ -250,8 +243,10 @@ class Darwin(Strategy):
                     f"{policy.context_length}-token context of {policy.name!r}. Shorten the last user "
                     "message (move context into a system message) or lower mutation_max_tokens."
                 )
-        search = _Search(self, conversations, token_ids, policy, reward, params, mutation_params, progress)
-        return search.run()
+        search = _Search(self, run, mutation_params)
+        run.partial = lambda: search._results(reward_failed=True)
+        search._search()
+        return search._results()
 
 
 @dataclass
@@ -293,43 +288,23 @@ class _Rows:
 class _Search:
     """One ``run_batch`` call: all prompts searched together, batch by batch."""
 
-    def __init__(
-        self,
-        strategy: Darwin,
-        conversations: list[Conversation],
-        token_ids: list[list[int]],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams,
-        mutation_params: SamplingParams,
-        progress: Progress | None,
-    ) -> None:
+    def __init__(self, strategy: Darwin, run: SearchRun, mutation_params: SamplingParams) -> None:
         self.s = strategy
-        self.policy, self.reward, self.params, self.mutation_params = policy, reward, params, mutation_params
-        self.progress = progress or NullProgress()
-        self.counters = ComputeCounters(batch_size=len(conversations))
-        self.decoder = Decoder(policy, self.counters)
-        self.generator = make_generator(params.seed, policy.device)
-        self.rng = random.Random(params.seed)
+        self.policy, self.reward, self.params = run.policy, run.reward, run.params
+        self.mutation_params = mutation_params
+        self.progress = run.progress
+        self.counters = run.counters
+        self.decoder = Decoder(self.policy, self.counters)
+        self.generator = make_generator(self.params.seed, self.policy.device)
+        self.rng = random.Random(self.params.seed)
         self.budget = _Budget(self.counters, strategy.max_total_tokens, strategy.time_budget_s)
         self.prompts = [
             _PromptState(conversation=c, instruction=last_user_text(c), prompt_ids=ids)
-            for c, ids in zip(conversations, token_ids, strict=True)
+            for c, ids in zip(run.conversations, run.token_ids, strict=True)
         ]
         self.unscored: list[list[Candidate]] = [[] for _ in self.prompts]  # in flight at a failure
 
     # -- driver ------------------------------------------------------------------------
-    def run(self) -> list[StrategyResult]:
-        try:
-            with self.counters.timed():
-                try:
-                    self._search()
-                finally:
-                    self.progress.close()
-        except RewardError as exc:
-            raise attach_partial(exc, self._results(reward_failed=True)) from exc
-        return self._results()
-
     def _search(self) -> None:
         going, first_mutations = self._first_answers()
         if not going:

@@ -60,7 +60,7 @@ def start_sharing_prefix(
         out = policy.model(input_ids=torch.tensor([distinct[0][:shared]], device=device), use_cache=True)
         counters.forward_passes += 1
         counters.prompt_tokens += shared
-        cache = out.past_key_values
+        cache = out.cache
         if not expand_into_preallocated(
             cache, torch.zeros(len(distinct), dtype=torch.long, device=device), width + params.max_new_tokens
         ):
@@ -81,14 +81,14 @@ def start_sharing_prefix(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             **({"logits_to_keep": 1} if decoder._logits_to_keep else {}),
         )
     counters.forward_passes += 1
     counters.prompt_tokens += sum(len(s) for s in suffixes)
     source = torch.tensor(row_of_prompt, device=device)
-    cache = out.past_key_values
+    cache = out.cache
     if len(prompts) != len(distinct):
         cache.batch_select_indices(source)
     charged = [len(suffixes[r]) if first_of[r] == i else 0 for i, r in enumerate(row_of_prompt)]

@@ -13,7 +13,7 @@ for every candidate at every token.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -22,16 +22,15 @@ from pydantic import Field
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
-from align_chains.errors import InvalidInputError, RewardError
+from align_chains.errors import InvalidInputError
 from align_chains.models.policy import Policy
-from align_chains.progress import NullProgress, Progress
-from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.base import RewardModel
 from align_chains.rewards.incremental import BranchScorer, ClassifierBranchScorer, TextBranchScorer
 from align_chains.strategies.base import (
+    SearchRun,
     Strategy,
     StrategyResult,
-    attach_partial,
-    prepare_prompts,
+    register_strategy,
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
@@ -64,11 +63,14 @@ def branch_scorer(
     return TextBranchScorer(reward, policy, counters)
 
 
+@register_strategy
 class RewardGuided(Strategy):
     """ARGS settings: ``k`` candidates per token, reward weight ``w``, greedy or sampled choice."""
 
     name: ClassVar[str] = "reward-guided"
+    aliases: ClassVar[tuple[str, ...]] = ("args", "reward_guided")
     streams: ClassVar[bool] = True
+    needs_policy_internals: ClassVar[str | None] = "the policy's next-token logits at every step (ARGS)"
 
     k: int = Field(10, ge=1, le=1000, description="Top-k policy tokens scored at every step.")
     w: float = Field(1.5, ge=0.0, allow_inf_nan=False, description="Weight of the reward against log pi.")
@@ -79,58 +81,42 @@ class RewardGuided(Strategy):
         "auto", description="auto: incremental when the reward shares the policy's vocabulary, else text."
     )
 
-    def run_batch(
-        self,
-        prompts: Sequence[Prompt],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams | None = None,
-        *,
-        progress: Progress | None = None,
-        on_commit: OnCommit | None = None,
-        scorer: BranchScorer | None = None,
+    def _search(
+        self, run: SearchRun, *, on_commit: OnCommit | None = None, scorer: BranchScorer | None = None
     ) -> list[StrategyResult]:
         """Guide one row per prompt. ``scorer`` overrides the branch scorer (tests, benchmarks)."""
-        params = params or SamplingParams()
-        progress = progress or NullProgress()
-        conversations, token_ids = prepare_prompts(prompts, policy, params)
-        counters = ComputeCounters(batch_size=len(conversations))
+        policy, params, progress, counters = run.policy, run.params, run.progress, run.counters
+        conversations = run.conversations
         k = min(self.k, policy.vocab_size)
-        with counters.timed():
-            decoder = Decoder(policy, counters)
-            scorer = scorer or branch_scorer(reward, policy, counters, self.scoring)
-            batch = decoder.start(token_ids, 1, params)
-            scorer.start(conversations, list(range(len(conversations))), params.max_new_tokens)
-            generator = make_generator(params.seed, policy.device)
-            choose = SamplingParams(temperature=params.temperature, max_new_tokens=1)
-            sampled = self.mode == "sample" and params.temperature > 0
-            steps: list[tuple[torch.Tensor, ...]] = []
-            progress.stage(f"reward-guided decoding (k={k})", params.max_new_tokens)
-            try:
-                while not batch.done:
-                    logprobs = torch.log_softmax(decoder.logits(batch), dim=-1)
-                    top_logprobs, top_ids = logprobs.topk(k, dim=-1)
-                    alive = ~batch.finished
-                    rewards = scorer.score(top_ids, alive).to(top_logprobs.device)
-                    total = top_logprobs + self.w * rewards
-                    column = sample_tokens(total, choose, generator) if sampled else total.argmax(-1)
-                    tokens = top_ids.gather(-1, column[:, None]).squeeze(-1)
-                    decoder.append(batch, tokens)
-                    scorer.commit(column, tokens)
-                    steps.append((alive, tokens, column, rewards.gather(-1, column[:, None]).squeeze(-1)))
-                    if on_commit is not None:
-                        for p in alive.nonzero().flatten().tolist():
-                            on_commit(p, [int(tokens[p])])
-                    progress.advance()
-                completions = decoder.completions(batch)
-                scores = score_texts(reward, conversations, [c.text for c in completions], counters)
-            except RewardError as exc:
-                done = decoder.completions(batch)
-                raise attach_partial(
-                    exc, best_per_prompt(self.name, done, None, counters, len(conversations))
-                ) from exc
-            finally:
-                progress.close()
+        decoder = Decoder(policy, counters)
+        scorer = scorer or branch_scorer(run.reward, policy, counters, self.scoring)
+        batch = decoder.start(run.token_ids, 1, params)
+        scorer.start(conversations, list(range(len(conversations))), params.max_new_tokens)
+        generator = make_generator(params.seed, policy.device)
+        choose = SamplingParams(temperature=params.temperature, max_new_tokens=1)
+        sampled = self.mode == "sample" and params.temperature > 0
+        steps: list[tuple[torch.Tensor, ...]] = []
+        run.partial = lambda: best_per_prompt(
+            self.name, decoder.completions(batch), None, counters, len(conversations)
+        )
+        progress.stage(f"reward-guided decoding (k={k})", params.max_new_tokens)
+        while not batch.done:
+            logprobs = torch.log_softmax(decoder.logits(batch), dim=-1)
+            top_logprobs, top_ids = logprobs.topk(k, dim=-1)
+            alive = ~batch.finished
+            rewards = scorer.score(top_ids, alive).to(top_logprobs.device)
+            total = top_logprobs + self.w * rewards
+            column = sample_tokens(total, choose, generator) if sampled else total.argmax(-1)
+            tokens = top_ids.gather(-1, column[:, None]).squeeze(-1)
+            decoder.append(batch, tokens)
+            scorer.commit(column, tokens)
+            steps.append((alive, tokens, column, rewards.gather(-1, column[:, None]).squeeze(-1)))
+            if on_commit is not None:
+                for p in alive.nonzero().flatten().tolist():
+                    on_commit(p, [int(tokens[p])])
+            progress.advance()
+        completions = decoder.completions(batch)
+        scores = score_texts(run.reward, conversations, [c.text for c in completions], counters)
         results = best_per_prompt(
             self.name,
             completions,

@@ -27,20 +27,16 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, field_validator
 
-from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch, Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator
-from align_chains.errors import InvalidInputError, RewardError
-from align_chains.models.chat import Conversation
+from align_chains.errors import InvalidInputError
 from align_chains.models.policy import Policy
-from align_chains.progress import NullProgress, Progress
-from align_chains.rewards.base import Prompt, RewardModel
 from align_chains.strategies.base import (
     Candidate,
+    SearchRun,
     Strategy,
     StrategyResult,
-    attach_partial,
-    prepare_prompts,
+    register_strategy,
     score_texts,
 )
 
@@ -64,6 +60,7 @@ def noise_level(iteration: int, iterations: int, levels: Sequence[float]) -> flo
     return float(levels[part])
 
 
+@register_strategy
 class SEA(Strategy):
     """Gradient-based refinement of the response in continuous (logit) space.
 
@@ -73,6 +70,8 @@ class SEA(Strategy):
     """
 
     name: ClassVar[str] = "sea"
+    aliases: ClassVar[tuple[str, ...]] = ("simple-energy-adaptation",)
+    needs_policy_internals: ClassVar[str | None] = "gradients through the policy's embeddings (SEA)"
 
     chains: int = Field(4, ge=1, description="Chains per prompt, each started from a policy sample.")
     iterations: int = Field(200, ge=1, description="Adam steps per chain.")
@@ -100,25 +99,15 @@ class SEA(Strategy):
             raise ValueError(f"noise levels must be finite and >= 0; got {value}")
         return value
 
-    def run_batch(
-        self,
-        prompts: Sequence[Prompt],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams | None = None,
-        *,
-        progress: Progress | None = None,
-    ) -> list[StrategyResult]:
-        params = params or SamplingParams(max_new_tokens=50, temperature=0.8)
-        progress = progress or NullProgress()
-        conversations, token_ids = prepare_prompts(prompts, policy, params)
-        if not reward.supports_soft_scoring:
-            reward.soft_scorer(conversations, [0], policy)  # raises the explanatory error
-        run = _Run(self, policy, reward, params, conversations, token_ids, progress)
-        try:
-            return run.execute()
-        finally:
-            progress.close()
+    @classmethod
+    def default_params(cls) -> SamplingParams:
+        """The paper's response length (L = 50) and initial-sample temperature."""
+        return SamplingParams(max_new_tokens=50, temperature=0.8)
+
+    def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
+        if not run.reward.supports_soft_scoring:
+            run.reward.soft_scorer(run.conversations, [0], run.policy)  # raises the explanatory error
+        return _Run(self, run).execute()
 
 
 def _cut_at_stop(
@@ -150,25 +139,17 @@ class _Chain:
 class _Run:
     """One SEA request: all chains of all prompts as rows of the same tensors."""
 
-    def __init__(
-        self,
-        sea: SEA,
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams,
-        conversations: list[Conversation],
-        token_ids: list[list[int]],
-        progress: Progress,
-    ) -> None:
-        self.sea, self.policy, self.reward, self.params = sea, policy, reward, params
-        self.conversations, self.token_ids, self.progress = conversations, token_ids, progress
-        self.length = params.max_new_tokens
-        self.num_prompts = len(conversations)
+    def __init__(self, sea: SEA, run: SearchRun) -> None:
+        self.sea, self.policy, self.reward, self.params = sea, run.policy, run.reward, run.params
+        self.conversations, self.token_ids, self.progress = run.conversations, run.token_ids, run.progress
+        self.search_run = run
+        self.length = self.params.max_new_tokens
+        self.num_prompts = len(self.conversations)
         self.rows = self.num_prompts * sea.chains
         self.row_prompt = [r // sea.chains for r in range(self.rows)]
-        self.counters = ComputeCounters(batch_size=self.num_prompts)
-        self.device = policy.device
-        self.generator = make_generator(params.seed, self.device)
+        self.counters = run.counters
+        self.device = self.policy.device
+        self.generator = make_generator(self.params.seed, self.device)
         self.trace: list[dict[str, Any]] = []
         self.flags: dict[str, Any] = {}
         self.memo: dict[tuple[int, str], float] = {}
@@ -197,7 +178,7 @@ class _Run:
                 input_ids=feed,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=batch.cache,
+                cache=batch.cache,
                 use_cache=True,
             )
         if not keep_cache:
@@ -247,7 +228,7 @@ class _Run:
                         input_ids=decoded[:, t : t + 1],
                         attention_mask=mask,
                         position_ids=(batch.prompt_lengths + t)[:, None],
-                        past_key_values=batch.cache,
+                        cache=batch.cache,
                         use_cache=True,
                     )
                 self.counters.forward_passes += 1
@@ -274,35 +255,30 @@ class _Run:
         sea, policy = self.sea, self.policy
         start = time.perf_counter()
         deadline = None if sea.time_budget_s is None else start + sea.time_budget_s
-        with self.counters.timed():
-            scorer = self.reward.soft_scorer(self.conversations, self.row_prompt, policy)
-            limit = getattr(scorer, "max_length", None)
-            if limit is not None and self.length > limit:
-                raise InvalidInputError(
-                    f"SEA's response length (max_tokens={self.length}) exceeds what reward "
-                    f"{self.reward.name!r} can read ({limit} tokens); lower max_tokens."
-                )
-            decoder = Decoder(policy, self.counters)
-            self.progress.stage("sampling the initial responses", self.length)
-            batch = decoder.start(self.token_ids, sea.chains, self.params)
-            decoder.extend(batch, generator=self.generator, on_step=lambda _b: self.progress.advance())
-            initial = decoder.completions(batch)
-            batch = decoder.restart(batch, [sea.chains] * self.num_prompts)  # the prompts' cache, reused
-            try:
-                init_scores = self._hard_scores(range(self.rows), [c.text for c in initial])
-            except RewardError as exc:
-                raise attach_partial(exc, initial) from exc
-            best = [
-                _Chain(c.text, c.token_ids, c.logprobs, s, 0, c.finish_reason)
-                for c, s in zip(initial, init_scores, strict=True)
-            ]
-            for r, chain in enumerate(best):
-                self.trace.append(self._record(r, 0, None, chain.reward, None, None, chain.text))
-            try:
-                iterations_done = self._optimise(batch, scorer, initial, best, deadline)
-                revised = self._revise(best, deadline)
-            except RewardError as exc:
-                raise attach_partial(exc, self._results(best, [], [0] * self.rows, scorer)) from exc
+        scorer = self.reward.soft_scorer(self.conversations, self.row_prompt, policy)
+        limit = getattr(scorer, "max_length", None)
+        if limit is not None and self.length > limit:
+            raise InvalidInputError(
+                f"SEA's response length (max_tokens={self.length}) exceeds what reward "
+                f"{self.reward.name!r} can read ({limit} tokens); lower max_tokens."
+            )
+        decoder = Decoder(policy, self.counters)
+        self.progress.stage("sampling the initial responses", self.length)
+        batch = decoder.start(self.token_ids, sea.chains, self.params)
+        decoder.extend(batch, generator=self.generator, on_step=lambda _b: self.progress.advance())
+        initial = decoder.completions(batch)
+        batch = decoder.restart(batch, [sea.chains] * self.num_prompts)  # the prompts' cache, reused
+        self.search_run.partial = lambda: initial
+        init_scores = self._hard_scores(range(self.rows), [c.text for c in initial])
+        best = [
+            _Chain(c.text, c.token_ids, c.logprobs, s, 0, c.finish_reason)
+            for c, s in zip(initial, init_scores, strict=True)
+        ]
+        for r, chain in enumerate(best):
+            self.trace.append(self._record(r, 0, None, chain.reward, None, None, chain.text))
+        self.search_run.partial = lambda: self._results(best, [], [0] * self.rows, scorer)
+        iterations_done = self._optimise(batch, scorer, initial, best, deadline)
+        revised = self._revise(best, deadline)
         return self._results(best, revised, iterations_done, scorer)
 
     def _optimise(

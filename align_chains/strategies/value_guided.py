@@ -15,7 +15,7 @@ Either signal works alone; both together are IVG.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -23,17 +23,15 @@ from pydantic import Field
 
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.lockstep import Lockstep, View
-from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
-from align_chains.errors import InvalidInputError, RewardError
-from align_chains.models.policy import Policy
-from align_chains.progress import NullProgress, Progress
-from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.engine.sampling import make_generator, sample_tokens
+from align_chains.errors import InvalidInputError
+from align_chains.rewards.base import RewardModel
 from align_chains.rewards.implicit import ImplicitReward, check_shared_vocabulary
 from align_chains.strategies.base import (
+    SearchRun,
     Strategy,
     StrategyResult,
-    attach_partial,
-    prepare_prompts,
+    register_strategy,
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
@@ -41,12 +39,15 @@ from align_chains.strategies.best_of_n import best_per_prompt
 OnCommit = Callable[[int, list[int]], None]
 
 
+@register_strategy
 class ValueGuided(Strategy):
     """IVG settings. ``token_guidance``/``chunk_value`` of None mean: implicit guidance when a
     guide (principle or tuned/untuned pair) is available, else chunk-level search on the reward."""
 
     name: ClassVar[str] = "value-guided"
+    aliases: ClassVar[tuple[str, ...]] = ("ivg", "value_guided")
     streams: ClassVar[bool] = True
+    needs_policy_internals: ClassVar[str | None] = "the policy's next-token logits at every step (IVG)"
 
     w: float = Field(1.0, ge=0.0, le=100.0, allow_inf_nan=False, description="Token-level guidance weight.")
     beams: int = Field(2, ge=1, le=64, description="W: beams kept after every chunk.")
@@ -76,85 +77,69 @@ class ValueGuided(Strategy):
             )
         return token, chunk
 
-    def run_batch(
-        self,
-        prompts: Sequence[Prompt],
-        policy: Policy,
-        reward: RewardModel,
-        params: SamplingParams | None = None,
-        *,
-        progress: Progress | None = None,
-        on_commit: OnCommit | None = None,
-        guide: ImplicitReward | None = None,
+    def _search(
+        self, run: SearchRun, *, on_commit: OnCommit | None = None, guide: ImplicitReward | None = None
     ) -> list[StrategyResult]:
-        params = params or SamplingParams()
-        progress = progress or NullProgress()
+        policy, params, progress, counters = run.policy, run.params, run.progress, run.counters
+        conversations = run.conversations
         if guide is None and self.principle is not None:
             guide = ImplicitReward(policy, principle=self.principle)
         token, chunk = self.resolved(guide)
         if guide is not None:
             check_shared_vocabulary(policy, guide.tuned, "Value guidance (IVG)")
             check_shared_vocabulary(policy, guide.untuned, "Value guidance (IVG)")
-        conversations, token_ids = prepare_prompts(prompts, policy, params)
         num = len(conversations)
         width = self.beams * self.samples if chunk != "none" else 1
-        counters = ComputeCounters(batch_size=num)
-        views = [View(policy, token_ids)]
+        views = [View(policy, run.token_ids)]
         if guide is not None:
             views.extend(guide.views(conversations))
-        with counters.timed():
-            lock = Lockstep(views, [width] * num, params, counters)
-            generator = make_generator(params.seed, policy.device)
-            prompt_of_row = torch.arange(num).repeat_interleave(width)
-            copy = torch.zeros(num * width, dtype=torch.long)  # index of a row among its beam's K copies
-            emitted = [0] * num
-            trace: list[dict] = []
-            values: torch.Tensor | None = None
-            progress.stage("value-guided decoding", params.max_new_tokens)
-            try:
-                while not lock.done:
-                    start_finished = lock.finished.cpu()
-                    for _ in range(self.chunk_tokens if chunk != "none" else params.max_new_tokens):
-                        if lock.done:
-                            break
-                        logits = self._guided_logits(lock, token, guide)
-                        alive = ~lock.finished
-                        tokens = sample_tokens(logits, params, generator)
-                        lock.append(tokens)
-                        if on_commit is not None and chunk == "none":
-                            for p in alive.nonzero().flatten().tolist():
-                                on_commit(p, [int(tokens[p])])
-                        progress.advance()
-                    if chunk == "none":
-                        break
-                    values = self._chunk_values(
-                        lock, chunk, guide, reward, conversations, prompt_of_row, counters
-                    )
-                    # a finished beam's K copies are identical: only its first copy competes
-                    ranked = values.masked_fill(start_finished & (copy > 0), float("-inf")).view(num, width)
-                    step = lock.base.steps
-                    trace.extend(
-                        {"step": step, "prompt": int(prompt_of_row[i]), "row": i % width, "value": float(v)}
-                        for i, v in enumerate(values.tolist())
-                    )
-                    if lock.done:  # final pick: ties (a finished beam's copies) go to the first
-                        break
-                    keep = ranked.topk(self.beams, dim=-1).indices  # [num, W]
-                    rows = (keep + torch.arange(num)[:, None] * width).repeat_interleave(self.samples, dim=1)
-                    lock.select(rows.flatten())
-                    copy = torch.arange(self.samples).repeat(num * self.beams)
-                    if on_commit is not None:
-                        self._emit_shared_prefix(lock, num, width, emitted, on_commit)
-                completions = lock.completions()
-                if values is None:  # token-level only: score the answer with the reward model
-                    scores = score_texts(reward, conversations, [c.text for c in completions], counters)
-                else:
-                    scores = values.tolist()
-            except RewardError as exc:
-                done = lock.completions()
-                raise attach_partial(exc, best_per_prompt(self.name, done, None, counters, num)) from exc
-            finally:
-                progress.close()
+        lock = Lockstep(views, [width] * num, params, counters)
+        run.partial = lambda: best_per_prompt(self.name, lock.completions(), None, counters, num)
+        generator = make_generator(params.seed, policy.device)
+        prompt_of_row = torch.arange(num).repeat_interleave(width)
+        copy = torch.zeros(num * width, dtype=torch.long)  # index of a row among its beam's K copies
+        emitted = [0] * num
+        trace: list[dict] = []
+        values: torch.Tensor | None = None
+        progress.stage("value-guided decoding", params.max_new_tokens)
+        while not lock.done:
+            start_finished = lock.finished.cpu()
+            for _ in range(self.chunk_tokens if chunk != "none" else params.max_new_tokens):
+                if lock.done:
+                    break
+                logits = self._guided_logits(lock, token, guide)
+                alive = ~lock.finished
+                tokens = sample_tokens(logits, params, generator)
+                lock.append(tokens)
+                if on_commit is not None and chunk == "none":
+                    for p in alive.nonzero().flatten().tolist():
+                        on_commit(p, [int(tokens[p])])
+                progress.advance()
+            if chunk == "none":
+                break
+            values = self._chunk_values(
+                lock, chunk, guide, run.reward, conversations, prompt_of_row, counters
+            )
+            # a finished beam's K copies are identical: only its first copy competes
+            ranked = values.masked_fill(start_finished & (copy > 0), float("-inf")).view(num, width)
+            step = lock.base.steps
+            trace.extend(
+                {"step": step, "prompt": int(prompt_of_row[i]), "row": i % width, "value": float(v)}
+                for i, v in enumerate(values.tolist())
+            )
+            if lock.done:  # final pick: ties (a finished beam's copies) go to the first
+                break
+            keep = ranked.topk(self.beams, dim=-1).indices  # [num, W]
+            rows = (keep + torch.arange(num)[:, None] * width).repeat_interleave(self.samples, dim=1)
+            lock.select(rows.flatten())
+            copy = torch.arange(self.samples).repeat(num * self.beams)
+            if on_commit is not None:
+                self._emit_shared_prefix(lock, num, width, emitted, on_commit)
+        completions = lock.completions()
+        if values is None:  # token-level only: score the answer with the reward model
+            scores = score_texts(run.reward, conversations, [c.text for c in completions], counters)
+        else:
+            scores = values.tolist()
         results = best_per_prompt(
             self.name,
             completions,

@@ -24,10 +24,9 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from align_chains.chat_models.batching import batch_with_callbacks
+from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
 from align_chains.chat_models.rerank.adaptive import AdaptiveSearch
 from align_chains.chat_models.rerank.calls import CallPool
 from align_chains.chat_models.rerank.darwin import DarwinSearch
@@ -37,7 +36,7 @@ from align_chains.chat_models.rerank.uniform import UniformSearch
 from align_chains.errors import InvalidInputError
 from align_chains.models.embedded import EMBEDDED_REWARD
 from align_chains.rewards import RewardModel, load_reward
-from align_chains.strategies import canonical_strategy_name
+from align_chains.strategies import canonical_strategy_name, get_strategy
 
 #: the strategies a wrapped chat model can run, each by its search class
 SEARCHES: dict[str, type[Search]] = {
@@ -46,19 +45,15 @@ SEARCHES: dict[str, type[Search]] = {
     "darwin": DarwinSearch,
 }
 # what each strategy the wrapper cannot run would need from the policy
-_NEEDS_THE_MODEL = {
-    "reward-guided": "the policy's next-token logits at every step (ARGS)",
-    "value-guided": "the policy's next-token logits at every step (IVG)",
-    "sea": "gradients through the policy's embeddings (SEA)",
-}
 
 
 def _response_level_only(value: str) -> str:
     """The canonical strategy name, or a clear error for one a wrapped chat model cannot run."""
     name = canonical_strategy_name(value)
-    if name in _NEEDS_THE_MODEL:
+    needs = get_strategy(name).needs_policy_internals
+    if needs is not None:
         raise InvalidInputError(
-            f"Strategy {name!r} needs {_NEEDS_THE_MODEL[name]}, which a wrapped chat model does not "
+            f"Strategy {name!r} needs {needs}, which a wrapped chat model does not "
             "expose. Use strategy='best-of-n' here, or run it on a local policy with "
             f"chat_model_class({name!r})(model=...)."
         )
@@ -81,7 +76,7 @@ def _misplaced_settings(strategy: str, given: set[str]) -> None:
             )
 
 
-class RerankChatModel(BaseChatModel):
+class RerankChatModel(AsyncBatchInOneRun, BaseChatModel):
     """Best-of-N, adaptive Best-of-N or DARWIN over any LangChain chat model, scored by our reward.
 
     >>> from langchain_openai import ChatOpenAI  # doctest: +SKIP
@@ -291,18 +286,4 @@ class RerankChatModel(BaseChatModel):
             return_exceptions,
             kwargs,
             lambda requests, stop: self._run(requests, stop, kwargs),
-        )
-
-    async def abatch(
-        self,
-        inputs: list[LanguageModelInput],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[BaseMessage]:
-        """``batch`` in a worker thread, so the whole batch still shares one reward call."""
-        first = config[0] if isinstance(config, list) and config else config
-        return await run_in_executor(
-            first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )

@@ -51,13 +51,13 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatResult
 from langchain_core.runnables import RunnableConfig
 
-from align_chains.chat_models.messages import to_conversation
 from align_chains.chat_models.rerank.calls import child_config
 from align_chains.chat_models.rerank.results import best_index, chat_result, describe, summed_usage
 from align_chains.chat_models.rerank.search import Requests, RerankSettings, Search
 from align_chains.errors import InvalidInputError, RewardError, SamplingFailedError
 from align_chains.models.chat import Conversation, last_user_text
-from align_chains.strategies.darwin import copy_plan, evolve_archive, top_k
+from align_chains.models.messages import to_conversation
+from align_chains.strategies.darwin import check_k_at_most_n, copy_plan, evolve_archive, top_k
 from align_chains.strategies.darwin_trace import (
     CallFailed,
     CycleEnd,
@@ -141,11 +141,10 @@ class DarwinSearch(Search):
     @classmethod
     def check_settings(cls, settings: RerankSettings, explicit: set[str]) -> None:
         """k <= n; ``m``/``continue_kwargs`` only with continuation; a cap needs a field to pass it."""
-        if settings.k > settings.n:
-            raise InvalidInputError(
-                f"k={settings.k} must not exceed n={settings.n}: the top k are kept out of n candidates; "
-                "lower k or raise n."
-            )
+        try:
+            check_k_at_most_n(settings.k, settings.n)
+        except ValueError as error:
+            raise InvalidInputError(str(error)) from None
         misplaced = [key for key in ("m", "continue_kwargs") if key in explicit]
         if settings.continuation == "none" and misplaced:
             raise InvalidInputError(

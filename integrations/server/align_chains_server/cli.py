@@ -14,18 +14,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from align_chains.cli_options import parse_option
 from align_chains.errors import AlignChainsError
 from align_chains.models.embedded import EMBEDDED_POLICY
 from align_chains_server.app import ServerLimits, create_app
 from align_chains_server.service import DEFAULT_LIMITS, ServedModel
 
 API_KEY_ENV = "ALIGN_CHAINS_API_KEY"
-
-
-def _parse_option(text: str) -> tuple[str, object]:
-    from align_chains.cli import _parse_option as parse
-
-    return parse(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--option",
         "-o",
         action="append",
-        type=_parse_option,
+        type=parse_option,
         default=[],
         metavar="KEY=VALUE",
         help="A default strategy or sampling setting, e.g. -o n=8 -o max_tokens=256 (repeatable).",
@@ -58,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--limit",
         action="append",
-        type=_parse_option,
+        type=parse_option,
         default=[],
         metavar="KEY=MAX",
         help=f"Largest value a request may ask for (defaults: {DEFAULT_LIMITS}); repeatable.",

@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from align_chains.chat_models import AlignedChatModel, chat_model_class
-from align_chains.chat_models.base import _pieces
+from align_chains.chat_models.results import response_metadata
+from align_chains.chat_models.streaming import text_pieces
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import CONTINUE_FINAL, Conversation, validate_conversation
 from align_chains.models.policy import Policy, load_policy
@@ -117,9 +118,7 @@ class ServedModel:
 
     # -- per-request settings ------------------------------------------------------------------
     def _settable(self) -> set[str]:
-        return (
-            set(self.cls._strategy_field_names()) | SAMPLING_EXTRAS | {"max_tokens", "temperature", "top_p"}
-        )
+        return set(self.cls.strategy_field_names()) | SAMPLING_EXTRAS | {"max_tokens", "temperature", "top_p"}
 
     def strategy_fields(self) -> dict[str, Any]:
         """Name -> JSON-able default of every per-request setting (for /v1/models)."""
@@ -228,12 +227,12 @@ class ServedModel:
     ) -> tuple[StrategyResult, list[str]]:
         """Run the strategy (under the policy's lock); with ``pieces`` also split the answer into tokens."""
         (result,) = model.run_strategy([conversation], stop)
-        parts = list(_pieces(self.policy, result.best.token_ids, result.text)) if pieces else []
+        parts = list(text_pieces(self.policy, result.best.token_ids, result.text)) if pieces else []
         return result, parts
 
     def extension(self, model: AlignedChatModel, result: StrategyResult) -> dict[str, Any]:
         """The ``align_chains`` extension field: the chat model's response_metadata, JSON-safe."""
-        meta = model._metadata(result)
+        meta = response_metadata(result, model.model_name)
         meta.pop("model_provider", None)
         return _json_safe(meta)
 

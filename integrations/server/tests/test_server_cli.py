@@ -60,3 +60,13 @@ def test_models_that_cannot_load_are_clear_errors(tiny_policy_dir, capsys):
     assert "/nonexistent/policy-dir" in capsys.readouterr().err
     assert cli.main(["serve", "--policy", str(tiny_policy_dir), "--reward", "no_such_module_xyz:fn"]) == 2
     assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
+
+
+def test_the_server_registers_serve_for_the_core_cli():
+    """`align-chains serve` reaches the server through its entry point, not an import in the core."""
+    from importlib.metadata import entry_points
+
+    from align_chains_server.cli import main
+
+    (command,) = entry_points(group=cli.COMMANDS_GROUP, name="serve")
+    assert command.load() is main

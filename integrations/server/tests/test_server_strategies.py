@@ -23,7 +23,7 @@ def test_each_registered_strategy_takes_its_own_settings(strategy, loaded):
     served = ServedModel(strategy=strategy, policy_spec="unused")
     served._policy, served._reward = loaded  # what load() would set, without loading from disk
     cls = CHAT_MODELS[strategy]
-    fields = cls._strategy_field_names()
+    fields = cls.strategy_field_names()
     assert set(fields) <= set(served.strategy_fields())
     name = fields[0]
     default = cls.model_fields[name].default
