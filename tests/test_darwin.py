@@ -170,7 +170,7 @@ def full_forward_logits(policy, ids):
 def full_forward_keys(policy, ids, layer=0):
     with torch.inference_mode():
         out = policy.model(torch.tensor([ids]), use_cache=True)
-    return out.past_key_values.layers[layer].keys[0]
+    return out.cache.layers[layer].keys[0]
 
 
 def test_a_replaced_row_keeps_its_own_prompt_and_continues_the_copied_state(tiny_policy):

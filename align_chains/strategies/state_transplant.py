@@ -108,13 +108,13 @@ def _prefill_answers(
         input_ids=batch.tokens[s, :fed],
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=own,
+        cache=own,
         use_cache=True,
         **kwargs,
     )
     decoder.counters.forward_passes += 1
     decoder.counters.prompt_tokens += int(t.numel()) * fed
-    for layer, filled in zip(batch.cache.layers, out.past_key_values.layers, strict=True):
+    for layer, filled in zip(batch.cache.layers, out.cache.layers, strict=True):
         layer.keys[t] = filled.keys
         layer.values[t] = filled.values
     return out.logits[:, -1, :].float()
