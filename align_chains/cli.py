@@ -55,6 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     chat.add_argument("--json", action="store_true", help="Print the full result as JSON.")
     chat.add_argument("--quiet", action="store_true", help="No progress output.")
+    estimate = commands.add_parser(
+        "estimate",
+        help="Estimate a request's peak memory before running it (reads configs, loads no weights).",
+    )
+    estimate.add_argument("--strategy", default="best-of-n", help=f"One of: {', '.join(sorted(STRATEGIES))}.")
+    estimate.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
+    estimate.add_argument(
+        "--reward", help="'minilm', 'judge', 'judge:<model>', a classifier directory, or none (default)."
+    )
+    estimate.add_argument(
+        "--prompt-tokens", type=int, nargs="+", default=[256], help="One length per prompt."
+    )
+    estimate.add_argument("--max-tokens", type=int, default=128)
+    estimate.add_argument("--top-p", type=float, default=1.0)
+    estimate.add_argument("--top-k", type=int, default=0)
+    estimate.add_argument("--dtype", help="bf16, fp32, ... (default: what a load here would pick).")
+    estimate.add_argument(
+        "--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+        help="A strategy setting, e.g. -o n=16 (repeatable).",
+    )  # fmt: skip
+    estimate.add_argument("--json", action="store_true", help="Print the estimate as JSON.")
+    _add_eval_parser(commands)
     serve = commands.add_parser(
         "serve",
         add_help=False,
@@ -63,6 +85,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("serve_args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _add_eval_parser(commands: Any) -> None:
+    ev = commands.add_parser(
+        "eval",
+        help="Reward per compute: run strategies on a JSONL prompt file (see docs/evaluation.md).",
+    )
+    ev.add_argument("--prompts", help='JSONL file, one {"prompt": ...} a line (default: the starter set).')
+    ev.add_argument(
+        "--strategies", nargs="+", default=["best-of-n:n=1,2,4,8", "early-rejection:n=8:rejection=0.5"],
+        help="Specs NAME[:KEY=V1,V2...], e.g. best-of-n:n=4,8,16,32 sea darwin:cycles=1 reward-guided:k=4.",
+    )  # fmt: skip
+    ev.add_argument("--reward", default="judge", help="The reward strategies optimise (default: judge).")
+    ev.add_argument(
+        "--holdout-reward", default="minilm",
+        help="A held-out reward: 'minilm', 'judge-principle:<sentence>', 'rule:distinct', "
+        "'lexicon:w1,w2', 'python:module:function', or a classifier directory.",
+    )  # fmt: skip
+    ev.add_argument("--policy", default=EMBEDDED_POLICY)
+    ev.add_argument("--max-tokens", type=int, default=48)
+    ev.add_argument("--temperature", type=float, help="Default: each strategy's own.")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=4, help="Prompts per strategy run.")
+    ev.add_argument("--limit", type=int, help="Only the first LIMIT prompts.")
+    ev.add_argument("--json", default="eval.json", help="Results file; an existing one is resumed.")
+    ev.add_argument("--plot", help="Also draw the curves to this PNG (needs matplotlib).")
+    ev.add_argument("--device")
+    ev.add_argument("--quiet", action="store_true")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from align_chains.evaluation import STARTER_PROMPTS, evaluate
+
+    report = evaluate(
+        args.strategies,
+        args.prompts or STARTER_PROMPTS,
+        policy=args.policy,
+        reward=args.reward,
+        holdout=args.holdout_reward,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        json_path=args.json,
+        plot_path=args.plot,
+        device=args.device,
+        show_progress=not args.quiet,
+    )
+    print(report.table())
+    for error in report.errors:
+        print(f"failed: {error['key']} on {error['prompts']}: {error['error']}", file=sys.stderr)
+    print(f"\nresults: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
+    return 0
 
 
 COMMANDS_GROUP = "align_chains.commands"
@@ -167,6 +243,21 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    """Print ``align_chains.memory.estimate_memory`` for these settings (no weights are loaded)."""
+    from align_chains.engine.sampling import SamplingParams
+    from align_chains.memory import estimate_memory, footprint_from_spec, policy_shape
+    from align_chains.strategies import get_strategy
+
+    strategy = get_strategy(args.strategy)(**dict(args.option))
+    params = SamplingParams(max_new_tokens=args.max_tokens, top_p=args.top_p, top_k=args.top_k)
+    shape = policy_shape(args.policy, args.dtype)
+    reward = footprint_from_spec(args.reward, shape)
+    result = estimate_memory(strategy, shape, reward, params, list(args.prompt_tokens))
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.explain())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # its options belong to the server package
@@ -176,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "chat":
             return _chat(args)
+        if args.command == "estimate":
+            return _estimate(args)
+        if args.command == "eval":
+            return _eval(args)
     except AlignChainsError as exc:
         print(f"align-chains: error: {exc}", file=sys.stderr)
         return 2

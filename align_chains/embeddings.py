@@ -28,8 +28,18 @@ class MiniLMEmbeddings(Embeddings):
     MiniLM reads at most 256 word pieces of a text and ignores the rest, so split long documents
     into chunks before indexing them.
 
-    >>> from langchain_core.vectorstores import InMemoryVectorStore
-    >>> store = InMemoryVectorStore.from_texts(["..."], MiniLMEmbeddings())  # doctest: +SKIP
+    Args:
+        model: ``"minilm"`` (default), a sentence-transformers directory or Hub id, or a loaded
+            ``SentenceTransformer``.
+        device: ``"cpu"``, ``"cuda"``, ... for a model spec (automatic when None).
+        batch_size: Texts per encoder call (default 32).
+
+    Examples:
+        >>> from langchain_core.vectorstores import InMemoryVectorStore
+        >>> from align_chains import MiniLMEmbeddings
+        >>> store = InMemoryVectorStore.from_texts(["..."], MiniLMEmbeddings())  # doctest: +SKIP
+        >>> len(MiniLMEmbeddings().embed_query("Where is the seed vault?"))  # doctest: +SKIP
+        384
     """
 
     def __init__(

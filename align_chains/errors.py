@@ -31,6 +31,20 @@ class RewardError(AlignChainsError, RuntimeError):
 
     ``partial`` carries the work done before the failure (for example the generated
     candidates), so a caller never loses it.
+
+    Args:
+        message: What failed, naming the reward.
+        partial: The work done before the failure (a strategy's ``StrategyResult`` or
+            results, the generated candidates), or None.
+
+    Examples:
+        >>> from align_chains import CallableReward, RewardError
+        >>> broken = CallableReward(lambda prompt, response: 1 / 0, name="broken")
+        >>> try:
+        ...     broken.score(["Hi"], ["Hello"])
+        ... except RewardError as error:
+        ...     print(type(error.__cause__).__name__)
+        ZeroDivisionError
     """
 
     def __init__(self, message: str, *, partial: Any = None) -> None:

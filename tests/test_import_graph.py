@@ -21,13 +21,13 @@ PACKAGES = {
 
 # Each module of align_chains sits in one layer and may import only its own layer or lower ones.
 LAYERS = [
-    ("errors", "progress", "settings", "cli_options"),
+    ("errors", "progress", "settings", "cli_options", "cancellation"),
     ("models",),
     ("engine",),
     ("rewards",),
     ("strategies",),
     ("chat_models", "rerank", "embeddings"),
-    ("evaluation", "plots", "memory", "testing", "cli", "cancellation"),
+    ("evaluation", "plots", "memory", "testing", "cli"),
 ]
 
 

@@ -445,3 +445,102 @@ def test_judge_is_a_reward_for_every_strategy(tiny_policy):
 def test_judge_rejects_an_empty_principle(tiny_policy):
     with pytest.raises(InvalidInputError, match="principle"):
         JudgeReward(tiny_policy, principle="  ")
+
+
+# -- the fluency guard ---------------------------------------------------------------------------
+def test_repetition_rate_is_the_share_of_repeated_ngrams():
+    from align_chains.strategies.fluency_guard import repetition_rate
+
+    assert repetition_rate([1, 2, 1, 2, 1, 2], 2) == pytest.approx(1 - 2 / 5)
+    assert repetition_rate([1, 2, 3, 4, 5], 2) == 0.0
+    assert repetition_rate([7] * 10, 3) == pytest.approx(1 - 1 / 8)
+    assert repetition_rate([1, 2], 3) == 0.0  # no 3-gram at all
+
+
+def test_guard_verdicts_name_the_reason():
+    from align_chains.strategies.fluency_guard import FluencyGuard
+
+    guard = FluencyGuard(nll_margin=1.0, max_repetition=0.3, ngram=2)
+    fluent = guard.check([1, 2, 3, 4], [-1.0, -2.0, -1.0, -2.0], reference_nll=1.0)
+    assert fluent.admitted and fluent.nll == pytest.approx(1.5)
+    assert guard.check([1, 2, 3, 4], [-3.0] * 4, reference_nll=1.0).reason == "nll"
+    assert guard.check([5, 5, 5, 5, 5], [-1.0] * 5, reference_nll=1.0).reason == "repetition"
+    assert guard.check([], [], reference_nll=1.0).reason == "empty"
+
+
+def looping_reward(policy: Policy) -> TargetTokensReward:
+    """Rewards putting every position on ' the': what scores best is a loop ('the the the ...')."""
+    return TargetTokensReward(policy, policy.tokenizer(" the", add_special_tokens=False)["input_ids"][:1])
+
+
+LOOP_SEA = {
+    "chains": 2, "iterations": 12, "lr": 0.5, "nll_weight": 0.0, "patience": None, "revise": False,
+    "guard_ngram": 2,
+}  # fmt: skip
+
+
+def test_guard_does_not_choose_a_looping_text_with_a_higher_reward(tiny_policy):
+    from align_chains.strategies.fluency_guard import repetition_rate
+
+    reward = looping_reward(tiny_policy)
+    top_k = tiny_policy.vocab_size  # the random tiny policy ranks ' the' nowhere in particular
+    unguarded = SEA(**LOOP_SEA, decode_top_k=top_k, fluency_guard=False).run(
+        PROMPT, tiny_policy, reward, PARAMS
+    )
+    guarded = SEA(**LOOP_SEA, decode_top_k=top_k).run(PROMPT, tiny_policy, reward, PARAMS)
+    # without the guard, the reward picks the loop
+    assert repetition_rate(unguarded.best.token_ids, 2) > 0.3
+    assert unguarded.details["fluency_guard"] == {"on": False}
+    # with it (same seed, same optimisation), a text that does not loop and scores lower
+    assert repetition_rate(guarded.best.token_ids, 2) <= 0.3
+    assert guarded.reward < unguarded.reward
+    excluded = guarded.details["fluency_guard"]["excluded"]
+    assert excluded and all(e["kind"] == "optimized" for e in excluded)
+    assert any(e["reason"] == "repetition" and e["reward"] == unguarded.reward for e in excluded)
+    for e in excluded:  # each says why, with the numbers it was judged on
+        assert e["reason"] in {"nll", "repetition"} and e["repetition"] is not None
+        if e["reason"] == "repetition":
+            assert e["repetition"] > 0.3
+        else:
+            assert e["nll"] > e["reference_nll"] + guarded.details["fluency_guard"]["nll_margin"]
+
+
+def test_guard_falls_back_to_the_initial_samples_and_says_so(tiny_policy):
+    reward = looping_reward(tiny_policy)
+    settings = {**LOOP_SEA, "guard_ngram": 1, "guard_max_repetition": 0.0, "guard_nll_margin": 0.0}
+    strict = SEA(**settings, decode_top_k=tiny_policy.vocab_size)
+    result = strict.run(PROMPT, tiny_policy, reward, PARAMS)
+    # every optimised text repeats ' the', so every chain keeps its sample, and the answer is one
+    assert all(c.meta["iteration"] == 0 for c in result.candidates)
+    assert result.flags["fluency_guard_fallback"] is True
+    samples = [t for t in result.trace if t["iteration"] == 0]
+    assert result.reward == max(t["hard_reward"] for t in samples)
+    assert result.reward < max(e["reward"] for e in result.details["fluency_guard"]["excluded"])
+
+
+def test_revisions_are_judged_under_the_plain_prompt_in_one_counted_pass(tiny_policy):
+    reward = TargetTokensReward(tiny_policy, common_tokens(tiny_policy))
+    base = {"chains": 2, "iterations": 2, "patience": None}
+    unguarded = SEA(**base, fluency_guard=False).run(PROMPT, tiny_policy, reward, PARAMS)
+    result = SEA(**base, guard_nll_margin=0.0).run(PROMPT, tiny_policy, reward, PARAMS)
+    guard = result.details["fluency_guard"]
+    assert guard["forward_passes"] == 1
+    assert result.counters.forward_passes == unguarded.counters.forward_passes + 1
+    prompt_ids = tiny_policy.render([{"role": "user", "content": PROMPT}])
+    revised = [c for c in result.candidates if c.meta["kind"] == "revised"]
+    assert len(revised) == 2
+    for c in revised:
+        with torch.inference_mode():  # reference: a full forward over plain prompt + the revision
+            logits = (
+                tiny_policy.model(input_ids=torch.tensor([[*prompt_ids, *c.token_ids]])).logits[0].float()
+            )
+        logp = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], -1).gather(
+            -1, torch.tensor(c.token_ids)[:, None]
+        )
+        assert c.meta["guard"]["nll"] == pytest.approx(float(-logp.mean()), abs=1e-3)
+        excluded = c.meta["guard"]["nll"] > c.meta["guard"]["reference_nll"]  # margin 0
+        assert (c.meta["guard"]["reason"] is not None) == (excluded or c.meta["guard"]["repetition"] > 0.3)
+    admitted = [c for c in result.candidates if c.meta["guard"] is None or c.meta["guard"]["reason"] is None]
+    assert result.reward == max(c.reward for c in admitted)
+    excluded_revisions = [e["chain"] for e in guard["excluded"] if e["kind"] == "revised"]
+    assert excluded_revisions == [c.meta["chain"] for c in revised if c.meta["guard"]["reason"] is not None]

@@ -274,20 +274,23 @@ class TestToolCalls:
         assert add.invoke(call).content == "5"  # the call runs as is
 
     def test_a_malformed_call_is_invalid_not_an_exception_after_bounded_retries(self, taught):
-        message = greedy(taught, output_retries=2).bind_tools([add, shout]).invoke("Add badly.")
+        # the ranking-only path (constrain=False): under the grammar no malformed call can be written
+        message = (
+            greedy(taught, output_retries=2, constrain=False).bind_tools([add, shout]).invoke("Add badly.")
+        )
         assert message.tool_calls == []
         (bad,) = message.invalid_tool_calls
         assert bad["name"] == "add" and "not valid JSON" in bad["error"]
         check = message.response_metadata["output_check"]
         assert check["attempts"] == 3 and check["valid"] is False
-        one = greedy(taught, output_retries=0).bind_tools([add, shout]).invoke("Add badly.")
+        one = greedy(taught, output_retries=0, constrain=False).bind_tools([add, shout]).invoke("Add badly.")
         assert (
             one.response_metadata["compute"]["forward_passes"] * 3
             == (message.response_metadata["compute"]["forward_passes"])
         )  # every attempt's work is counted
 
     def test_best_of_n_never_picks_a_broken_call_over_a_valid_one(self, taught):
-        model = sampled(taught, prefers_broken_calls)
+        model = sampled(taught, prefers_broken_calls).model_copy(update={"constrain": False})
         message = model.bind_tools([add, shout]).invoke("Add, maybe.")
         assert_a_keeper_beat_a_higher_reward(message, {"tools": [_spec(add), _spec(shout)]})
         assert not message.invalid_tool_calls
@@ -301,8 +304,20 @@ class TestToolCalls:
         assert full.chunk_position == "last" and full.usage_metadata["output_tokens"] > 0
 
     def test_batch_applies_the_tools_to_every_prompt(self, taught):
-        out = greedy(taught).bind_tools([add, shout]).batch(["What is 2 plus 3?", "Add badly."])
+        out = (
+            greedy(taught, constrain=False)
+            .bind_tools([add, shout])
+            .batch(["What is 2 plus 3?", "Add badly."])
+        )
         assert out[0].tool_calls and out[1].invalid_tool_calls
+
+    def test_under_the_grammar_the_broken_call_cannot_be_written(self, taught):
+        """The policy was taught a malformed call for this prompt; the grammar makes it valid."""
+        message = greedy(taught, output_retries=0).bind_tools([add, shout]).invoke("Add badly.")
+        assert message.invalid_tool_calls == [] and message.response_metadata["output_check"]["valid"]
+        (call,) = message.tool_calls
+        assert call["name"] in ("add", "shout")
+        assert message.response_metadata["compute"]["grammar_mask_seconds"] > 0
 
     @pytest.mark.parametrize(
         "make",
@@ -339,7 +354,7 @@ class TestStructuredOutput:
         assert isinstance(out, Joke) == (schema is Joke)
 
     def test_include_raw_and_an_invalid_answer(self, taught):
-        model = greedy(taught, output_retries=0)
+        model = greedy(taught, output_retries=0, constrain=False)  # ranking only: half a joke is possible
         out = model.with_structured_output(Joke, include_raw=True).invoke("Tell me half a joke.")
         assert out["parsed"] is None and isinstance(out["parsing_error"], Exception)
         assert out["raw"].response_metadata["output_check"]["valid"] is False

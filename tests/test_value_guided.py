@@ -13,6 +13,7 @@ from align_chains.models.policy import Policy
 from align_chains.rewards import CallableReward, ImplicitReward
 from align_chains.rewards.implicit import with_principle
 from align_chains.strategies import BestOfN, ValueGuided, get_strategy
+from align_chains.strategies.value_guided import PAIR_GUIDANCE_SCALE, PRINCIPLE_GUIDANCE_SCALE
 from tests.conftest import tiny_llama_config
 
 PARAMS = SamplingParams(max_new_tokens=12, temperature=0.7, top_k=50, seed=0)
@@ -103,6 +104,34 @@ def test_token_guidance_with_zero_weight_or_identical_guides_is_plain_sampling(t
         "Hi", tiny_policy, length_reward, PARAMS
     )
     assert guided.best.token_ids != plain[0].token_ids
+
+
+def test_principle_mode_at_w_1_is_just_the_principled_prompt(tiny_policy, length_reward):
+    """With untuned = base, base + 1 * (tuned - base) is the principled prompt: the same tokens."""
+    principled = Decoder(tiny_policy).generate(
+        [tiny_policy.render(with_principle([{"role": "user", "content": "Hi"}], PRINCIPLE))], 1, PARAMS
+    )
+    at_one = ValueGuided(principle=PRINCIPLE, w=1.0, chunk_value="none").run(
+        "Hi", tiny_policy, length_reward, PARAMS
+    )
+    assert at_one.best.token_ids == principled[0].token_ids
+    default = ValueGuided(principle=PRINCIPLE, chunk_value="none").run(
+        "Hi", tiny_policy, length_reward, PARAMS
+    )
+    assert default.details["w"] == PRINCIPLE_GUIDANCE_SCALE > 1
+    assert default.best.token_ids != principled[0].token_ids
+
+
+def test_default_guidance_scale_depends_on_the_guide(tiny_policy, guide_pair, length_reward):
+    assert ValueGuided(principle=PRINCIPLE).guidance_scale(None) == PRINCIPLE_GUIDANCE_SCALE
+    assert ValueGuided().guidance_scale(guide_pair) == PAIR_GUIDANCE_SCALE == 1.0
+    principle_guide = ImplicitReward(tiny_policy, principle=PRINCIPLE)
+    assert ValueGuided().guidance_scale(principle_guide) == PRINCIPLE_GUIDANCE_SCALE
+    assert ValueGuided(principle=PRINCIPLE, w=1.25).guidance_scale(None) == 1.25  # set: used as is
+    paired = ValueGuided(chunk_value="none").run_batch(
+        ["Hi"], tiny_policy, length_reward, PARAMS, guide=guide_pair
+    )
+    assert paired[0].details["w"] == 1.0
 
 
 def test_token_level_alone_with_a_guide_pair(tiny_policy, guide_pair, length_reward):

@@ -22,7 +22,9 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from align_chains.cancellation import CancelToken, cancel_scope, holding
 from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
+from align_chains.chat_models.constraints import request_grammar
 from align_chains.chat_models.output_contract import (
     OutputContract,
     normalise_tool_choice,
@@ -31,6 +33,7 @@ from align_chains.chat_models.output_contract import (
 from align_chains.chat_models.results import build_message, chat_result
 from align_chains.chat_models.streaming import generation_chunks, live_pieces, text_pieces
 from align_chains.chat_models.structured import structured_output_runnable
+from align_chains.engine.decoder import Decoder
 from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
@@ -41,7 +44,20 @@ from align_chains.progress import NullProgress, TqdmProgress
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import Strategy, StrategyResult
 
-_SAMPLING_KWARGS = {"max_tokens", "temperature", "top_p", "top_k", "seed"}
+_SAMPLING_KWARGS = {
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "time_budget_s",
+    "grammar",
+    "regex",
+    "constrain",
+}
+# Base settings a strategy may also declare (with its own meaning, which then wins): DARWIN's and
+# SEA's time_budget_s return their best answer so far instead of stopping with Cancelled.
+SHARED_WITH_STRATEGIES = frozenset({"time_budget_s"})
 
 
 class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
@@ -49,6 +65,36 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
 
     Construction is cheap: the policy and reward load on first use (or pass loaded objects
     to share them between chat models). Calls on one policy run one at a time.
+
+    Subclasses (``BestOfNChatModel``, ``RewardGuidedChatModel``, ``ValueGuidedChatModel``,
+    ``DarwinChatModel``, ``SEAChatModel``) add their strategy's settings; every setting can also
+    be passed per call (``model.invoke(prompt, n=8)``). ``response_metadata`` carries
+    ``model_name``, ``strategy``, ``reward``, ``candidates`` and ``compute``.
+
+    Args:
+        policy: A Hugging Face id, a local directory, ``"smollm2-135m-instruct"`` (the embedded
+            default) or a loaded Policy. Also accepted as ``model=``.
+        reward: A ``load_reward`` spec (``"minilm"``, a model id or directory, a function
+            ``(prompt, response) -> float``, ...) or a RewardModel.
+        max_tokens: Maximum new tokens per response.
+        temperature: Sampling temperature (0: greedy).
+        top_p: Nucleus sampling mass (1: off).
+        top_k: Keep the k most likely tokens (0: off).
+        stop: Strings that end a response.
+        seed: Makes sampling reproducible.
+        device: ``"cpu"``, ``"cuda"``, ... (automatic when None).
+        dtype: ``"bf16"``, ``"fp32"``, ... (automatic when None).
+        device_map: ``"auto"`` to shard a large policy over GPUs.
+        show_progress: Show tqdm progress bars while a strategy runs.
+        output_retries: With bound tools or a structured-output schema, how many more runs to try
+            when no candidate keeps the contract.
+
+    Examples:
+        >>> from align_chains import AlignedChatModel, BestOfNChatModel
+        >>> model = BestOfNChatModel(model="smollm2-135m-instruct", max_tokens=64, seed=0)
+        >>> isinstance(model, AlignedChatModel), model.policy
+        (True, 'smollm2-135m-instruct')
+        >>> model.invoke("Tips for better sleep?").response_metadata["compute"]  # doctest: +SKIP
     """
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
@@ -76,11 +122,35 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
     dtype: str | None = Field(default=None, description="'bf16', 'fp32', ... (automatic if None).")
     device_map: str | None = Field(default=None, description="'auto' to shard a large policy.")
     show_progress: bool = False
+    time_budget_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wall seconds per call. Strategies with their own budget (DARWIN, SEA) return their "
+        "best answer so far, flagged; the others stop at their next step with "
+        "align_chains.cancellation.Cancelled, which carries the partial work.",
+    )
+    cancel_token: CancelToken | None = Field(
+        default=None,
+        exclude=True,
+        description="A cancel hook: call cancel_token.cancel() from any thread to stop a running call at "
+        "its next step (also honoured: a token made active with `with token.active():`).",
+    )
     output_retries: int = Field(
         default=1,
         ge=0,
         description="With bound tools or a structured-output schema: how many more runs to try when "
         "no candidate keeps the contract (a parsable call to a bound tool, JSON that validates).",
+    )
+
+    grammar: str | None = Field(
+        default=None,
+        description="A Lark grammar (llguidance's dialect) every answer must match, enforced token by token.",
+    )
+    regex: str | None = Field(default=None, description="A regex every answer must fully match.")
+    constrain: bool = Field(
+        default=True,
+        description="Decode bound tools and structured-output schemas under a grammar, so every "
+        "candidate keeps them by construction. False: they are only asked for, ranked and retried.",
     )
 
     _policy: Policy | None = PrivateAttr(default=None)
@@ -127,14 +197,19 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
                     self.policy, device=self.device, dtype=self.dtype, device_map=self.device_map
                 )
             if self._reward is None:
-                self._reward = load_reward(self.reward, device=self.device, policy=self._policy)
+                self._reward = load_reward(
+                    self.reward, device=self.device, dtype=self.dtype, policy=self._policy
+                )
         return self._policy, self._reward
 
     # -- settings ------------------------------------------------------------------------
     @classmethod
     def strategy_field_names(cls) -> list[str]:
-        """The strategy settings this chat model exposes (fields beyond the base class's)."""
-        return [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
+        """The strategy settings this chat model exposes (fields beyond the base class's, and a
+        shared base setting such as ``time_budget_s`` where its strategy declares it)."""
+        declared = {name for strategy in cls.settings_from for name in strategy.model_fields}
+        own = [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
+        return own + sorted(SHARED_WITH_STRATEGIES & declared)
 
     def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         overrides = overrides or {}
@@ -168,6 +243,12 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
             top_k=o.get("top_k", self.top_k),
             stop=tuple(stop if stop is not None else (self.stop or ())),
             seed=o.get("seed", self.seed),
+            grammar=request_grammar(
+                o.get("contract"),
+                o.get("grammar", self.grammar),
+                o.get("regex", self.regex),
+                o.get("constrain", self.constrain),
+            ),
         )
 
     def _checked_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +286,7 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
         overrides = self._checked_call_kwargs(kwargs)
         if contract is None:
             return self._run_once(conversations, stop, overrides, on_commit)
+        overrides["contract"] = contract
         return run_keeping_contract(
             contract,
             conversations,
@@ -224,11 +306,15 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
         strategy = self.build_strategy(**overrides)
         params = self._sampling(stop, overrides)
         policy, reward = self.load()
+        Decoder(policy).compile(params)  # a grammar that does not compile fails before any work
         extra = self._run_kwargs()
         if on_commit is not None and getattr(strategy, "streams", False):
             extra["on_commit"] = on_commit
         progress = TqdmProgress() if self.show_progress else NullProgress()
-        with policy.lock:
+        budget = overrides.get("time_budget_s", self.time_budget_s)
+        if "time_budget_s" in type(strategy).model_fields:
+            budget = None  # the strategy keeps its own budget and returns its best so far
+        with cancel_scope(budget, self.cancel_token), holding(policy.lock):
             return strategy.run_batch(list(conversations), policy, reward, params, progress=progress, **extra)
 
     def _generate(
@@ -326,19 +412,23 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
     ) -> Runnable[LanguageModelInput, dict | Any]:
         """Answers parsed into ``schema`` (a pydantic model, a TypedDict or a JSON schema).
 
-        ``json_schema`` asks for a JSON object in the system prompt and ranks candidates that
-        validate above those that do not; ``function_calling`` binds the schema as a forced
-        tool; ``json_mode`` asks for any JSON object. See ``chat_models.structured``.
-        ``strict`` is accepted for compatibility: answers are always checked against the schema
-        (ranked and retried, not constrained token by token).
+        ``json_schema`` asks for a JSON object in the system prompt and decodes under the
+        schema's grammar, so every candidate validates by construction; ``function_calling``
+        binds the schema as a forced tool (constrained the same way); ``json_mode`` asks for
+        any JSON object (constrained to one). ``strict=False`` turns the grammar off: answers
+        are then only ranked and retried against the schema. Default (None, True): constrained.
+        See ``chat_models.structured`` and docs/structured_output.md.
         """
         if kwargs:
             raise InvalidInputError(f"with_structured_output() does not take {sorted(kwargs)}.")
         if method == "function_calling":
             if schema is None:
                 raise InvalidInputError("method='function_calling' needs a schema.")
-            return super().with_structured_output(schema, include_raw=include_raw)
-        return structured_output_runnable(self, schema, method=method, include_raw=include_raw)
+            model = self if strict is not False else self.model_copy(update={"constrain": False})
+            return super(AlignedChatModel, model).with_structured_output(schema, include_raw=include_raw)
+        return structured_output_runnable(
+            self, schema, method=method, include_raw=include_raw, constrain=strict is not False
+        )
 
 
 def strategy_error_message(error: ValidationError) -> str:

@@ -18,8 +18,22 @@ class DarwinChatModel(settings_base(Darwin)):  # type: ignore[misc]
     a request: the best answer so far is returned and ``response_metadata["budget_exhausted"]``
     names the cap that ran out.
 
-    >>> from align_chains import DarwinChatModel
-    >>> DarwinChatModel(cycles=1, m=16, max_tokens=64).invoke("Tips for better sleep?")  # doctest: +SKIP
+    Args:
+        n: Mutated instructions (candidates) per cycle.
+        m: Tokens between two reward-guided replacements.
+        k: Candidates kept at each replacement (``k <= n``).
+        cycles: Mutation cycles after the first answer.
+        mutation_max_tokens: Token cap on the policy's list of rewritten instructions.
+        max_total_tokens: Cap on the tokens one request generates.
+        time_budget_s: Cap on one request's wall seconds.
+        top_k: Top-k sampling (paper: 40; 0 disables).
+        **settings: The common settings of ``AlignedChatModel``.
+
+    Examples:
+        >>> from align_chains import DarwinChatModel
+        >>> DarwinChatModel(cycles=1, m=16, max_tokens=64).invoke("Tips for better sleep?")  # doctest: +SKIP
+        >>> DarwinChatModel(n=5, k=3).top_k
+        40
     """
 
     top_k: int = Field(default=40, ge=0, description="Top-k sampling (paper: 40; 0 disables).")

@@ -14,6 +14,16 @@ class RewardGuidedChatModel(settings_base(RewardGuided)):  # type: ignore[misc]
     called on re-tokenised text once per token: correct, slower. Streaming yields every token
     as it is chosen.
 
-    >>> from align_chains import RewardGuidedChatModel
-    >>> RewardGuidedChatModel(k=10, w=1.5).invoke("Give me three tips for better sleep.")  # doctest: +SKIP
+    Args:
+        k: Top-k policy tokens scored at every step.
+        w: Weight of the reward against log pi.
+        mode: ``"greedy"`` (default) or ``"sample"``.
+        scoring: ``"auto"``, ``"incremental"`` or ``"text"`` (see ``RewardGuided``).
+        **settings: The common settings of ``AlignedChatModel``.
+
+    Examples:
+        >>> from align_chains import RewardGuidedChatModel
+        >>> RewardGuidedChatModel(k=10, w=1.5).invoke("Tips for better sleep?")  # doctest: +SKIP
+        >>> RewardGuidedChatModel(k=5, w=2.0, mode="sample").mode
+        'sample'
     """

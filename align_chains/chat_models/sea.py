@@ -23,8 +23,30 @@ class SEAChatModel(settings_base(SEA)):  # type: ignore[misc]
     ``DELIBERATE_DIFFERENCES``); the published settings are ``chains=4, iterations=200,
     max_tokens=50, patience=100``.
 
-    >>> from align_chains import SEAChatModel
-    >>> SEAChatModel().invoke("Give me three tips for better sleep.")  # doctest: +SKIP
+    Args:
+        reward: A reward with a soft path: ``"judge"`` (default), ``"judge:<model>"``,
+            ``"minilm"``, a sequence-classifier id or directory, or a RewardModel.
+        max_tokens: L, response positions optimised.
+        temperature: Temperature of the initial samples.
+        chains: Chains per prompt, each started from one policy sample.
+        iterations: Adam steps per chain.
+        lr: Adam learning rate on the logits.
+        nll_weight: lambda, weight of the policy's NLL.
+        reward_weight: alpha, weight of the reward.
+        reward_temperature: tau_r.
+        init_temperature: Initial logits are the policy's divided by this.
+        decode_top_k: Decode among the policy's top-k tokens.
+        patience: Steps without improvement before a chain stops.
+        noise: Noise standard deviations over equal parts of the run.
+        revise: Let the policy rewrite each chain's best text.
+        time_budget_s: Wall-clock cap per request.
+        **settings: The common settings of ``AlignedChatModel``.
+
+    Examples:
+        >>> from align_chains import SEAChatModel
+        >>> SEAChatModel().invoke("Give me three tips for better sleep.")  # doctest: +SKIP
+        >>> SEAChatModel(chains=4, iterations=200, max_tokens=50, patience=100).reward
+        'judge'
     """
 
     reward: Any = Field(
@@ -34,3 +56,8 @@ class SEAChatModel(settings_base(SEA)):  # type: ignore[misc]
     )
     max_tokens: int = Field(default=48, ge=1, description="L: response positions optimised.")
     temperature: float = Field(default=0.8, ge=0.0, description="Temperature of the initial samples.")
+    constrain: bool = Field(
+        default=False,
+        description="SEA's relaxed optimisation cannot keep to a grammar, so bound tools and schemas "
+        "are only asked for, ranked and retried here; True (or grammar=/regex=) raises InvalidInputError.",
+    )

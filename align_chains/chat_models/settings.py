@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import create_model
 from pydantic.fields import FieldInfo
 
-from align_chains.chat_models.base import AlignedChatModel
+from align_chains.chat_models.base import SHARED_WITH_STRATEGIES, AlignedChatModel
 from align_chains.strategies.base import Strategy
 
 _SAME: Any = object()  # a Difference that keeps the strategy's default
@@ -62,7 +62,7 @@ def strategy_fields(*strategy_classes: type[Strategy]) -> dict[str, tuple[Any, F
     for strategy in strategy_classes:
         differences = DELIBERATE_DIFFERENCES.get(strategy.name, {})
         for name, info in strategy.model_fields.items():
-            if name in AlignedChatModel.model_fields:
+            if name in AlignedChatModel.model_fields and name not in SHARED_WITH_STRATEGIES:
                 raise TypeError(
                     f"{strategy.__name__}.{name} clashes with the chat model's own setting {name!r}; "
                     "rename the strategy field."

@@ -1,8 +1,10 @@
-"""``with_structured_output`` through the system prompt: the schema is asked for, checked, parsed.
+"""``with_structured_output``: the schema is asked for, enforced by a grammar, checked, parsed.
 
 The chat model is bound with an OpenAI-style ``response_format``; its output contract puts the
-schema in the system message and ranks candidates whose JSON validates above those whose JSON
-does not (see ``output_contract``). The parser then turns the chosen text into the user's type.
+schema in the system message, the decoder keeps every candidate to the schema's grammar
+(``chat_models.constraints``; off with ``strict=False``), and candidates whose JSON validates
+are ranked above those whose JSON does not (a truncated answer, say; see ``output_contract``).
+The parser then turns the chosen text into the user's type.
 """
 
 from __future__ import annotations
@@ -37,10 +39,21 @@ def response_format(schema: dict[str, Any] | type | None, method: str) -> dict[s
 
 
 def structured_output_runnable(
-    model: BaseChatModel, schema: dict[str, Any] | type | None, *, method: str, include_raw: bool
+    model: BaseChatModel,
+    schema: dict[str, Any] | type | None,
+    *,
+    method: str,
+    include_raw: bool,
+    constrain: bool = True,
 ) -> Runnable:
-    """``model`` bound to answer in ``schema``, piped into the matching parser."""
+    """``model`` bound to answer in ``schema``, piped into the matching parser.
+
+    ``constrain``: decode under the schema's grammar (every candidate valid by construction);
+    False keeps only the prompt, the ranking and the reruns.
+    """
+    extra = {} if constrain else {"constrain": False}  # else the chat model's own setting
     llm = model.bind(
+        **extra,
         response_format=response_format(schema, method),
         ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
     )

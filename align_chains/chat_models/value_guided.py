@@ -20,8 +20,24 @@ class ValueGuidedChatModel(settings_base(ValueGuided)):  # type: ignore[misc]
     With a guide, both signals are on by default (IVG); without one, chunk-level search on the
     ``reward`` runs alone.
 
-    >>> from align_chains import ValueGuidedChatModel
-    >>> ValueGuidedChatModel(principle="Answer concisely and politely").invoke("Hi!")  # doctest: +SKIP
+    Args:
+        w: Token-level guidance weight.
+        beams: W, beams kept after every chunk.
+        samples: K, samples per beam per chunk.
+        chunk_tokens: L, tokens per chunk.
+        token_guidance: Token-level guidance on or off (None: on with a guide).
+        chunk_value: ``"implicit"``, ``"reward"`` or ``"none"`` (None: implicit with a guide).
+        principle: Guide the policy with itself, with and without this principle.
+        tuned: Tuned guide LM (e.g. a DPO model), on the policy's vocabulary.
+        untuned: Its untuned reference (e.g. the SFT model).
+        top_k: Token-level sampling keeps the top k (IVG's setting: 50).
+        **settings: The common settings of ``AlignedChatModel``.
+
+    Examples:
+        >>> from align_chains import ValueGuidedChatModel
+        >>> ValueGuidedChatModel(principle="Answer concisely and politely").invoke("Hi!")  # doctest: +SKIP
+        >>> ValueGuidedChatModel(token_guidance=False, chunk_value="reward", reward="minilm").beams
+        2
     """
 
     top_k: int = Field(default=50, ge=0, description="Token-level sampling keeps the top 50 (IVG's setting).")

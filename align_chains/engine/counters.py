@@ -10,7 +10,25 @@ from dataclasses import asdict, dataclass
 
 @dataclass
 class ComputeCounters:
-    """What a request cost. Reported to users in ``response_metadata['compute']``."""
+    """What a request cost. Reported to users in ``response_metadata['compute']``.
+
+    Strategies fill one per run; a chat model reports it as a dict (``as_dict()``).
+
+    Args:
+        prompt_tokens: Prompt tokens run through the policy (prefill).
+        generated_tokens: Tokens sampled by the policy, EOS included.
+        forward_passes: Policy forward calls (prefill and decode steps).
+        reward_calls: Batched calls into the reward model.
+        reward_items: Responses scored across those calls.
+        seconds: Wall-clock seconds of the strategy run.
+        batch_size: Prompts that shared this run's forward passes, reward calls and seconds.
+
+    Examples:
+        >>> from align_chains import ComputeCounters
+        >>> counters = ComputeCounters(prompt_tokens=38, generated_tokens=256, forward_passes=32)
+        >>> counters.as_dict()["forward_passes"]
+        32
+    """
 
     prompt_tokens: int = 0  # prompt tokens run through the policy (prefill)
     generated_tokens: int = 0  # tokens sampled by the policy, EOS included
@@ -19,6 +37,7 @@ class ComputeCounters:
     reward_items: int = 0  # responses scored across those calls
     seconds: float = 0.0  # wall-clock seconds of the strategy run
     batch_size: int = 1  # prompts that shared this run's forward passes, reward calls and seconds
+    grammar_mask_seconds: float = 0.0  # of ``seconds``: computing and applying grammar token masks
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -42,4 +61,5 @@ class ComputeCounters:
             reward_items=self.reward_items + other.reward_items,
             seconds=self.seconds + other.seconds,
             batch_size=max(self.batch_size, other.batch_size),
+            grammar_mask_seconds=self.grammar_mask_seconds + other.grammar_mask_seconds,
         )

@@ -8,6 +8,12 @@ Every strategy builds on four moves:
 - ``Batch.select``: keep, reorder or duplicate rows, cache included (beams, replacement);
 - ``logits``: read the next-token logits of every row (guided decoding).
 
+With a grammar in the sampling settings (``SamplingParams.grammar``) every row carries a
+matcher: ``logits`` returns the policy's logits with the tokens the row's grammar forbids at
+-inf (so sampling, ARGS's top-k and IVG's guided logits all see the constraint), ``append``
+advances the matchers, and ``Batch.select`` copies or drops them with their rows. A row whose
+grammar allows no token ends with EOS and ``finish_reason="grammar_dead_end"``.
+
 A sampled token is fed to the model lazily, on the next read of the logits, so a response
 that ends never pays for a forward pass whose output nobody reads.
 """
@@ -15,19 +21,22 @@ that ends never pays for a forward pass whose output nobody reads.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.grammar import CompiledGrammar, GrammarRows, compile_grammar
 from align_chains.engine.kv_cache import expand_into_preallocated
 from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
 from align_chains.errors import InvalidInputError
 from align_chains.models.policy import Policy
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "grammar_dead_end"]
 
 
 @dataclass
@@ -67,6 +76,8 @@ class Batch:
     next_logits: torch.Tensor | None = None  # [B, V]; None while a token is pending
     pending: torch.Tensor | None = None  # [B] long: sampled but not yet fed
     stop_criteria: Any = field(default=None, repr=False)
+    grammar: GrammarRows | None = field(default=None, repr=False)  # one matcher per row
+    masked_logits: torch.Tensor | None = None  # [B, V] next_logits under the grammar; None until read
 
     @classmethod
     def fresh(
@@ -80,6 +91,7 @@ class Batch:
         prompt_logits: torch.Tensor,
         params: SamplingParams,
         stop_criteria: Any,
+        grammar: GrammarRows | None = None,
     ) -> Batch:
         """Rows positioned right after their prompts, nothing generated yet."""
         size, device = int(prompt_index.shape[0]), prompt_index.device
@@ -99,6 +111,7 @@ class Batch:
             prompt_logits=prompt_logits,
             next_logits=prompt_logits,
             stop_criteria=stop_criteria,
+            grammar=grammar,
         )
 
     @property
@@ -114,7 +127,8 @@ class Batch:
         return bool(self.finished.all()) or self.steps >= self.params.max_new_tokens
 
     def select(self, rows: torch.Tensor | Sequence[int]) -> None:
-        """Keep, reorder or duplicate rows in place, KV cache rows included (no recompute)."""
+        """Keep, reorder or duplicate rows in place, KV cache rows and grammar states included
+        (no recompute; a duplicated row's grammar matcher is forked)."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.tokens.device)
         if index.ndim != 1 or index.numel() == 0:
             raise InvalidInputError("select() needs a non-empty 1-D list of row indices.")
@@ -124,15 +138,44 @@ class Batch:
         for name in (
             "prompt_index", "prompt_lengths", "attention_mask", "positions", "tokens",
             "logprobs", "num_tokens", "finished", "stopped", "next_logits", "pending",
-            "prompt_logits",
+            "prompt_logits", "masked_logits",
         ):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value[index.to(value.device)])
+        if self.grammar is not None:
+            self.grammar.select(index.tolist())
+
+    @property
+    def dead_end(self) -> torch.Tensor:
+        """[B] bool: rows ended because their grammar allowed no token."""
+        if self.grammar is None:
+            return torch.zeros(self.size, dtype=torch.bool)
+        return self.grammar.dead_end
 
 
 class Decoder:
-    """Runs a policy over batches of rows, counting the work it does."""
+    """Runs a policy over batches of rows, counting the work it does.
+
+    The shared decoding engine under every strategy: ``start`` prefills each distinct prompt
+    once and copies its KV cache to the rows that continue it; ``logits``/``append`` (or
+    ``extend``) decode all rows of a batch in one forward pass per token; ``completions``
+    reads the texts back. ``generate`` does all of it for plain sampling.
+
+    Args:
+        policy: The loaded policy to run.
+        counters: Where prompt tokens, generated tokens and forward passes are counted
+            (default: a fresh ``ComputeCounters``).
+
+    Examples:
+        >>> from align_chains import Decoder, SamplingParams, load_policy
+        >>> policy = load_policy()  # doctest: +SKIP
+        >>> decoder = Decoder(policy)  # doctest: +SKIP
+        >>> prompt = policy.render([{"role": "user", "content": "Name a fruit."}])  # doctest: +SKIP
+        >>> params = SamplingParams(max_new_tokens=16)
+        >>> answers = decoder.generate([prompt], rows=4, params=params)  # doctest: +SKIP
+        >>> [a.text for a in answers], decoder.counters.forward_passes  # doctest: +SKIP
+    """
 
     def __init__(self, policy: Policy, counters: ComputeCounters | None = None) -> None:
         self.policy = policy
@@ -140,6 +183,19 @@ class Decoder:
         forward_params = inspect.signature(policy.model.forward).parameters
         self._logits_to_keep = "logits_to_keep" in forward_params
         self._eos = torch.tensor(policy.eos_token_ids or (-1,), device=policy.device)
+
+    # -- grammar ------------------------------------------------------------------------
+    def compile(self, params: SamplingParams) -> CompiledGrammar | None:
+        """The request's grammar checked against this policy's tokenizer (cached per pair)."""
+        if params.grammar is None:
+            return None
+        policy = self.policy
+        return compile_grammar(params.grammar, policy.tokenizer, policy.vocab_size, policy.eos_token_ids)
+
+    def grammar_rows(self, params: SamplingParams, rows: int) -> GrammarRows | None:
+        """Fresh grammar states for ``rows`` new rows, or None without a grammar."""
+        compiled = self.compile(params)
+        return None if compiled is None else GrammarRows.fresh(compiled, rows)
 
     # -- starting -----------------------------------------------------------------------
     def start(
@@ -162,6 +218,8 @@ class Decoder:
             if len(ids) == 0:
                 raise InvalidInputError(f"Prompt {i} has no tokens.")
             self.policy.check_fits(len(ids), params.max_new_tokens)
+        self.compile(params)  # a grammar that does not compile fails before the prefill
+        self._check_cancelled()
 
         # identical prompts share one prefill row
         unique: dict[tuple[int, ...], int] = {}
@@ -205,6 +263,7 @@ class Decoder:
             prompt_logits=out.logits[:, -1, :].float()[source],
             params=params,
             stop_criteria=self._stop_criteria(params.stop),
+            grammar=self.grammar_rows(params, int(source.numel())),
         )
 
     def restart(self, batch: Batch, rows: Sequence[int], params: SamplingParams | None = None) -> Batch:
@@ -241,6 +300,7 @@ class Decoder:
             prompt_logits=batch.prompt_logits[source],
             params=params,
             stop_criteria=self._stop_criteria(params.stop),
+            grammar=self.grammar_rows(params, int(source.numel())),
         )
 
     def _stop_criteria(self, stop: Sequence[str]) -> Any:
@@ -252,14 +312,45 @@ class Decoder:
 
     # -- stepping -----------------------------------------------------------------------
     def logits(self, batch: Batch) -> torch.Tensor:
-        """Next-token logits [B, V] of every row, feeding the pending token first if needed."""
+        """Next-token logits [B, V] of every row, feeding the pending token first if needed.
+
+        Under a grammar, the tokens a row may not sample next are at -inf.
+        """
         if batch.next_logits is None:
             self._feed_pending(batch)
         assert batch.next_logits is not None
-        return batch.next_logits
+        if batch.grammar is None:
+            return batch.next_logits
+        if batch.masked_logits is None:
+            batch.masked_logits = self._constrain(batch, batch.next_logits)
+        return batch.masked_logits
+
+    def _constrain(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with each row's forbidden tokens at -inf; a row with none allowed gets EOS only."""
+        assert batch.grammar is not None
+        start = time.perf_counter()
+        allowed = batch.grammar.allowed(logits.shape[-1]).to(logits.device)
+        stuck = (~allowed.any(-1) | batch.grammar.dead_end.to(allowed.device)) & ~batch.finished
+        if bool(stuck.any()):  # dead end: the row ends here, flagged, instead of sampling garbage
+            allowed[stuck] = False
+            allowed[stuck, int(self._eos[0])] = True
+            batch.grammar.dead_end |= stuck.cpu()
+        masked = logits.masked_fill(~allowed, float("-inf"))
+        seconds = time.perf_counter() - start
+        batch.grammar.mask_seconds += seconds
+        self.counters.grammar_mask_seconds += seconds
+        return masked
+
+    def _check_cancelled(self) -> None:
+        """Every forward pass is a step where the active cancellation token is honoured."""
+        try:
+            check_cancelled()
+        except Cancelled as exc:
+            raise exc.attach(counters=self.counters) from None
 
     def _feed_pending(self, batch: Batch) -> None:
         assert batch.pending is not None
+        self._check_cancelled()
         ones = torch.ones(
             (batch.size, 1), dtype=batch.attention_mask.dtype, device=batch.attention_mask.device
         )
@@ -283,10 +374,16 @@ class Decoder:
         """Commit one chosen token per row (rows already finished get padding)."""
         if batch.done:
             raise InvalidInputError("append() on a batch that is already done.")
-        logits = self.logits(batch)
+        self.logits(batch)
+        logits = batch.next_logits  # the raw policy's: logprobs stay log pi(token), grammar or not
+        assert logits is not None
         tokens = tokens.to(logits.device).long()
         logprob = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
         alive = ~batch.finished
+        if batch.grammar is not None:
+            start = time.perf_counter()
+            batch.grammar.consume(tokens.tolist(), alive.tolist())
+            self.counters.grammar_mask_seconds += time.perf_counter() - start
         tokens = torch.where(alive, tokens, torch.full_like(tokens, self.policy.pad_token_id))
         batch.tokens = torch.cat([batch.tokens, tokens[:, None]], dim=1)
         batch.logprobs = torch.cat([batch.logprobs, logprob.masked_fill(~alive, 0.0)[:, None]], dim=1)
@@ -302,6 +399,7 @@ class Decoder:
         self.counters.generated_tokens += int(alive.sum())
         batch.pending = tokens
         batch.next_logits = None
+        batch.masked_logits = None
 
     def extend(
         self,
@@ -313,13 +411,17 @@ class Decoder:
         """Sample up to ``num_tokens`` more tokens on every row (all rows in one forward each)."""
         remaining = batch.params.max_new_tokens - batch.steps
         steps = remaining if num_tokens is None else min(num_tokens, remaining)
-        for _ in range(steps):
-            if batch.done:
-                break
-            tokens = sample_tokens(self.logits(batch), batch.params, generator)
-            self.append(batch, tokens)
-            if on_step is not None:
-                on_step(batch)
+        try:
+            for _ in range(steps):
+                if batch.done:
+                    break
+                self._check_cancelled()
+                tokens = sample_tokens(self.logits(batch), batch.params, generator)
+                self.append(batch, tokens)
+                if on_step is not None:
+                    on_step(batch)
+        except Cancelled as exc:  # hand back what every row has so far
+            raise exc.attach(partial=self.completions(batch)) from None
 
     # -- finishing ----------------------------------------------------------------------
     def completions(self, batch: Batch) -> list[Completion]:
@@ -328,6 +430,7 @@ class Decoder:
         logprobs = batch.logprobs.tolist()
         counts = batch.num_tokens.tolist()
         stopped = batch.stopped.tolist()
+        dead = batch.dead_end.tolist()
         eos = set(self.policy.eos_token_ids)
         results = []
         for row, (ids, lps, n, ended) in enumerate(zip(tokens, logprobs, counts, stopped, strict=True)):
@@ -344,7 +447,7 @@ class Decoder:
                     text=text,
                     token_ids=ids,
                     logprobs=lps,
-                    finish_reason="stop" if ended else "length",
+                    finish_reason="grammar_dead_end" if dead[row] else ("stop" if ended else "length"),
                     prompt_tokens=int(batch.prompt_lengths[row]),
                     generated_tokens=n,
                 )

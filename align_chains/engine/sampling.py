@@ -5,9 +5,29 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from align_chains.engine.grammar import Grammar
+
 
 class SamplingParams(BaseModel):
-    """How the policy samples. Validated on construction, so bad values fail before any work."""
+    """How the policy samples. Validated on construction, so bad values fail before any work.
+
+    The plain-Python strategies take one (``strategy.run(prompt, policy, reward, params)``);
+    chat models build it from their ``max_tokens``, ``temperature``, ``top_p``, ``top_k``,
+    ``stop`` and ``seed`` settings.
+
+    Args:
+        max_new_tokens: Upper bound on tokens per response (default 128).
+        temperature: Sampling temperature; 0 means greedy decoding (default 0.7).
+        top_p: Nucleus sampling mass, in (0, 1] (default 1: off).
+        top_k: Keep the k most likely tokens; 0 disables top-k filtering (default 0).
+        stop: Strings that end a response (not included in it).
+        seed: Makes sampling reproducible (default None: not seeded).
+
+    Examples:
+        >>> from align_chains import SamplingParams
+        >>> SamplingParams(max_new_tokens=64, temperature=0.7, seed=0).top_k
+        0
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -17,6 +37,9 @@ class SamplingParams(BaseModel):
     top_k: int = Field(0, ge=0, description="0 disables top-k filtering.")
     stop: tuple[str, ...] = Field((), description="Strings that end a response (not included).")
     seed: int | None = Field(None, description="Makes sampling reproducible.")
+    grammar: Grammar | None = Field(
+        None, exclude=True, description="Every response must match it (decoding is masked token by token)."
+    )
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:

@@ -23,7 +23,22 @@ class Policy:
     """A loaded causal LM ready for the decoding engine.
 
     ``lock`` serialises generation on this model: concurrent requests from several threads
-    or tasks queue instead of fighting over the same cores or GPU memory.
+    or tasks queue instead of fighting over the same cores or GPU memory. Build one with
+    ``load_policy``; pass it to several chat models to share one load.
+
+    Args:
+        model: The transformers causal LM (``PreTrainedModel``).
+        tokenizer: Its tokenizer.
+        name: The spec it was loaded from (reported as ``model_name``).
+        chat_template: A Jinja chat template overriding the tokenizer's (default: the
+            tokenizer's own; a policy without any fails with a clear error).
+        lock: The lock that serialises generation (one per policy).
+
+    Examples:
+        >>> from align_chains import BestOfNChatModel, load_policy
+        >>> policy = load_policy()  # doctest: +SKIP
+        >>> policy.name, policy.device, policy.model.dtype  # doctest: +SKIP
+        >>> a, b = BestOfNChatModel(policy=policy), BestOfNChatModel(policy=policy, n=8)  # doctest: +SKIP
     """
 
     model: Any  # transformers PreTrainedModel
@@ -140,7 +155,27 @@ def load_policy(
     """Load a policy from a Hugging Face id, a local directory or the embedded default name.
 
     Loading the same spec twice in a process returns the first load. ``device_map='auto'``
-    spreads a large model over the available GPUs through accelerate.
+    spreads a large model over the available GPUs through accelerate. Offline first: an id
+    that is neither a directory nor in the local Hugging Face cache fails at once with a
+    ``ModelLoadError`` that says how to get a local copy, unless the Hub is reachable.
+
+    Args:
+        spec: A Hugging Face id, a local model directory, ``"smollm2-135m-instruct"`` (the
+            embedded default), or a loaded Policy (returned as is).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (default: CUDA when present, else CPU).
+        dtype: ``"bf16"``, ``"fp16"``, ``"fp32"`` or a torch dtype (default: bf16 on a GPU
+            that supports it, else fp32).
+        device_map: ``"auto"`` or an accelerate device map, to shard a large model.
+        chat_template: A Jinja chat template for models whose tokenizer has none.
+
+    Returns:
+        The loaded ``Policy``.
+
+    Examples:
+        >>> from align_chains import load_policy
+        >>> policy = load_policy()  # doctest: +SKIP
+        >>> local = load_policy("./models/Qwen2.5-0.5B-Instruct", dtype="bf16")  # doctest: +SKIP
+        >>> big = load_policy("meta-llama/Llama-3.1-70B-Instruct", device_map="auto")  # doctest: +SKIP
     """
     if isinstance(spec, Policy):
         return spec

@@ -45,6 +45,26 @@ def load_reward(
       anything else a sequence-classification ClassifierReward;
     - a callable ``fn(prompt, response) -> float``: a CallableReward;
     - a list of ``(spec, weight)`` pairs: a WeightedReward of each loaded spec.
+
+    Args:
+        spec: One of the specs above (default: ``"all-minilm-l6-v2"``, the embedded MiniLM).
+        device: ``"cpu"``, ``"cuda"``, ... for models loaded from specs (automatic when None).
+        dtype: ``"bf16"``, ``"fp32"``, ... for classifier and judge models (automatic when None).
+        policy: The policy a plain ``"judge"`` spec judges with (default: the embedded one).
+        **kwargs: Passed to the reward's class, e.g. ``principle=``, ``positive=[...]``.
+
+    Returns:
+        A ``RewardModel``. Bad specs raise ``InvalidInputError``; missing models
+        ``ModelLoadError``, before anything is scored.
+
+    Examples:
+        >>> from align_chains import load_reward
+        >>> rule = load_reward(lambda prompt, response: -len(response) / 100)
+        >>> rule.score(["Hi"], ["Hello"])
+        [-0.05]
+        >>> kind = load_reward("minilm", principle="Answers are practical and kind.")  # doctest: +SKIP
+        >>> mixed = 0.8 * kind + 0.2 * rule  # doctest: +SKIP
+        >>> judge = load_reward("judge", principle="The answer is concise.")  # doctest: +SKIP
     """
     if isinstance(spec, RewardModel):
         return spec

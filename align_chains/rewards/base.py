@@ -21,6 +21,7 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 
+from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation, as_conversation
 from align_chains.models.messages import to_conversation
@@ -33,7 +34,22 @@ class RewardModel(Runnable[Mapping[str, Any], float], ABC):
     """Scores responses to prompts; higher is better.
 
     A prompt is a string (one user turn) or a chat conversation (list of role/content dicts).
-    As a Runnable it takes ``{"prompt": ..., "response": ...}`` and returns a float.
+    As a Runnable it takes ``{"prompt": ..., "response": ...}`` and returns a float. Rewards
+    add and scale (``0.7 * r1 + 0.3 * r2`` is a ``WeightedReward``). A new kind subclasses
+    it and implements ``_score(prompts, responses)``; ``score`` validates inputs, wraps
+    failures in ``RewardError`` and rejects wrong counts and non-finite scores.
+
+    Examples:
+        >>> from align_chains import RewardModel
+        >>> class Length(RewardModel):
+        ...     name = "length"
+        ...
+        ...     def _score(self, prompts, responses):
+        ...         return [float(len(r)) for r in responses]
+        >>> Length().score(["Hi"], ["Hello"])
+        [5.0]
+        >>> Length().invoke({"prompt": "Hi", "response": "Hello there"})
+        11.0
     """
 
     name: str = "reward"
@@ -52,9 +68,10 @@ class RewardModel(Runnable[Mapping[str, Any], float], ABC):
         if not responses:
             return []
         conversations = [as_conversation(p) for p in prompts]
+        check_cancelled()  # a reward call is a natural step: stop here if the caller cancelled
         try:
             raw = self._score(conversations, list(responses))
-        except (RewardError, InvalidInputError):
+        except (RewardError, InvalidInputError, Cancelled):
             raise
         except Exception as exc:
             raise RewardError(
@@ -225,7 +242,20 @@ def check_weight(reward: RewardModel, weight: object) -> float:
 class WeightedReward(RewardModel):
     """``sum_i w_i * r_i(x, y)``.
 
-    Build with ``WeightedReward([(r1, 0.7), (r2, 0.3)])`` or ``0.7 * r1 + 0.3 * r2``.
+    Build with ``WeightedReward([(r1, 0.7), (r2, 0.3)])`` or ``0.7 * r1 + 0.3 * r2``. Each
+    term scores the whole batch in one call.
+
+    Args:
+        terms: ``(reward, weight)`` pairs; rewards are ``RewardModel`` instances (wrap plain
+            functions with ``CallableReward`` or ``load_reward``), weights real numbers.
+
+    Examples:
+        >>> from align_chains import CallableReward, WeightedReward
+        >>> words = CallableReward(lambda p, r: len(r.split()), name="words")
+        >>> bangs = CallableReward(lambda p, r: r.count("!"), name="bangs")
+        >>> mixed = WeightedReward([(words, 1.0), (bangs, -2.0)])  # the same as words + -2.0 * bangs
+        >>> mixed.score(["Hi"], ["Hello there!"])
+        [0.0]
     """
 
     def __init__(self, terms: Sequence[tuple[RewardModel, float]]) -> None:

@@ -19,7 +19,20 @@ class ClassifierReward(RewardModel):
     """Scores the chat-templated conversation (prompt + response) with a classifier head.
 
     The reward is ``logits[:, label_index]``, or the ``score`` output of models that expose
-    one (ArmoRM's preference score).
+    one (ArmoRM's preference score). Load one from a directory or Hub id with
+    ``ClassifierReward.from_pretrained(path)`` or ``load_reward(path)``.
+
+    Args:
+        model: A loaded transformers sequence-classification model (Skywork-Reward style).
+        tokenizer: Its tokenizer, with the chat template the reward model was trained on.
+        name: How the reward is named in metadata and errors (default: the model's path).
+        batch_size: Conversations per forward pass (default 8).
+        label_index: Which logit is the reward when the head has several (default 0).
+
+    Examples:
+        >>> from align_chains import ClassifierReward
+        >>> rm = ClassifierReward.from_pretrained("./models/Skywork-Reward-V2-Qwen3-0.6B")  # doctest: +SKIP
+        >>> rm.score(["Give me a tip for sleep."], ["Keep a fixed bedtime."])  # doctest: +SKIP
     """
 
     def __init__(

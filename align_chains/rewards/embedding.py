@@ -47,6 +47,23 @@ class EmbeddingReward(RewardModel):
           + exemplar_weight * (mean cos(positive, response) - mean cos(negative, response))
 
     The prompt is the last user message. Principle and exemplar embeddings are computed once.
+
+    Args:
+        model: A sentence-transformers id or directory, ``"minilm"`` (the embedded
+            all-MiniLM-L6-v2, the default), or a loaded ``SentenceTransformer``.
+        principle: A sentence describing a good answer; adds the principle term.
+        positive: Exemplar texts of good answers (the exemplar term pulls toward them).
+        negative: Exemplar texts of bad answers (the exemplar term pushes away from them).
+        relevance_weight: Weight of cos(prompt, response) (default 1).
+        principle_weight: Weight of cos(principle, response) (default 1).
+        exemplar_weight: Weight of the exemplar term (default 1).
+        batch_size: Texts per encoder call (default 32).
+        device: ``"cpu"``, ``"cuda"``, ... (automatic when None).
+
+    Examples:
+        >>> from align_chains import EmbeddingReward
+        >>> kind = EmbeddingReward(principle="Answers are practical and kind.")
+        >>> kind.score(["How do I say no?"], ["Thank them, then say no plainly."])  # doctest: +SKIP
     """
 
     def __init__(

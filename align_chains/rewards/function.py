@@ -19,6 +19,19 @@ class CallableReward(RewardModel):
     The prompt passed to ``fn`` is the last user message. With ``batched=True``, ``fn`` gets
     two lists and returns a list. ``retries`` re-calls a flaky function (a remote verifier,
     say) with exponential back-off before giving up.
+
+    Args:
+        fn: ``fn(prompt, response) -> float``, or ``fn(prompts, responses) -> list[float]``
+            with ``batched=True``. Checked to be callable with two arguments at once.
+        batched: Call ``fn`` once per batch with two lists instead of once per item.
+        name: How the reward is named in metadata and errors (default: the function's name).
+        retries: Extra attempts, with exponential back-off, when ``fn`` raises (default 0).
+
+    Examples:
+        >>> from align_chains import CallableReward
+        >>> words = CallableReward(lambda prompt, response: len(response.split()), name="words")
+        >>> words.score(["Hi"], ["Hello there"])
+        [2.0]
     """
 
     def __init__(

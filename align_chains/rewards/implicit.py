@@ -16,6 +16,7 @@ incremental scorer that needs no forward pass for the k candidates at all.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -55,7 +56,24 @@ class ImplicitReward(RewardModel):
     """``beta * (sum log pi_tuned(y|x') - sum log pi_untuned(y|x))`` summed over response tokens.
 
     With ``principle``, the tuned side reads the prompt with the principle in its system prompt
-    and both sides are the same model (weights shared).
+    and both sides are the same model (weights shared). It also gives ARGS a fast token-level
+    scorer (``branch_scorer``) and IVG its guide.
+
+    Args:
+        tuned: The tuned LM (e.g. a DPO model): a loaded Policy or a ``load_policy`` spec.
+        untuned: Its untuned reference (e.g. the SFT model), on the same vocabulary. Pass
+            either this or ``principle``.
+        principle: Compare ``tuned`` with and without this sentence in its system prompt
+            instead of against a second model.
+        beta: Scale of the log-ratio (default 1).
+        name: How the reward is named in metadata and errors.
+        device: ``"cpu"``, ``"cuda"``, ... for models loaded from specs (automatic when None).
+
+    Examples:
+        >>> from align_chains import ImplicitReward
+        >>> polite = ImplicitReward("smollm2-135m-instruct", principle="Answer politely.")  # doctest: +SKIP
+        >>> dpo = ImplicitReward("./models/small-dpo", "./models/small-sft")  # doctest: +SKIP
+        >>> polite.score(["Hi"], ["Hello! How can I help?"])  # doctest: +SKIP
     """
 
     def __init__(
@@ -131,11 +149,20 @@ def _response_logprob(view: View, answers: list[list[int]]) -> torch.Tensor:
         if answer:
             scored[r, width - len(answer) :] = True
     ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
+    # Responses are right-aligned: only the last (longest answer + 1) positions predict answer
+    # tokens, so only their logits are computed and read in fp32, not [rows, width, V].
+    tail = max(len(a) for a in answers) + 1
+    kwargs = (
+        {"logits_to_keep": tail}
+        if "logits_to_keep" in inspect.signature(policy.model.forward).parameters
+        else {}
+    )
     with torch.inference_mode():
         logits = policy.model(
-            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
-        ).logits.float()
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), **kwargs
+        ).logits[:, -tail:]
+    ids, scored = ids[:, -tail:], scored[:, -tail:]
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     return (logprobs * scored[:, 1:]).sum(-1).cpu()
 
 

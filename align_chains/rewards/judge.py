@@ -49,7 +49,20 @@ class JudgeReward(RewardModel):
 
     ``judge`` is a loaded Policy or a spec for ``load_policy`` (loads are shared: judging with
     the policy's own spec reuses its weights). The question shown to the judge is the last
-    user message.
+    user message. It has an exact soft path for SEA when it shares the policy's vocabulary.
+
+    Args:
+        judge: The judging LM: a loaded Policy or a spec (default: the embedded SmolLM2).
+        principle: The sentence the judge checks (default: "The response is helpful, accurate
+            and harmless.").
+        batch_size: Conversations per forward pass (default 8).
+        device: ``"cpu"``, ``"cuda"``, ... (automatic when None).
+        dtype: ``"bf16"``, ``"fp32"``, ... (automatic when None).
+
+    Examples:
+        >>> from align_chains import JudgeReward, load_policy
+        >>> judge = JudgeReward(load_policy(), principle="The answer is concise.")  # doctest: +SKIP
+        >>> judge.score(["Name a fruit."], ["Apple."])  # doctest: +SKIP
     """
 
     def __init__(
@@ -93,9 +106,13 @@ class JudgeReward(RewardModel):
         )
 
     def _log_odds(self, logits: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        yes = torch.logsumexp(logp[:, self.yes_ids], dim=-1)
-        no = torch.logsumexp(logp[:, self.no_ids], dim=-1)
+        """log P(yes) - log P(no) from next-token logits ``[rows, V]`` in any dtype.
+
+        The softmax's normaliser cancels in the difference, so only the answer columns are read,
+        in fp32: a bf16 judge never needs a fp32 copy of its whole ``[rows, V]`` logits.
+        """
+        yes = torch.logsumexp(logits[:, self.yes_ids].float(), dim=-1)
+        no = torch.logsumexp(logits[:, self.no_ids].float(), dim=-1)
         return yes - no
 
     def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:

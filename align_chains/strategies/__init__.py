@@ -19,13 +19,29 @@ from align_chains.strategies.base import (
 )
 from align_chains.strategies.best_of_n import BestOfN
 from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.early_rejection import EarlyRejectionBestOfN
 from align_chains.strategies.reward_guided import RewardGuided
 from align_chains.strategies.sea import SEA
 from align_chains.strategies.value_guided import ValueGuided
 
 
 def get_strategy(name: str) -> type[Strategy]:
-    """The strategy class registered under ``name`` (aliases like 'bon' accepted)."""
+    """The strategy class registered under ``name`` (aliases like 'bon' accepted).
+
+    Args:
+        name: A registered name or alias, case-insensitive (``"best-of-n"``, ``"bon"``,
+            ``"args"``, ``"ivg"``, ``"darwin"``, ``"sea"``, ...).
+
+    Returns:
+        The strategy class. An unknown name raises ``UnknownStrategyError`` listing the names.
+
+    Examples:
+        >>> from align_chains import get_strategy
+        >>> get_strategy("args").__name__
+        'RewardGuided'
+        >>> get_strategy("ivg")(principle="Be brief.").guidance_scale(None)
+        1.5
+    """
     return STRATEGIES[canonical_strategy_name(name)]
 
 
@@ -36,6 +52,7 @@ __all__ = [
     "BestOfN",
     "Candidate",
     "Darwin",
+    "EarlyRejectionBestOfN",
     "RewardGuided",
     "SearchRun",
     "Strategy",

@@ -36,6 +36,18 @@ class AdaptiveBestOfN(Strategy):
 
     ``budget`` is the average number of samples per prompt; the batch spends exactly
     ``budget * K``. With one prompt (or a budget below 2) this is uniform Best-of-budget.
+
+    Args:
+        budget: Average samples per prompt (B); the batch spends ``budget × prompts``.
+        exploration: Fraction of the budget sampled up front for every prompt (paper: 0.75).
+        mc_draws: Monte Carlo draws per expected-maximum estimate in the allocation.
+
+    Examples:
+        >>> from align_chains import AdaptiveBestOfN, load_policy, load_reward
+        >>> strategy = AdaptiveBestOfN(budget=8)
+        >>> prompts = ["Name a fruit.", "Write a haiku about rain.", "Explain DNS briefly."]
+        >>> results = strategy.run_batch(prompts, load_policy(), load_reward())  # doctest: +SKIP
+        >>> [r.details["extra_samples"] for r in results]  # doctest: +SKIP
     """
 
     name: ClassVar[str] = "adaptive-best-of-n"

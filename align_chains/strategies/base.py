@@ -42,7 +42,25 @@ class Candidate:
 
 @dataclass
 class StrategyResult:
-    """What a strategy returns for one prompt."""
+    """What a strategy returns for one prompt.
+
+    Args:
+        strategy: The strategy's registered name.
+        text: The chosen answer.
+        reward: Its reward (None when the reward failed and the result is partial).
+        candidates: Every answer considered, with its reward, tokens and finish reason.
+        best_index: Index of the chosen answer in ``candidates``.
+        prompt_tokens: Tokens of the rendered prompt.
+        counters: The compute the run used (``ComputeCounters``; shared by a batch).
+        trace: Flat records, one per event (``pandas.DataFrame(result.trace)`` works).
+        flags: Conditions worth a look, e.g. ``{"budget_exhausted": "time_budget_s"}``.
+        details: Strategy-specific facts, e.g. DARWIN's ``archive``, SEA's ``reward_path``.
+
+    Examples:
+        >>> from align_chains import BestOfN, SamplingParams, load_policy, load_reward
+        >>> result = BestOfN(n=4).run("Name a fruit.", load_policy(), load_reward())  # doctest: +SKIP
+        >>> result.text == result.best.text, result.finish_reason  # doctest: +SKIP
+    """
 
     strategy: str
     text: str
@@ -95,6 +113,16 @@ class Strategy(BaseModel, ABC):
     implements ``_search``; ``run_batch`` does the common opening and closing. Decorate it
     with ``@register_strategy`` to make it reachable by name from ``get_strategy``, the chat
     models (``chat_model_class``), the CLI and the server.
+
+    Examples:
+        >>> from align_chains import BestOfN, get_strategy
+        >>> get_strategy("bon") is BestOfN
+        True
+        >>> BestOfN(n=0)
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for BestOfN
+        ...
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -104,6 +132,7 @@ class Strategy(BaseModel, ABC):
     streams: ClassVar[bool] = False  # commits tokens as it goes (``on_commit``)
     needs_policy_internals: ClassVar[str | None] = None  # e.g. "the policy's next-token logits"
     one_prompt_chat_model: ClassVar[bool] = True  # False: only meaningful across a batch of prompts
+    follows_grammar: ClassVar[bool] = True  # False: its search cannot keep to SamplingParams.grammar
 
     @classmethod
     def default_params(cls) -> SamplingParams:
@@ -141,6 +170,7 @@ class Strategy(BaseModel, ABC):
         ``options`` go to ``_search`` (e.g. ``on_commit`` for a streaming strategy).
         """
         params = params or self.default_params()
+        check_grammar_support(type(self), params)
         progress = progress or NullProgress()
         conversations, token_ids = prepare_prompts(prompts, policy, params)
         run = SearchRun(
@@ -171,6 +201,18 @@ class Strategy(BaseModel, ABC):
 # canonical name -> class of every registered strategy (live: registering adds to it)
 STRATEGIES: dict[str, type[Strategy]] = {}
 _ALIASES: dict[str, str] = {}
+
+
+def check_grammar_support(cls: type[Strategy], params: SamplingParams) -> None:
+    """Refuse a grammar (tools, a schema, grammar=/regex=) a strategy cannot keep to, before any work."""
+    if params.grammar is None or cls.follows_grammar:
+        return
+    able = sorted(name for name, other in STRATEGIES.items() if other.follows_grammar)
+    raise InvalidInputError(
+        f"Strategy {cls.name!r} cannot keep to a grammar ({params.grammar.description}): its search "
+        "does not decode token by token. Strategies that can: " + ", ".join(able) + ". Or pass "
+        "constrain=False to rank candidates by the output contract only."
+    )
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:

@@ -27,6 +27,17 @@ class BestOfN(Strategy):
     All prompts of a batch are prefilled together, each once, and every candidate of every
     prompt is decoded in the same batch; all candidates are scored in one reward call.
     Ties go to the earliest candidate.
+
+    Args:
+        n: Candidates sampled per prompt.
+
+    Examples:
+        >>> from align_chains import BestOfN, SamplingParams, load_policy, load_reward
+        >>> BestOfN(n=4).n
+        4
+        >>> params = SamplingParams(max_new_tokens=64)
+        >>> result = BestOfN(n=4).run("Hi!", load_policy(), load_reward(), params)  # doctest: +SKIP
+        >>> result.text, result.reward, len(result.candidates), result.counters.as_dict()  # doctest: +SKIP
     """
 
     name: ClassVar[str] = "best-of-n"

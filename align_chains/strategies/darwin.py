@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from pydantic import Field, model_validator
 
+from align_chains.cancellation import check_cancelled
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch, Completion, Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator
@@ -194,6 +195,23 @@ class Darwin(Strategy):
     (use temperature 0.7 and top-k 40 sampling, as ``DarwinChatModel`` does by default).
     ``max_total_tokens`` and ``time_budget_s`` cap a request; when one runs out the best
     answer so far is returned and ``flags["budget_exhausted"]`` names the cap.
+
+    Args:
+        n: Mutated instructions (candidates) per cycle.
+        m: Tokens between two reward-guided replacements.
+        k: Candidates kept at each replacement (``k <= n``).
+        cycles: Mutation cycles after the first answer.
+        mutation_max_tokens: Token cap on the policy's list of rewritten instructions.
+        max_total_tokens: Cap on the tokens one request generates (answers and mutation lists).
+        time_budget_s: Cap on one request's wall seconds.
+
+    Examples:
+        >>> from align_chains import Darwin, SamplingParams, load_policy, load_reward
+        >>> from align_chains.plots import plot_darwin_trace
+        >>> darwin = Darwin(n=5, m=16, k=3, cycles=1)
+        >>> params = SamplingParams(max_new_tokens=64, temperature=0.7, top_k=40, seed=0)
+        >>> result = darwin.run("Tips for sleep?", load_policy(), load_reward(), params)  # doctest: +SKIP
+        >>> result.details["archive"], plot_darwin_trace(result.trace)  # doctest: +SKIP
     """
 
     name: ClassVar[str] = "darwin"
@@ -433,6 +451,7 @@ class _Search:
         wins = [Counter[int]() for _ in range(K)]
         segment = 0
         while True:
+            check_cancelled()  # a DARWIN segment is a natural step (its decode steps check too)
             segment += 1
             going = self._segment(rows, cycle, mutations)
             last = rows.pop.done or not going

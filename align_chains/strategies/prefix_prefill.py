@@ -102,5 +102,6 @@ def start_sharing_prefix(
         prompt_logits=out.logits[:, -1, :].float()[source],
         params=params,
         stop_criteria=decoder._stop_criteria(params.stop),
+        grammar=decoder.grammar_rows(params, len(prompts)),
     )
     return batch, charged

@@ -65,7 +65,25 @@ def branch_scorer(
 
 @register_strategy
 class RewardGuided(Strategy):
-    """ARGS settings: ``k`` candidates per token, reward weight ``w``, greedy or sampled choice."""
+    """ARGS settings: ``k`` candidates per token, reward weight ``w``, greedy or sampled choice.
+
+    ARGS (Khanov et al. 2024): at every token, the policy's top-``k`` next tokens are scored by
+    the reward on the extended answer and chosen by ``log pi(token) + w * r``.
+
+    Args:
+        k: Top-k policy tokens scored at every step.
+        w: Weight of the reward against log pi.
+        mode: ``"greedy"`` (argmax, default) or ``"sample"`` (softmax over the k at the
+            sampling temperature).
+        scoring: ``"incremental"`` (a reward on the policy's vocabulary scores k tokens in one
+            forward), ``"text"`` (re-tokenised text through ``score``) or ``"auto"``.
+
+    Examples:
+        >>> from align_chains import RewardGuided, SamplingParams, load_policy, load_reward
+        >>> args = RewardGuided(k=5, w=1.5)
+        >>> params = SamplingParams(max_new_tokens=32)
+        >>> result = args.run("Name a fruit.", load_policy(), load_reward(), params)  # doctest: +SKIP
+    """
 
     name: ClassVar[str] = "reward-guided"
     aliases: ClassVar[tuple[str, ...]] = ("args", "reward_guided")

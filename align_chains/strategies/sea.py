@@ -10,6 +10,12 @@ restricted to the policy's top-k at each position) and the text scored by the re
 chain keeps its best text. A revise step lets the policy rewrite each chain's best text, and
 the answer is the highest-reward text among the chains' bests and their revisions.
 
+A fluency guard (on by default, ``fluency_guard.py``) keeps text that games the reward from being
+chosen: a decoded text becomes a chain's best only if its per-token NLL under the policy is
+within a margin of the chain's initial sample and it does not repeat itself; revisions compete
+under the same rule. The initial samples are always admitted, so a chain whose every better
+text was excluded falls back to its sample.
+
 Work is shared: the prompts are prefilled once in the policy (for the initial samples, then
 reused every step) and once in the reward model (inside its soft scorer); every chain of every
 prompt is one row of the same tensors.
@@ -27,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, field_validator
 
+from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.engine.decoder import Batch, Decoder
 from align_chains.engine.sampling import SamplingParams, make_generator
 from align_chains.errors import InvalidInputError
@@ -39,6 +46,7 @@ from align_chains.strategies.base import (
     register_strategy,
     score_texts,
 )
+from align_chains.strategies.fluency_guard import FluencyGuard, GuardVerdict, mean_nll, repetition_rate
 
 REVISE_INSTRUCTION = (
     "Rewrite your previous answer: fix repetitive language and unfinished sentences, and keep "
@@ -46,6 +54,12 @@ REVISE_INSTRUCTION = (
 )
 
 _MASKED = -1e10
+
+# The fluency guard's defaults: a perplexity e (2.7) times the chain's sample's; a third of the
+# trigrams repeated. Set from what they mean, before any measurement (docs/sea.md).
+GUARD_NLL_MARGIN = 1.0
+GUARD_MAX_REPETITION = 0.3
+GUARD_NGRAM = 3
 
 
 def noise_level(iteration: int, iterations: int, levels: Sequence[float]) -> float:
@@ -67,11 +81,42 @@ class SEA(Strategy):
     Defaults are the published ones (L = ``max_new_tokens`` = 50 in the paper). The reward must
     offer a differentiable path (``reward.soft_scorer``): a decoder classifier, a JudgeReward,
     or the MiniLM EmbeddingReward (through the vocabulary bridge).
+
+    Args:
+        chains: Chains per prompt, each started from one policy sample.
+        iterations: Adam steps per chain.
+        lr: Adam learning rate on the logits.
+        nll_weight: lambda, weight of the policy's NLL in the energy.
+        reward_weight: alpha, weight of the reward in the energy.
+        reward_temperature: tau_r, temperature of the reward's softmax over the logits.
+        init_temperature: Initial logits are the policy's logits divided by this.
+        decode_top_k: Decode only among the policy's top-k tokens at each position.
+        patience: Stop a chain after this many steps without a better text (None: never).
+        noise: Noise standard deviations over equal parts of the run.
+        revise: Let the policy rewrite each chain's best text at the end.
+        time_budget_s: Wall-clock cap; the best text so far is returned when reached.
+        fluency_guard: Never choose a text whose per-token NLL under the policy is more than
+            ``guard_nll_margin`` above its chain's initial sample's, or that repeats itself
+            (not in the paper; ``False`` is the paper's choice by reward alone).
+        guard_nll_margin: Nats per token a text may exceed its chain's initial sample's NLL.
+        guard_max_repetition: Largest admitted share of token n-grams repeating an earlier one.
+        guard_ngram: n of the repetition check.
+
+    Examples:
+        >>> from align_chains import SEA, SamplingParams, load_policy, load_reward
+        >>> policy = load_policy()  # doctest: +SKIP
+        >>> judge = load_reward("judge", policy=policy)  # doctest: +SKIP
+        >>> sea = SEA(chains=2, iterations=10)
+        >>> result = sea.run("Hi!", policy, judge, SamplingParams(max_new_tokens=24))  # doctest: +SKIP
+        >>> result.details["reward_path"], [t["hard_reward"] for t in result.trace]  # doctest: +SKIP
     """
 
     name: ClassVar[str] = "sea"
     aliases: ClassVar[tuple[str, ...]] = ("simple-energy-adaptation",)
     needs_policy_internals: ClassVar[str | None] = "gradients through the policy's embeddings (SEA)"
+    # the relaxed optimisation moves whole logit sequences at once and rounds them at the end:
+    # no token-by-token mask can hold it to a grammar (its sample and revise decodes could be)
+    follows_grammar: ClassVar[bool] = False
 
     chains: int = Field(4, ge=1, description="Chains per prompt, each started from a policy sample.")
     iterations: int = Field(200, ge=1, description="Adam steps per chain.")
@@ -91,6 +136,22 @@ class SEA(Strategy):
     time_budget_s: float | None = Field(
         None, gt=0.0, description="Wall-clock cap; the best text so far is returned when reached."
     )
+    fluency_guard: bool = Field(
+        True, description="Never choose a text far less likely than the chain's sample, or a looping one."
+    )
+    guard_nll_margin: float = Field(
+        GUARD_NLL_MARGIN,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Nats per token a text's NLL under the policy may exceed its chain's initial sample's.",
+    )
+    guard_max_repetition: float = Field(
+        GUARD_MAX_REPETITION,
+        ge=0.0,
+        le=1.0,
+        description="Largest admitted share of token n-grams repeating an earlier one.",
+    )
+    guard_ngram: int = Field(GUARD_NGRAM, ge=1, le=16, description="n of the repetition check.")
 
     @field_validator("noise")
     @classmethod
@@ -132,8 +193,9 @@ class _Chain:
     tokens: list[int]
     logprobs: list[float]
     reward: float | None
-    iteration: int
+    iteration: int  # 0: the chain's initial sample; -1: a revision
     finish_reason: str
+    guard: GuardVerdict | None = None  # the fluency guard's measurements (None for an initial sample)
 
 
 class _Run:
@@ -157,6 +219,10 @@ class _Run:
         self.soft_calls = 0
         self.iteration_seconds: list[float] = []
         self.iteration_decode_passes: list[int] = []
+        self.guard = FluencyGuard(sea.guard_nll_margin, sea.guard_max_repetition, sea.guard_ngram)
+        self.reference_nll: list[float | None] = [None] * self.rows  # each chain's initial sample
+        self.excluded: list[dict[str, Any]] = []  # texts the guard kept from being chosen
+        self.guard_passes = 0
 
     # -- the policy, with the prompt cache reused ------------------------------------------
     def _policy_logits(self, batch: Batch, tokens: torch.Tensor, keep_cache: bool = False) -> torch.Tensor:
@@ -184,7 +250,12 @@ class _Run:
         if not keep_cache:
             self._crop(batch, 0)
         self.counters.forward_passes += 1
-        return torch.cat([first, out.logits.float()], dim=1)
+        # fp32 whatever the model's dtype (the NLL meets the fp32 variable); written in place,
+        # so a bf16 model's logits are converted once, without an intermediate fp32 copy
+        logits = torch.empty((*tokens.shape, first.shape[-1]), dtype=torch.float32, device=first.device)
+        logits[:, :1] = first
+        logits[:, 1:] = out.logits
+        return logits
 
     @staticmethod
     def _crop(batch: Batch, response_tokens: int) -> None:
@@ -222,6 +293,7 @@ class _Run:
             ones = torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)
             mask = torch.cat([mask, ones.expand(-1, first)], dim=1)
             for t in range(first, self.length - 1):
+                check_cancelled()  # one policy forward per position: each is a step
                 mask = torch.cat([mask, ones], dim=1)
                 with torch.no_grad():
                     out = self.policy.model(
@@ -274,11 +346,15 @@ class _Run:
             _Chain(c.text, c.token_ids, c.logprobs, s, 0, c.finish_reason)
             for c, s in zip(initial, init_scores, strict=True)
         ]
+        self._set_reference_nll(initial)
         for r, chain in enumerate(best):
-            self.trace.append(self._record(r, 0, None, chain.reward, None, None, chain.text))
+            record = self._record(r, 0, None, chain.reward, None, None, chain.text)
+            sample = {"text_nll": mean_nll(chain.logprobs), "guard": None}
+            repetition = repetition_rate(chain.tokens, sea.guard_ngram)
+            self.trace.append({**record, **sample, "repetition": repetition})
         self.search_run.partial = lambda: self._results(best, [], [0] * self.rows, scorer)
         iterations_done = self._optimise(batch, scorer, initial, best, deadline)
-        revised = self._revise(best, deadline)
+        revised = self._revise(batch, best, deadline)
         return self._results(best, revised, iterations_done, scorer)
 
     def _optimise(
@@ -294,7 +370,7 @@ class _Run:
             if c.token_ids:
                 padded[r, : len(c.token_ids)] = torch.tensor(c.token_ids, device=self.device)
         logits0 = self._policy_logits(batch, padded) / sea.init_temperature
-        noise0 = torch.randn(logits0.shape, generator=self.generator, device=self.device)
+        noise0 = torch.randn(logits0.shape, generator=self.generator, device=self.device, dtype=torch.float32)
         beyond = torch.arange(length, device=self.device)[None, :] >= lengths[:, None]
         logits0 = torch.where(beyond[..., None], noise0, logits0)
         special = torch.zeros(vocab, dtype=torch.bool, device=self.device)
@@ -302,19 +378,27 @@ class _Run:
         special[len(policy.tokenizer) :] = True
         logits0 = logits0.masked_fill(special, _MASKED)
 
-        variable = torch.nn.Parameter(logits0)
+        # the optimisation variable and Adam's moments are fp32 whatever the model's dtype: bf16's
+        # 8-bit mantissa would swallow Adam's small steps on logits of magnitude ~10
+        variable = torch.nn.Parameter(logits0.float())
         optimiser = torch.optim.Adam([variable], lr=sea.lr)
         active = torch.ones(rows, dtype=torch.bool, device=self.device)
         stale = [0] * rows
         done = [0] * rows
         self.progress.stage(f"SEA: {rows} chain(s)", sea.iterations)
         for it in range(1, sea.iterations + 1):
+            try:  # an iteration is a natural step; the best chains so far go with the error
+                check_cancelled()
+            except Cancelled as exc:
+                raise exc.attach(partial=list(best), counters=self.counters) from None
             if deadline is not None and time.perf_counter() >= deadline:
                 self.flags["time_budget_exhausted"] = True
                 break
             began, passes_before = time.perf_counter(), self.decode_passes
             sigma = noise_level(it, sea.iterations, sea.noise)
-            noise = torch.randn(variable.shape, generator=self.generator, device=self.device)
+            noise = torch.randn(
+                variable.shape, generator=self.generator, device=self.device, dtype=variable.dtype
+            )
             noisy = variable + sigma * noise
             hard = noisy.detach().argmax(-1)
             step_logits = self._policy_logits(batch, hard, keep_cache=True)
@@ -347,16 +431,27 @@ class _Run:
             for r in live:  # per-step bookkeeping of at most a few chains, not a decode step
                 done[r] = it
                 e, s = float(energy[r].detach()), float(soft_reward[r].detach())
+                kept, kept_lps, _, finish = ends[r]
+                verdict = self.guard.check(kept, kept_lps, self.reference_nll[r])
+                record = self._record(r, it, s, scores[r], float(nll[r].detach()), e, texts[r], sigma)
                 self.trace.append(
-                    self._record(r, it, s, scores[r], float(nll[r].detach()), e, texts[r], sigma)
+                    {
+                        **record,
+                        "text_nll": verdict.nll,
+                        "repetition": verdict.repetition,
+                        "guard": verdict.reason,
+                    }
                 )
                 if not math.isfinite(e):
                     active[r] = False
                     self.flags.setdefault("nonfinite_energy_chains", []).append(r)
                     continue
-                if best[r].reward is None or scores[r] > best[r].reward:
-                    kept, kept_lps, _, finish = ends[r]
-                    best[r] = _Chain(texts[r], kept, kept_lps, scores[r], it, finish)
+                better = best[r].reward is None or scores[r] > best[r].reward
+                if better and self.sea.fluency_guard and not verdict.admitted:
+                    self._exclude(r, "optimized", it, scores[r], texts[r], verdict)
+                    better = False
+                if better:
+                    best[r] = _Chain(texts[r], kept, kept_lps, scores[r], it, finish, verdict)
                     stale[r] = 0
                 else:
                     stale[r] += 1
@@ -369,7 +464,7 @@ class _Run:
                 break
         return done
 
-    def _revise(self, best: list[_Chain], deadline: float | None) -> list[_Chain]:
+    def _revise(self, batch: Batch, best: list[_Chain], deadline: float | None) -> list[_Chain]:
         if not self.sea.revise:
             return []
         if deadline is not None and time.perf_counter() >= deadline:
@@ -393,10 +488,62 @@ class _Run:
             ids, 1, greedy, on_step=lambda _b: self.progress.advance()
         )
         scores = self._hard_scores(range(self.rows), [c.text for c in completions])
-        return [
+        # a revision is judged by the policy reading the plain prompt, like every other candidate
+        revised = [
             _Chain(c.text, c.token_ids, c.logprobs, s, -1, c.finish_reason)
             for c, s in zip(completions, scores, strict=True)
         ]
+        if self.sea.fluency_guard:
+            plain = self._plain_prompt_logprobs(batch, [c.tokens for c in revised])
+            for r, (chain, lps) in enumerate(zip(revised, plain, strict=True)):
+                chain.guard = self.guard.check(chain.tokens, lps, self.reference_nll[r])
+                if not chain.guard.admitted:
+                    self._exclude(r, "revised", -1, chain.reward, chain.text, chain.guard)
+        return revised
+
+    # -- the fluency guard -----------------------------------------------------------------
+    def _set_reference_nll(self, initial: Sequence[Any]) -> None:
+        """Each chain's reference: its initial sample's per-token NLL (an empty sample borrows the
+        mean over its prompt's other samples)."""
+        own = [mean_nll(c.logprobs) for c in initial]
+        chains = self.sea.chains
+        for r, value in enumerate(own):
+            if value is None:
+                siblings = [v for v in own[r - r % chains : r - r % chains + chains] if v is not None]
+                value = statistics.fmean(siblings) if siblings else None
+            self.reference_nll[r] = value
+
+    def _plain_prompt_logprobs(self, batch: Batch, answers: Sequence[list[int]]) -> list[list[float]]:
+        """log pi(token | plain prompt, answer so far) along each row's answer: one policy pass on
+        the prompts' cache (counted in ``forward_passes`` and in the guard's details)."""
+        width = max((len(a) for a in answers), default=0)
+        if width == 0:
+            return [[] for _ in answers]
+        padded = torch.full(
+            (self.rows, width), self.policy.pad_token_id, dtype=torch.long, device=self.device
+        )
+        for r, answer in enumerate(answers):  # builds one tensor
+            if answer:
+                padded[r, : len(answer)] = torch.tensor(answer, device=self.device)
+        logits = self._policy_logits(batch, padded)
+        self.guard_passes += 1 if width > 1 else 0
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, padded[..., None]).squeeze(-1).tolist()
+        return [row[: len(a)] for row, a in zip(logprobs, answers, strict=True)]
+
+    def _exclude(
+        self, row: int, kind: str, iteration: int, reward: float | None, text: str, verdict: GuardVerdict
+    ) -> None:
+        self.excluded.append(
+            {
+                "prompt": self.row_prompt[row],
+                "chain": row % self.sea.chains,
+                "kind": kind,
+                "iteration": iteration,
+                "reward": reward,
+                **verdict.as_dict(),
+                "text": text if len(text) <= 120 else text[:117] + "...",
+            }
+        )
 
     # -- results -------------------------------------------------------------------------
     def _record(
@@ -422,6 +569,19 @@ class _Run:
             "text": text,
         }
 
+    def _guard_details(self, excluded: list[dict[str, Any]]) -> dict[str, Any]:
+        sea = self.sea
+        if not sea.fluency_guard:
+            return {"on": False}
+        return {
+            "on": True,
+            "nll_margin": sea.guard_nll_margin,
+            "max_repetition": sea.guard_max_repetition,
+            "ngram": sea.guard_ngram,
+            "excluded": [{k: v for k, v in e.items() if k != "prompt"} for e in excluded],
+            "forward_passes": self.guard_passes,
+        }
+
     def _results(
         self, best: list[_Chain], revised: list[_Chain], iterations_done: list[int], scorer: Any
     ) -> list[StrategyResult]:
@@ -436,7 +596,12 @@ class _Run:
                     token_ids=best[r].tokens,
                     logprobs=best[r].logprobs,
                     finish_reason=best[r].finish_reason,
-                    meta={"chain": r % chains, "kind": "optimized", "iteration": best[r].iteration},
+                    meta={
+                        "chain": r % chains,
+                        "kind": "optimized",
+                        "iteration": best[r].iteration,
+                        "guard": best[r].guard.as_dict() if best[r].guard is not None else None,
+                    },
                 )
                 for r in rows
             ]
@@ -448,15 +613,28 @@ class _Run:
                         token_ids=revised[r].tokens,
                         logprobs=revised[r].logprobs,
                         finish_reason=revised[r].finish_reason,
-                        meta={"chain": r % chains, "kind": "revised"},
+                        meta={
+                            "chain": r % chains,
+                            "kind": "revised",
+                            "guard": revised[r].guard.as_dict() if revised[r].guard is not None else None,
+                        },
                     )
                 )
-            scored = [j for j, c in enumerate(candidates) if c.reward is not None]
+            # a chain's best passed the guard when it was kept (its initial sample always does)
+            scored = [
+                j
+                for j, c in enumerate(candidates)
+                if c.reward is not None and (not self.sea.fluency_guard or _admitted(c))
+            ]
             best_index = max(scored, key=lambda j: (candidates[j].reward, -j)) if scored else 0
             nonfinite = [r % chains for r in self.flags.get("nonfinite_energy_chains", []) if r in rows]
             flags = {k: v for k, v in self.flags.items() if k != "nonfinite_energy_chains"}
             if nonfinite:
                 flags["nonfinite_energy_chains"] = nonfinite
+            excluded = [e for e in self.excluded if e["prompt"] == p]
+            chosen = candidates[best_index]
+            if excluded and chosen.meta["kind"] == "optimized" and chosen.meta["iteration"] == 0:
+                flags["fluency_guard_fallback"] = True  # every text better than a sample was excluded
             results.append(
                 StrategyResult(
                     strategy=self.sea.name,
@@ -484,7 +662,13 @@ class _Run:
                             else None
                         ),
                         "soft_reward_calls": self.soft_calls,
+                        "fluency_guard": self._guard_details(excluded),
                     },
                 )
             )
         return results
+
+
+def _admitted(candidate: Candidate) -> bool:
+    guard = candidate.meta.get("guard")
+    return guard is None or guard["reason"] is None

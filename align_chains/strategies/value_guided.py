@@ -38,18 +38,48 @@ from align_chains.strategies.best_of_n import best_per_prompt
 
 OnCommit = Callable[[int, list[int]], None]
 
+# Token-level guidance weight per guide. A real tuned/untuned pair: the paper's w = 1. The
+# principle guide: untuned = the base view, so base + w (tuned - base) at w = 1 is just the
+# principled prompt; guidance beyond prompting needs w > 1 (classifier-free-guidance style).
+# Chosen by a sweep on benchmarks/data/fidelity_dev_prompts.txt (docs/guided_decoding.md).
+PAIR_GUIDANCE_SCALE = 1.0
+PRINCIPLE_GUIDANCE_SCALE = 1.5
+
 
 @register_strategy
 class ValueGuided(Strategy):
     """IVG settings. ``token_guidance``/``chunk_value`` of None mean: implicit guidance when a
-    guide (principle or tuned/untuned pair) is available, else chunk-level search on the reward."""
+    guide (principle or tuned/untuned pair) is available, else chunk-level search on the reward.
+
+    Args:
+        w: Token-level guidance weight: logits = base + w * (tuned - untuned).
+        beams: W, beams kept after every chunk.
+        samples: K, samples each beam is extended into per chunk.
+        chunk_tokens: L, tokens per chunk between selections.
+        token_guidance: Implicit token-level guidance on or off (None: on with a guide).
+        chunk_value: ``"implicit"``, ``"reward"`` or ``"none"`` (None: implicit with a guide,
+            else the reward).
+        principle: Guide the policy with itself, read with and without this principle.
+
+    Examples:
+        >>> from align_chains import SamplingParams, ValueGuided, load_policy, load_reward
+        >>> ivg = ValueGuided(principle="Answer concisely and politely", beams=2, samples=2)
+        >>> ivg.run("Hi!", load_policy(), load_reward(), SamplingParams(max_new_tokens=48))  # doctest: +SKIP
+    """
 
     name: ClassVar[str] = "value-guided"
     aliases: ClassVar[tuple[str, ...]] = ("ivg", "value_guided")
     streams: ClassVar[bool] = True
     needs_policy_internals: ClassVar[str | None] = "the policy's next-token logits at every step (IVG)"
 
-    w: float = Field(1.0, ge=0.0, le=100.0, allow_inf_nan=False, description="Token-level guidance weight.")
+    w: float | None = Field(
+        None,
+        ge=0.0,
+        le=100.0,
+        allow_inf_nan=False,
+        description="Token-level guidance weight (None: 1 for a tuned/untuned pair, "
+        f"{PRINCIPLE_GUIDANCE_SCALE} for a principle guide).",
+    )
     beams: int = Field(2, ge=1, le=64, description="W: beams kept after every chunk.")
     samples: int = Field(2, ge=1, le=64, description="K: samples each beam is extended into.")
     chunk_tokens: int = Field(30, ge=1, description="L: tokens per chunk between selections.")
@@ -60,6 +90,13 @@ class ValueGuided(Strategy):
     principle: str | None = Field(
         None, min_length=1, description="Guide the policy with itself, with and without this principle."
     )
+
+    def guidance_scale(self, guide: ImplicitReward | None) -> float:
+        """``w`` as set, else the default for this guide: above 1 for a principle, 1 for a pair."""
+        if self.w is not None:
+            return self.w
+        principled = guide.principle is not None if guide is not None else self.principle is not None
+        return PRINCIPLE_GUIDANCE_SCALE if principled else PAIR_GUIDANCE_SCALE
 
     def resolved(self, guide: ImplicitReward | None) -> tuple[bool, str]:
         """(token guidance on?, chunk value) once the guide is known; raises on impossible asks."""
@@ -85,6 +122,7 @@ class ValueGuided(Strategy):
         if guide is None and self.principle is not None:
             guide = ImplicitReward(policy, principle=self.principle)
         token, chunk = self.resolved(guide)
+        w = self.guidance_scale(guide)
         if guide is not None:
             check_shared_vocabulary(policy, guide.tuned, "Value guidance (IVG)")
             check_shared_vocabulary(policy, guide.untuned, "Value guidance (IVG)")
@@ -107,7 +145,7 @@ class ValueGuided(Strategy):
             for _ in range(self.chunk_tokens if chunk != "none" else params.max_new_tokens):
                 if lock.done:
                     break
-                logits = self._guided_logits(lock, token, guide)
+                logits = self._guided_logits(lock, token, w)
                 alive = ~lock.finished
                 tokens = sample_tokens(logits, params, generator)
                 lock.append(tokens)
@@ -149,7 +187,7 @@ class ValueGuided(Strategy):
             details=[
                 {
                     "token_guidance": token,
-                    "w": self.w if token else 0.0,
+                    "w": w if token else 0.0,
                     "chunk_value": chunk,
                     "beams": self.beams if chunk != "none" else 1,
                     "samples": self.samples if chunk != "none" else 1,
@@ -166,16 +204,18 @@ class ValueGuided(Strategy):
             result.trace = [r for r in trace if r["prompt"] == p] or result.trace
         return results
 
-    def _guided_logits(self, lock: Lockstep, token: bool, guide: ImplicitReward | None) -> torch.Tensor:
+    @staticmethod
+    def _guided_logits(lock: Lockstep, token: bool, w: float) -> torch.Tensor:
         base = lock.logits(0)
-        if not token or self.w == 0:
+        if not token or w == 0:
             return base
         tuned, untuned = lock.logits(1), lock.logits(2)
         vocab = min(base.shape[-1], tuned.shape[-1], untuned.shape[-1])
-        guided = base[:, :vocab] + self.w * (tuned[:, :vocab] - untuned[:, :vocab]).to(base.device)
+        guided = base[:, :vocab] + w * (tuned[:, :vocab] - untuned[:, :vocab]).to(base.device)
         if vocab < base.shape[-1]:  # tokens the guides do not have keep the base logit
             guided = torch.cat([guided, base[:, vocab:]], dim=-1)
-        return guided
+        # a grammar masks every view alike (-inf - -inf is nan): forbidden tokens stay -inf
+        return torch.where(torch.isneginf(base), base, guided)
 
     @staticmethod
     def _chunk_values(

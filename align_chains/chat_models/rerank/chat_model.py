@@ -79,13 +79,48 @@ def _misplaced_settings(strategy: str, given: set[str]) -> None:
 class RerankChatModel(AsyncBatchInOneRun, BaseChatModel):
     """Best-of-N, adaptive Best-of-N or DARWIN over any LangChain chat model, scored by our reward.
 
-    >>> from langchain_openai import ChatOpenAI  # doctest: +SKIP
-    >>> served = ChatOpenAI(base_url="http://localhost:8000/v1", api_key="EMPTY", model="...")
-    >>> RerankChatModel(chat_model=served, reward="minilm", n=8, max_concurrency=8).invoke("...")
+    The wrapped model (a ``ChatOpenAI`` pointed at vLLM, SGLang or ``align-chains serve``, a
+    hosted model, a fake for tests) generates the candidates through its own API; the reward
+    runs here, in one batched call. The answer is the chosen candidate's own message (tool
+    calls and all) with ``response_metadata`` saying how it was chosen, and ``usage_metadata``
+    summed over the successful samples (when the wrapped model reports usage).
 
-    The answer is the chosen candidate's own message (tool calls and all) with
-    ``response_metadata`` saying how it was chosen, and ``usage_metadata`` summed over the
-    successful samples (when the wrapped model reports usage).
+    Args:
+        chat_model: The chat model that generates the candidates.
+        reward: A ``load_reward`` spec or a RewardModel (default: the embedded MiniLM).
+        n: Candidates per prompt (DARWIN: mutations per cycle; default 4).
+        strategy: ``"best-of-n"`` (default), ``"adaptive-best-of-n"`` (alias ``"adaptive"``)
+            or ``"darwin"``.
+        budget: Adaptive: average samples per prompt over a batch (default ``n``).
+        exploration: Adaptive: fraction of the budget explored first (default 0.75).
+        stop: Stop strings for every call of the wrapped model (a call's ``stop=`` wins).
+        max_concurrency: Calls in flight at once (default: all samples of the call, at most 64).
+        m: DARWIN: tokens per segment between replacements (continuation only; default 40).
+        k: DARWIN: candidates kept at each replacement, ``k <= n`` (default 3).
+        cycles: DARWIN: mutation cycles after the first answer (default 3).
+        mutation_max_tokens: DARWIN: token cap on the wrapped model's list of rewrites.
+        continuation: DARWIN: ``"none"`` (whole answers) or ``"final-message"`` (continue
+            partial answers in m-token calls; the server must continue a trailing assistant
+            message).
+        max_tokens: Token cap per answer, passed to every answer call as ``max_tokens_param``.
+        max_tokens_param: The wrapped model's keyword for that cap (default ``"max_tokens"``).
+        continue_kwargs: DARWIN: extra keywords for calls that continue a partial answer.
+        seed: DARWIN: seed of the parent and copy choices.
+        retry_attempts: Tries per sample on transient errors (default 3).
+        retry_wait: First back-off in seconds, doubling (default 0.5).
+        retry_max_wait: Longest single back-off in seconds (default 20).
+
+    Examples:
+        >>> from langchain_core.language_models import FakeListChatModel
+        >>> from align_chains import CallableReward, RerankChatModel
+        >>> served = FakeListChatModel(responses=["Sleep.", "Keep a fixed bedtime, skip late coffee."])
+        >>> words = CallableReward(lambda prompt, response: len(response.split()), name="words")
+        >>> model = RerankChatModel(chat_model=served, reward=words, n=2, max_concurrency=1)
+        >>> model.invoke("Tips for better sleep?").content
+        'Keep a fixed bedtime, skip late coffee.'
+        >>> from langchain_openai import ChatOpenAI  # doctest: +SKIP
+        >>> vllm = ChatOpenAI(base_url="http://gpu-host:8000/v1", api_key="-", model="...")  # doctest: +SKIP
+        >>> RerankChatModel(chat_model=vllm, reward="minilm", n=8).invoke("...")  # doctest: +SKIP
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)

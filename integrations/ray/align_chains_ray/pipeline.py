@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from align_chains.cancellation import Cancelled, cancel_scope
 from align_chains.chat_models import chat_model_class
 from align_chains.engine.counters import ComputeCounters
 from align_chains.errors import InvalidInputError
@@ -33,34 +34,55 @@ class AlignActor:
 
     Each call runs the strategy on the whole batch in one batched run; if that run fails, the
     rows are retried one by one so a single bad prompt only fails its own row (with ``error``).
+    With ``time_budget_s`` each batch runs under a cancellation token with that deadline: rows
+    still running when it passes stop at their next step and are written with a ``Cancelled``
+    error, so a resumed run redoes exactly them.
     """
 
-    def __init__(self, strategy: str, settings: dict[str, Any], system: str | None = None) -> None:
+    def __init__(
+        self,
+        strategy: str,
+        settings: dict[str, Any],
+        system: str | None = None,
+        time_budget_s: float | None = None,
+    ) -> None:
         self.model = chat_model_class(strategy)(**settings)
         self.system = system
+        self.time_budget_s = time_budget_s
         self.model.load()
 
     def _conversation(self, prompt: str) -> list[dict[str, str]]:
         turns = [{"role": "system", "content": self.system}] if self.system else []
         return [*turns, {"role": "user", "content": str(prompt)}]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        ids, prompts = list(batch["id"]), [str(p) for p in batch["prompt"]]
+    def _run(self, prompts: list[str]) -> list[Any]:
+        """One batched run; on failure each row alone, except once the budget is spent."""
         try:
-            results: list[Any] = self.model.run_strategy([self._conversation(p) for p in prompts])
+            return self.model.run_strategy([self._conversation(p) for p in prompts])
+        except Cancelled as exc:
+            return [exc] * len(prompts)
         except Exception:
-            results = []
+            results: list[Any] = []
             for prompt in prompts:
                 try:
                     (result,) = self.model.run_strategy([self._conversation(prompt)])
                     results.append(result)
                 except Exception as exc:
                     results.append(exc)
+            return results
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        ids, prompts = list(batch["id"]), [str(p) for p in batch["prompt"]]
+        with cancel_scope(self.time_budget_s):
+            results = self._run(prompts)
         out: dict[str, list[Any]] = {name: [] for name in OUTPUT_COLUMNS}
         for row_id, prompt, result in zip(ids, prompts, results, strict=True):
             failed = isinstance(result, Exception)
             counters = {} if failed else result.counters.as_dict()
-            partial = getattr(result, "partial", None) if failed else None  # RewardError keeps the text
+            # a RewardError keeps the text (a cancelled batch's rows are simply redone on resume)
+            partial = (
+                getattr(result, "partial", None) if failed and not isinstance(result, Cancelled) else None
+            )
             values = {
                 "id": str(row_id),
                 "prompt": prompt,
@@ -131,6 +153,7 @@ def align_dataset(
     num_cpus_per_actor: float = 1,
     num_gpus_per_actor: float = 0,
     resume: bool = True,
+    time_budget_s: float | None = None,
 ) -> AlignRun:
     """Run ``strategy`` over every prompt and write rows with rewards and counters to ``output_dir``.
 
@@ -138,7 +161,8 @@ def align_dataset(
     strings (ids are their positions) or of ``{"id", "prompt"}`` dicts. ``settings`` are the
     chat model's (policy, reward, n, max_tokens, ...); they must be picklable (a reward function
     defined at module level or a spec string). With ``resume``, ids already written without an
-    error are skipped.
+    error are skipped. ``time_budget_s`` caps each batch's wall time: rows cut off are written
+    with a ``Cancelled`` error and redone by the next run (see ``AlignActor``).
     """
     import ray
 
@@ -171,7 +195,12 @@ def align_dataset(
     if todo:
         aligned = dataset.map_batches(
             AlignActor,
-            fn_constructor_kwargs={"strategy": strategy, "settings": settings, "system": system},
+            fn_constructor_kwargs={
+                "strategy": strategy,
+                "settings": settings,
+                "system": system,
+                "time_budget_s": time_budget_s,
+            },
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=num_cpus_per_actor,

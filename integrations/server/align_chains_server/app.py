@@ -1,9 +1,13 @@
 """The FastAPI application: OpenAI chat completions over one served aligned chat model.
 
 Guards, in the order a request meets them: bearer auth, the body-size limit (413), the
-concurrency limit (429), strict parsing and validation (400/404), the run in a worker thread
-with a timeout (504). Every error has the OpenAI error shape; nothing a client sends produces a
-traceback in the response.
+concurrency limit (429), strict parsing and validation (400/404), admission control on the
+request's estimated cost and prompt length (400), then the scheduler (``scheduler.py``), which
+batches compatible requests. Every request carries a cancellation token: it is cancelled at
+the timeout (504), when the client disconnects, and on shutdown (503), and the strategy stops
+at its next step, freeing the policy for the next request. Every error has the OpenAI error
+shape; nothing a client sends produces a traceback in the response, and the log never holds
+prompts, completions or keys unless ``log_content`` is set.
 """
 
 from __future__ import annotations
@@ -15,29 +19,36 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from align_chains.cancellation import Cancelled, CancelToken
 from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
+from align_chains_server.scheduler import SHUTDOWN_REASON, BatchingSettings, Job, Scheduler
 from align_chains_server.schemas import ChatCompletionRequest, describe_validation_error, error_body
-from align_chains_server.service import RequestError, ServedModel
+from align_chains_server.service import PreparedRequest, RequestError, ServedModel
+from align_chains_server.tools import Reply
 
 log = logging.getLogger("align_chains_server")
+
+CLIENT_GONE = "client disconnected"
+_POLL_S = 0.05  # how often a waiting request looks for its client's disconnect
 
 
 @dataclass(frozen=True)
 class ServerLimits:
     """Operational limits; see ``align-chains serve --help``."""
 
-    max_concurrency: int = 4
+    max_concurrency: int = 16
     timeout_s: float = 300.0
     max_body_bytes: int = 1_000_000
+    shutdown_timeout_s: float = 10.0
 
 
 def _error(
@@ -45,6 +56,32 @@ def _error(
 ) -> JSONResponse:
     kind = kind or ("invalid_request_error" if status < 500 else "server_error")
     return JSONResponse(error_body(message, kind=kind, param=param, code=code), status_code=status)
+
+
+class BearerAuth:
+    """Pure ASGI middleware: /v1/ paths need ``Authorization: Bearer <key>`` (401 otherwise).
+
+    (Not ``BaseHTTPMiddleware``, so a request handler still sees its client disconnect.)
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = dict(scope.get("headers") or [])
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
+                response = _error(
+                    401,
+                    "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                    kind="authentication_error",
+                    code="invalid_api_key",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -61,22 +98,38 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _ClientGone(Exception):
+    """The client disconnected while its request waited or ran; nobody reads the answer."""
+
+
 def create_app(
-    served: ServedModel, *, limits: ServerLimits | None = None, api_key: str | None = None
+    served: ServedModel,
+    *,
+    limits: ServerLimits | None = None,
+    api_key: str | None = None,
+    batching: BatchingSettings | None = None,
+    log_content: bool = False,
 ) -> FastAPI:
-    """Build the app. ``served`` loads at startup; ``api_key`` (if set) is required as a bearer token."""
+    """Build the app. ``served`` loads at startup; ``api_key`` (if set) is required as a bearer
+    token; ``batching`` gathers concurrent compatible requests into one run (``max_batch=1``:
+    one request at a time); ``log_content`` lets error logs quote prompts and completions."""
     limits = limits or ServerLimits()
-    executor = ThreadPoolExecutor(max_workers=limits.max_concurrency, thread_name_prefix="align-chains")
+    batching = batching or BatchingSettings()
+    scheduler = Scheduler(served.run_together, batching)
     state: dict[str, Any] = {"in_flight": 0, "served": 0}
 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("loading strategy %s on policy %s", served.strategy, served.policy_spec)
-        await asyncio.get_running_loop().run_in_executor(executor, served.load)
+        await asyncio.to_thread(served.load)
         log.info("ready: serving %r", served.model_id)
         yield
-        executor.shutdown(wait=False, cancel_futures=True)
+        scheduler.close()
+        await asyncio.to_thread(scheduler.join, limits.shutdown_timeout_s)
 
     app = FastAPI(title="align-chains", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.scheduler = scheduler
+    if api_key:
+        app.add_middleware(BearerAuth, api_key=api_key)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -84,23 +137,11 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s", request.url.path)
+        if log_content:
+            log.exception("unexpected error on %s", request.url.path)
+        else:
+            log.error("unexpected error on %s: %s", request.url.path, type(exc).__name__)
         return _error(500, f"Internal error ({type(exc).__name__}); see the server log.")
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path.startswith("/v1/"):
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), api_key.encode()
-            ):
-                return _error(
-                    401,
-                    "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                    kind="authentication_error",
-                    code="invalid_api_key",
-                )
-        return await call_next(request)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -109,8 +150,10 @@ def create_app(
             "model": served.model_id,
             "strategy": served.strategy,
             "in_flight": state["in_flight"],
+            "queued": scheduler.queued,
             "max_concurrency": limits.max_concurrency,
             "served": state["served"],
+            "batches": asdict(scheduler.stats),
         }
 
     @app.get("/v1/models")
@@ -127,7 +170,15 @@ def create_app(
                         "strategy": served.strategy,
                         "policy": served.policy_spec,
                         "settings": served.strategy_fields(),
-                        "limits": served.limits,
+                        "limits": {
+                            "settings": served.setting_limits(),
+                            "cost": asdict(served.cost_limits),
+                            "context_length": served.policy.context_length if served.loaded else None,
+                            "timeout_s": limits.timeout_s,
+                            "max_concurrency": limits.max_concurrency,
+                            "max_body_bytes": limits.max_body_bytes,
+                            "batching": asdict(batching),
+                        },
                     },
                 }
             ],
@@ -138,7 +189,9 @@ def create_app(
         try:
             return await _chat(request)
         except RequestError as exc:
-            return _error(exc.status, exc.message, kind=exc.kind, param=exc.param)
+            return _error(exc.status, exc.message, kind=exc.kind, param=exc.param, code=exc.code)
+        except _ClientGone:
+            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
     async def _chat(request: Request) -> Any:
         body = await _read_body(request, limits.max_body_bytes)
@@ -162,94 +215,141 @@ def create_app(
             raise RequestError(400, message, param=param) from exc
         if not served.loaded:
             raise RequestError(503, "The model is still loading; retry shortly.")
-        model, conversation, stop = served.prepare(parsed)
+        planned = served.plan(parsed)
 
+        token = scheduler.token(limits.timeout_s)
         state["in_flight"] += 1
-        future = executor.submit(served.run, model, conversation, stop, parsed.stream)
-
-        def _release(_: Any) -> None:  # the slot frees when the work ends, not when we stop waiting
-            loop.call_soon_threadsafe(_done)
-
-        def _done() -> None:
-            state["in_flight"] -= 1
-
         loop = asyncio.get_running_loop()
-        future.add_done_callback(_release)
+        job = scheduler.submit(planned, token)
+        # the slot frees when the work ends (within a step of a cancel), not when we stop waiting
+        job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(_done))
+        began = time.monotonic()
         try:
-            result, pieces = await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(future)), limits.timeout_s
-            )
-        except TimeoutError as exc:
-            raise RequestError(
-                504,
-                f"The request did not finish within {limits.timeout_s:g} s; ask for fewer tokens or samples.",
-                kind="timeout_error",
-            ) from exc
+            result, reply = await _wait(request, job, token)
+        except Cancelled as exc:
+            raise _cancelled_error(exc.reason, limits.timeout_s) from exc
         except InvalidInputError as exc:
             raise RequestError(400, str(exc)) from exc
         except RewardError as exc:
-            log.error("reward failed: %s", exc)
+            _log_failure("reward failed", exc)
             raise RequestError(500, f"The reward model failed: {exc}", kind="server_error") from exc
         except AlignChainsError as exc:
-            log.error("strategy failed: %s", exc)
+            _log_failure("strategy failed", exc)
             raise RequestError(500, f"The strategy failed: {exc}", kind="server_error") from exc
         state["served"] += 1
-
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        extension = served.extension(model, result)
-        usage = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.best.num_tokens,
-            "total_tokens": result.prompt_tokens + result.best.num_tokens,
-        }
-        if not parsed.stream:
-            return {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": served.model_id,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
-                        "logprobs": None,
-                        "finish_reason": result.finish_reason,
-                    }
-                ],
-                "usage": usage,
-                "align_chains": extension,
-            }
-        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        return StreamingResponse(
-            _sse(
-                completion_id,
-                created,
-                served.model_id,
-                pieces,
-                result.finish_reason,
-                usage,
-                extension,
-                include_usage,
-            ),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        log.info(
+            "answered: %d prompt tokens, %d completion tokens, batch of %d, %.2f s",
+            result.prompt_tokens,
+            result.best.num_tokens,
+            result.counters.batch_size,
+            time.monotonic() - began,
         )
+        return _respond(planned, parsed, served, result, reply)
+
+    def _done() -> None:
+        state["in_flight"] -= 1
+
+    def _log_failure(what: str, exc: Exception) -> None:
+        if log_content:
+            log.error("%s: %s", what, exc)
+        else:  # exception messages may quote prompts or answers
+            log.error("%s: %s (start with --log-content to see the message)", what, type(exc).__name__)
 
     return app
+
+
+async def _wait(request: Request, job: Job, token: CancelToken) -> Any:
+    """The job's outcome; cancels it at the timeout (504) or when the client disconnects."""
+    waiter = asyncio.wrap_future(job.future)
+    waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if we left
+    while True:
+        done, _ = await asyncio.wait({waiter}, timeout=_POLL_S)
+        if done:
+            return waiter.result()
+        if token.cancelled:  # the deadline passed (or shutdown): answer now, the work stops itself
+            token.cancel(token.reason or "cancelled")
+            raise Cancelled(token.reason or "cancelled")
+        if await request.is_disconnected():
+            token.cancel(CLIENT_GONE)
+            raise _ClientGone
+
+
+def _cancelled_error(reason: str, timeout_s: float) -> RequestError | _ClientGone:
+    if reason == CLIENT_GONE:
+        return _ClientGone()
+    if reason == SHUTDOWN_REASON:
+        return RequestError(
+            503, "The server is shutting down; retry on another instance.", kind="server_error"
+        )
+    return RequestError(
+        504,
+        f"The request did not finish within {timeout_s:g} s; ask for fewer tokens or samples.",
+        kind="timeout_error",
+    )
+
+
+def _respond(
+    planned: PreparedRequest,
+    parsed: ChatCompletionRequest,
+    served: ServedModel,
+    result: Any,
+    reply: Reply,
+) -> Any:
+    """The OpenAI completion (or its stream) for a finished request."""
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    extension = {**served.extension(planned.model, result), **reply.extension}
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.best.num_tokens,
+        "total_tokens": result.prompt_tokens + result.best.num_tokens,
+    }
+    if not parsed.stream:
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": served.model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": reply.message(),
+                    "logprobs": None,
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
+            "usage": usage,
+            "align_chains": extension,
+        }
+    include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+    return StreamingResponse(
+        _sse(
+            completion_id,
+            created,
+            served.model_id,
+            reply.deltas,
+            reply.finish_reason,
+            usage,
+            extension,
+            include_usage,
+        ),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def _sse(
     completion_id: str,
     created: int,
     model_id: str,
-    pieces: list[str],
+    deltas: list[dict[str, Any]],
     finish_reason: str,
     usage: dict[str, int],
     extension: dict[str, Any],
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    """OpenAI chunks: the role, the answer token by token, the finish reason, usage, then [DONE]."""
+    """OpenAI chunks: the role, the answer token by token (content, then any tool calls with
+    their arguments in pieces), the finish reason, usage, then [DONE]."""
 
     def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
         body: dict[str, Any] = {
@@ -267,8 +367,8 @@ async def _sse(
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    for piece in pieces:
-        yield chunk({"content": piece})
+    for delta in deltas:
+        yield chunk(delta)
     if include_usage:
         yield chunk({}, finish_reason)
         yield chunk(None, usage=usage, align_chains=extension)

@@ -6,18 +6,23 @@ align-chains serve --strategy best-of-n --port 8000 -o n=8
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from align_chains.cli_options import parse_option
 from align_chains.errors import AlignChainsError
 from align_chains.models.embedded import EMBEDDED_POLICY
+from align_chains_server.admission import CostLimits
 from align_chains_server.app import ServerLimits, create_app
+from align_chains_server.scheduler import BatchingSettings
 from align_chains_server.service import DEFAULT_LIMITS, ServedModel
 
 API_KEY_ENV = "ALIGN_CHAINS_API_KEY"
@@ -41,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="Bind address (default 127.0.0.1).")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
+    parser.add_argument("--dtype", help="bf16, fp16, fp32 (automatic by default: bf16 on a GPU that has it).")
     parser.add_argument(
         "--option",
         "-o",
@@ -58,11 +64,73 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=MAX",
         help=f"Largest value a request may ask for (defaults: {DEFAULT_LIMITS}); repeatable.",
     )
+    costs = CostLimits()
     parser.add_argument(
-        "--max-concurrency", type=int, default=4, help="Requests in flight before 429 (default 4)."
+        "--max-decode-tokens",
+        type=int,
+        default=costs.decode_tokens,
+        help=f"Most tokens one request may decode, all candidates, mutations and iterations counted "
+        f"(default {costs.decode_tokens}); costlier requests get 400 before they run.",
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="Seconds before a request gets 504.")
+    parser.add_argument(
+        "--max-forward-passes",
+        type=int,
+        default=costs.forward_passes,
+        help=f"Most policy forward passes one request may take (default {costs.forward_passes}).",
+    )
+    parser.add_argument(
+        "--max-reward-items",
+        type=int,
+        default=costs.reward_items,
+        help=f"Most responses one request may have scored (default {costs.reward_items}).",
+    )
+    limits = ServerLimits()
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=limits.max_concurrency,
+        help=f"Requests in flight (queued or running) before 429 (default {limits.max_concurrency}).",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=limits.timeout_s,
+        help="Seconds before a request is cancelled and gets 504 (default 300).",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=1_000_000, help="Larger bodies get 413.")
+    batching = BatchingSettings()
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=batching.window_s * 1000,
+        help="How long a request waits for compatible ones to share its batched run "
+        f"(default {batching.window_s * 1000:g} ms).",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=batching.max_batch,
+        help=f"Most requests in one batched run (default {batching.max_batch}; 1 turns batching off).",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=limits.shutdown_timeout_s,
+        help="On SIGTERM/SIGINT in-flight work is cancelled at its next step; the process exits after "
+        f"at most this many seconds (default {limits.shutdown_timeout_s:g}).",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="Allow binding a non-loopback --host without an API key (anyone who can reach the port "
+        "can then spend this machine's compute).",
+    )
+    parser.add_argument(
+        "--log-content",
+        action="store_true",
+        help="Let the log quote prompts, completions and error messages that may contain them "
+        "(off by default; keys are never logged).",
+    )
     parser.add_argument(
         "--api-key-env",
         default=API_KEY_ENV,
@@ -92,10 +160,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("max-concurrency", args.max_concurrency),
         ("timeout", args.timeout),
         ("max-body-bytes", args.max_body_bytes),
+        ("max-decode-tokens", args.max_decode_tokens),
+        ("max-forward-passes", args.max_forward_passes),
+        ("max-reward-items", args.max_reward_items),
+        ("max-batch", args.max_batch),
+        ("shutdown-timeout", args.shutdown_timeout),
     ):
         if value <= 0:
             print(f"align-chains serve: error: --{name} must be positive, got {value}", file=sys.stderr)
             return 2
+    if args.batch_window_ms < 0:
+        print("align-chains serve: error: --batch-window-ms must be >= 0", file=sys.stderr)
+        return 2
     try:
         served = ServedModel(
             strategy=args.strategy,
@@ -105,6 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits={**DEFAULT_LIMITS, **{k: float(v) for k, v in args.limit}},
             device=args.device,
             model_id=args.model_name,
+            dtype=args.dtype,
+            cost_limits=CostLimits(
+                decode_tokens=args.max_decode_tokens,
+                forward_passes=args.max_forward_passes,
+                reward_items=args.max_reward_items,
+            ),
         )
         api_key = read_api_key(args.api_key_env, args.api_key_file)
     except (AlignChainsError, OSError, TypeError, ValueError) as exc:
@@ -115,6 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"align-chains serve: error: {message}", file=sys.stderr)
         return 2
+    if not api_key and not is_loopback(args.host) and not args.allow_unauthenticated:
+        print(
+            f"align-chains serve: error: --host {args.host} is reachable from other machines and no API "
+            f"key is set, so anyone could spend this machine's compute. Set one (--api-key-file, or "
+            f"the {args.api_key_env} environment variable), bind 127.0.0.1, or pass "
+            "--allow-unauthenticated if the network is trusted.",
+            file=sys.stderr,
+        )
+        return 2
     print(f"align-chains serve: loading {args.policy} and the reward…", file=sys.stderr)
     try:
         served.load()  # before binding the port: a bad policy or reward is a clear error, not a traceback
@@ -123,18 +214,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import uvicorn
 
+    CancellingServer = make_cancelling_server(uvicorn.Server)
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limits = ServerLimits(
-        max_concurrency=args.max_concurrency, timeout_s=args.timeout, max_body_bytes=args.max_body_bytes
+        max_concurrency=args.max_concurrency,
+        timeout_s=args.timeout,
+        max_body_bytes=args.max_body_bytes,
+        shutdown_timeout_s=args.shutdown_timeout,
     )
-    app = create_app(served, limits=limits, api_key=api_key)
+    batching = BatchingSettings(window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
+    app = create_app(served, limits=limits, api_key=api_key, batching=batching, log_content=args.log_content)
     print(
         f"align-chains serve: {served.model_id!r} ({args.strategy} on {args.policy}) at "
         f"http://{args.host}:{args.port}/v1 (auth {'on' if api_key else 'off'})",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=max(1, round(args.shutdown_timeout)),
+    )
+    CancellingServer(config, app.state.scheduler.close, args.shutdown_timeout).run()
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable
+
+
+def make_cancelling_server(base: type) -> type:
+    """A uvicorn Server whose exit signal first cancels all in-flight work (so graceful shutdown
+    does not wait for it) and arms a watchdog that ends the process if shutdown still stalls."""
+
+    class _CancellingServer(base):  # type: ignore[misc, valid-type]
+        def __init__(self, config: Any, cancel_all: Callable[[], None], shutdown_timeout_s: float) -> None:
+            super().__init__(config)
+            self._cancel_all = cancel_all
+            self._shutdown_timeout_s = shutdown_timeout_s
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                logging.getLogger("align_chains_server").info("shutting down: cancelling in-flight work")
+                self._cancel_all()
+                watchdog = threading.Timer(self._shutdown_timeout_s + 5, os._exit, args=(1,))
+                watchdog.daemon = True
+                watchdog.start()
+            super().handle_exit(sig, frame)
+
+    return _CancellingServer
 
 
 if __name__ == "__main__":

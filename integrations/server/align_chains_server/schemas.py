@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # OpenAI fields we accept and ignore because they do not change the answer.
-IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier"})
 
 
 class TextPart(BaseModel):
@@ -21,13 +21,57 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionSpec(BaseModel):
+    """A tool's function: its name, what it does, and its arguments as a JSON schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    """One entry of ``tools``: OpenAI only defines function tools."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: str  # a JSON object, as a string (OpenAI's wire format)
+
+
+class ToolCall(BaseModel):
+    """A call an earlier assistant turn made, sent back in the history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class Message(BaseModel):
-    """One chat message; ``developer`` is OpenAI's newer name for ``system``."""
+    """One chat message; ``developer`` is OpenAI's newer name for ``system``.
+
+    Assistant turns may carry the ``tool_calls`` they made, and ``tool`` turns the
+    ``tool_call_id`` they answer.
+    """
 
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -64,8 +108,9 @@ class ChatCompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
@@ -102,10 +147,12 @@ class ChatCompletionRequest(BaseModel):
             return "logit_bias", "logit_bias is not supported; leave it unset."
         if self.logprobs or self.top_logprobs:
             return "logprobs", "logprobs are not returned by this server; leave logprobs unset."
-        if self.tools or self.functions or self.tool_choice not in (None, "none", "auto"):
-            return "tools", "tool calling is not supported by this server; send plain chat messages."
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            return "response_format", "only response_format={'type': 'text'} is supported."
+        if self.functions or self.function_call is not None:
+            name = "functions" if self.functions else "function_call"
+            return name, (
+                f"the legacy {name} field is not supported; send tools=[{{'type': 'function', "
+                "'function': {...}}] and tool_choice instead."
+            )
         return None
 
     def extra_settings(self) -> dict[str, Any]:

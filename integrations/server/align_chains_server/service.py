@@ -22,31 +22,54 @@ from align_chains.errors import InvalidInputError
 from align_chains.models.chat import CONTINUE_FINAL, Conversation, validate_conversation
 from align_chains.models.policy import Policy, load_policy
 from align_chains.rewards import RewardModel, load_reward
+from align_chains.strategies import canonical_strategy_name
 from align_chains.strategies.base import StrategyResult
+from align_chains_server.admission import (
+    DEFAULT_SETTING_LIMITS,
+    Cost,
+    CostLimits,
+    OverBudget,
+    admit,
+)
 from align_chains_server.schemas import ChatCompletionRequest, describe_validation_error
+from align_chains_server.tools import (
+    BadToolInput,
+    OutputRequest,
+    Reply,
+    build_reply,
+    stream_deltas,
+    to_conversation,
+)
 
-# Per-request sampling settings beyond the OpenAI fields (vLLM accepts top_k the same way).
-SAMPLING_EXTRAS = frozenset({"top_k"})
+# Per-request sampling settings beyond the OpenAI fields (vLLM accepts top_k the same way), and
+# the per-call wall-clock budget every chat model takes.
+SAMPLING_EXTRAS = frozenset({"top_k", "time_budget_s"})
+# Settings that name models to load: a client may not make the server load weights (set them
+# with -o on the command line instead).
+SERVER_ONLY = frozenset({"tuned", "untuned"})
 # Upper bounds on request settings that multiply work; applied when the strategy has the field.
-DEFAULT_LIMITS: dict[str, float] = {
-    "max_tokens": 1024,
-    "n": 64,
-    "budget": 64,
-    "chains": 16,
-    "iterations": 200,
-}
+DEFAULT_LIMITS: dict[str, float] = dict(DEFAULT_SETTING_LIMITS)
 _MODULE_ATTR = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class RequestError(Exception):
     """A request the server refuses: an HTTP status, a message and the field to blame."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, kind: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        kind: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+        self.code = code
 
 
 def resolve_reward_spec(spec: Any) -> Any:
@@ -71,6 +94,20 @@ def resolve_reward_spec(spec: Any) -> Any:
 
 
 @dataclass
+class PreparedRequest:
+    """A request that passed every check: its chat model, conversation, cost and batch key."""
+
+    model: AlignedChatModel
+    conversation: Conversation
+    stop: list[str] | None
+    prompt_tokens: int
+    cost: Cost
+    batch_key: str | None  # requests with equal keys may run as one batch; None: run alone
+    stream: bool = False
+    output: OutputRequest | None = None  # tools / response format the answer must keep
+
+
+@dataclass
 class ServedModel:
     """A strategy's chat model over a policy and reward loaded once and shared by all requests."""
 
@@ -81,6 +118,8 @@ class ServedModel:
     limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     device: str | None = None
     model_id: str | None = None
+    dtype: str | None = None  # 'bf16', 'fp32', ... (automatic: bf16 on a CUDA GPU that has it)
+    cost_limits: CostLimits = field(default_factory=CostLimits)
 
     def __post_init__(self) -> None:
         self.cls: type[AlignedChatModel] = chat_model_class(self.strategy)
@@ -94,16 +133,25 @@ class ServedModel:
                 f"{sorted(self._settable())}."
             )
         # validate the server's own defaults now, before any model loads
-        self.cls(**self._base_fields(policy=self.policy_spec, reward="unused"), **self.defaults)
+        model = self.cls(**self._base_fields(policy=self.policy_spec, reward="unused"), **self.defaults)
+        for name, limit in self.limits.items():  # a request that sends nothing must be admissible
+            value = getattr(model, name, None) if name in self._settable() else None
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > limit:
+                raise InvalidInputError(
+                    f"The default {name}={value} of strategy {self.strategy!r} is above the limit "
+                    f"{name}={limit:g}: lower it with `-o {name}=...` or raise `--limit {name}=...`."
+                )
 
     # -- loading -----------------------------------------------------------------------------
     def load(self) -> None:
         """Load the policy and the reward (once); requests share them."""
         if self._policy is not None:
             return
-        policy = load_policy(self.policy_spec, device=self.device)
+        policy = load_policy(self.policy_spec, device=self.device, dtype=self.dtype)
         spec = self.reward_spec if self.reward_spec is not None else self.cls.model_fields["reward"].default
-        self._reward = load_reward(resolve_reward_spec(spec), device=self.device, policy=policy)
+        self._reward = load_reward(
+            resolve_reward_spec(spec), device=self.device, dtype=self.dtype, policy=policy
+        )
         self._policy = policy
 
     @property
@@ -120,6 +168,10 @@ class ServedModel:
     def _settable(self) -> set[str]:
         return set(self.cls.strategy_field_names()) | SAMPLING_EXTRAS | {"max_tokens", "temperature", "top_p"}
 
+    def setting_limits(self) -> dict[str, float]:
+        """The per-setting bounds that apply to this strategy (for /v1/models)."""
+        return {k: v for k, v in self.limits.items() if k in self._settable()}
+
     def strategy_fields(self) -> dict[str, Any]:
         """Name -> JSON-able default of every per-request setting (for /v1/models)."""
         out = {}
@@ -131,12 +183,18 @@ class ServedModel:
         return out
 
     def _base_fields(self, **extra: Any) -> dict[str, Any]:
-        return {"device": self.device, **extra}
+        return {"device": self.device, "dtype": self.dtype, **extra}
 
     def prepare(
         self, request: ChatCompletionRequest
     ) -> tuple[AlignedChatModel, Conversation, list[str] | None]:
         """Validate everything a client sent; return the chat model for this request."""
+        planned = self.plan(request)
+        return planned.model, planned.conversation, planned.stop
+
+    def plan(self, request: ChatCompletionRequest) -> PreparedRequest:
+        """Validate a request and admit its cost, before it queues: settings, their bounds, the
+        estimated work (``admission``), the conversation, and the prompt against the context."""
         problem = request.unsupported()
         if problem:
             raise RequestError(400, problem[1], param=problem[0])
@@ -147,6 +205,7 @@ class ServedModel:
                 param="model",
                 kind="invalid_request_error",
             )
+        output = self.output_request(request)  # tools and response format: checked before queueing
         settings = request.extra_settings()
         settings.update(request.align_chains or {})
         prefix = {k: ("align_chains." if k in (request.align_chains or {}) else "") for k in settings}
@@ -157,6 +216,15 @@ class ServedModel:
                 400,
                 f"Unknown setting {name!r} for strategy {self.strategy!r}. Per-request settings it accepts "
                 f"(top level via extra_body, or under 'align_chains'): {sorted(self._settable())}.",
+                param=prefix[name] + name,
+            )
+        server_only = sorted(k for k in settings if k in SERVER_ONLY)
+        if server_only:
+            name = server_only[0]
+            raise RequestError(
+                400,
+                f"{name!r} names a model to load and cannot be set per request; the server's operator "
+                f"sets it with `align-chains serve -o {name}=...`.",
                 param=prefix[name] + name,
             )
         sampling: dict[str, Any] = {}
@@ -183,12 +251,9 @@ class ServedModel:
         except ValidationError as exc:
             message, param = describe_validation_error(exc)
             raise RequestError(400, message, param=param) from exc
-        conversation = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in request.messages
-        ]
+        last = request.messages[-1].role
         if request.continue_final_message:
-            if request.add_generation_prompt or conversation[-1]["role"] != "assistant":
+            if request.add_generation_prompt or last != "assistant":
                 raise RequestError(
                     400,
                     "continue_final_message=true continues the last message, which must be an assistant "
@@ -196,7 +261,6 @@ class ServedModel:
                     "with the partial assistant answer and send both fields.",
                     param="continue_final_message",
                 )
-            conversation[-1][CONTINUE_FINAL] = True
         elif not request.add_generation_prompt:
             raise RequestError(
                 400,
@@ -204,37 +268,108 @@ class ServedModel:
                 "(continuing a final assistant message); drop it to get a new answer.",
                 param="add_generation_prompt",
             )
-        elif conversation[-1]["role"] not in ("user", "tool"):
+        elif last not in ("user", "tool"):
             raise RequestError(
                 400,
-                f"The last message has role {conversation[-1]['role']!r}; end the conversation with a user "
+                f"The last message has role {last!r}; end the conversation with a user "
                 "message for the model to answer.",
                 param="messages",
             )
         try:
+            conversation = to_conversation(request.messages)  # tool calls and results included
             validate_conversation(conversation)
+        except BadToolInput as exc:
+            raise RequestError(400, str(exc), param=exc.param) from exc
         except InvalidInputError as exc:
             raise RequestError(400, str(exc), param="messages") from exc
-        return model, conversation, request.stop_list()
+        if request.continue_final_message:
+            conversation[-1][CONTINUE_FINAL] = True  # rendered open: the answer continues it
+        prompt_tokens = self._check_prompt_fits(conversation, model.max_tokens)
+        resolved = {name: getattr(model, name) for name in self._settable() if hasattr(model, name)}
+        try:
+            cost = admit(canonical_strategy_name(self.strategy), resolved, self.cost_limits, set(settings))
+        except OverBudget as exc:
+            param = None if exc.param is None else prefix.get(exc.param, "") + exc.param
+            raise RequestError(400, exc.message, param=param, code="request_too_expensive") from exc
+        return PreparedRequest(
+            model=model,
+            conversation=conversation,
+            stop=request.stop_list(),
+            prompt_tokens=prompt_tokens,
+            cost=cost,
+            # a tool or schema contract is per request: such requests run alone
+            batch_key=None if output.contract is not None else batch_key(model, request.stop_list()),
+            stream=request.stream,
+            output=output,
+        )
+
+    def _check_prompt_fits(self, conversation: Conversation, max_tokens: int) -> int:
+        """The prompt's token count; a 400 if it and ``max_tokens`` cannot fit the policy's context."""
+        try:
+            ids = self.policy.render(conversation)
+            self.policy.check_fits(len(ids), max_tokens)
+        except InvalidInputError as exc:
+            raise RequestError(400, str(exc), param="messages", code="context_length_exceeded") from exc
+        return len(ids)
+
+    @staticmethod
+    def output_request(request: ChatCompletionRequest) -> OutputRequest:
+        """What the answer must be (tools, tool_choice, a response format), checked before decoding."""
+        try:
+            return OutputRequest.from_request(request)
+        except BadToolInput as exc:
+            raise RequestError(400, str(exc), param=exc.param) from exc
 
     # -- running (blocking: call from a worker thread) -------------------------------------------
-    def run(
-        self,
-        model: AlignedChatModel,
-        conversation: Conversation,
-        stop: list[str] | None,
-        pieces: bool = False,
-    ) -> tuple[StrategyResult, list[str]]:
-        """Run the strategy (under the policy's lock); with ``pieces`` also split the answer into tokens."""
-        (result,) = model.run_strategy([conversation], stop)
-        parts = list(text_pieces(self.policy, result.best.token_ids, result.text)) if pieces else []
-        return result, parts
+    def _reply(
+        self, model: AlignedChatModel, result: StrategyResult, output: OutputRequest | None, stream: bool
+    ) -> Reply:
+        """The OpenAI message for ``result`` (tool calls parsed by ``output``'s contract), with the
+        SSE deltas when the client streams."""
+        reply = build_reply(
+            result,
+            output.contract if output else None,
+            model.model_name,
+            parallel_tool_calls=output.parallel_tool_calls if output else None,
+        )
+        if stream:
+            reply.deltas = stream_deltas(reply, lambda text: self._pieces(result, text))
+        return reply
+
+    def _pieces(self, result: StrategyResult, text: str) -> list[str]:
+        """``text`` split at token boundaries (the answer's own tokens when it is the answer)."""
+        if text == result.text:
+            return list(text_pieces(self.policy, result.best.token_ids, text))
+        ids = self.policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(text_pieces(self.policy, ids, text))
+
+    def run_together(self, requests: list[PreparedRequest]) -> list[tuple[StrategyResult, Reply]]:
+        """Run requests with one batch key as one batched strategy run (one prefill per prompt,
+        one decode batch); each gets its own result, usage, counters and reply. Requests with a
+        tool or schema contract never share a key, so they arrive here alone."""
+        first = requests[0]
+        contract = first.output.contract if first.output else None
+        results = first.model.run_strategy([r.conversation for r in requests], first.stop, contract=contract)
+        return [
+            (result, self._reply(r.model, result, r.output, r.stream))
+            for r, result in zip(requests, results, strict=True)
+        ]
 
     def extension(self, model: AlignedChatModel, result: StrategyResult) -> dict[str, Any]:
         """The ``align_chains`` extension field: the chat model's response_metadata, JSON-safe."""
         meta = response_metadata(result, model.model_name)
         meta.pop("model_provider", None)
         return _json_safe(meta)
+
+
+def batch_key(model: AlignedChatModel, stop: list[str] | None) -> str | None:
+    """Requests whose chat models have equal settings (and stop strings) can share one batched
+    run. Not batched: seeded requests (a seed promises the same answer whatever else is running)
+    and adaptive Best-of-N (it moves samples between the prompts of a batch)."""
+    if model.seed is not None or getattr(model, "allocation", "uniform") == "adaptive":
+        return None
+    settings = model.model_dump(exclude={"policy", "reward", "cancel_token"})
+    return json.dumps([type(model).__name__, settings, stop], sort_keys=True, default=repr)
 
 
 def _json_safe(value: Any) -> Any:

@@ -76,7 +76,7 @@ def launch_server(args: list[str], log: Path, *, env: dict[str, str] | None = No
     return Server(process, f"http://127.0.0.1:{port}", log)
 
 
-def wait_ready(server: Server, wait_s: float = 120) -> Server:
+def wait_ready(server: Server, wait_s: float = 300) -> Server:
     """Return once /health says ok; raise with the server's log if it exits or stalls."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -95,7 +95,7 @@ def wait_ready(server: Server, wait_s: float = 120) -> Server:
 
 
 def start_server(
-    args: list[str], log: Path, *, env: dict[str, str] | None = None, wait_s: float = 120
+    args: list[str], log: Path, *, env: dict[str, str] | None = None, wait_s: float = 300
 ) -> Server:
     return wait_ready(launch_server(args, log, env=env), wait_s)
 

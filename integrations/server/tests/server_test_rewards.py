@@ -13,3 +13,13 @@ def length(prompt: str, response: str) -> float:
     if SLOW_MARKER in prompt:
         time.sleep(SLOW_SECONDS)
     return float(len(response))
+
+
+BOOM_MARKER = "[boom]"
+
+
+def length_or_boom(prompt: str, response: str) -> float:
+    """Like ``length``, but raises for a prompt containing ``[boom]`` (a reward failing mid-batch)."""
+    if BOOM_MARKER in prompt:
+        raise RuntimeError("the reward service rejected this prompt")
+    return float(len(response))

@@ -26,6 +26,12 @@ def no_loading(monkeypatch):
         (["-o", "n=0"], "invalid n=0"),
         (["--strategy", "sea", "-o", "n=4"], "Unknown option(s) ['n']"),
         (["--max-concurrency", "0"], "--max-concurrency must be positive"),
+        (["--max-decode-tokens", "0"], "--max-decode-tokens must be positive"),
+        (["--max-batch", "0"], "--max-batch must be positive"),
+        (["--batch-window-ms", "-1"], "--batch-window-ms must be >= 0"),
+        (["--host", "0.0.0.0"], "no API key is set"),
+        (["--strategy", "darwin", "--limit", "cycles=2"], "default cycles=3 of strategy 'darwin' is above"),
+        (["--host", "192.168.1.20"], "--allow-unauthenticated"),
     ],
 )
 def test_bad_serve_settings_fail_before_loading(no_loading, capsys, argv, message):
@@ -60,6 +66,19 @@ def test_models_that_cannot_load_are_clear_errors(tiny_policy_dir, capsys):
     assert "/nonexistent/policy-dir" in capsys.readouterr().err
     assert cli.main(["serve", "--policy", str(tiny_policy_dir), "--reward", "no_such_module_xyz:fn"]) == 2
     assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
+
+
+def test_non_loopback_binds_need_a_key_or_an_explicit_flag(no_loading, monkeypatch, tmp_path):
+    from align_chains_server.cli import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.2") and not is_loopback("myhost")
+    # with a key, or with the explicit flag, the refusal is gone (loading is next, and refused here)
+    key = tmp_path / "key"
+    key.write_text("secret\n")
+    for extra in (["--api-key-file", str(key)], ["--allow-unauthenticated"]):
+        with pytest.raises(AssertionError, match="a model was loaded"):
+            cli.main(["serve", "--host", "0.0.0.0", *extra])
 
 
 def test_the_server_registers_serve_for_the_core_cli():

@@ -113,7 +113,7 @@ def test_concurrent_clients_get_their_own_answers(server):
         ({"align_chains": {"budget": 4}}, None, "adaptive"),
         ({"temperature": "hot"}, "temperature", "number"),
         ({"max_tokens": 100000}, "max_tokens", "limit"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tool calling"),
+        ({"functions": [{"name": "f"}]}, "functions", "legacy functions"),
     ],
 )
 def test_bad_settings_are_400_naming_the_field(server, extra, param, words):

@@ -1,0 +1,224 @@
+"""Loopback load test of ``align-chains serve``: request batching against serialised requests.
+
+Two server processes on 127.0.0.1 serve the same Best-of-N model (the embedded SmolLM2-135M
+policy and MiniLM reward unless ``--policy``/``--reward`` say otherwise):
+
+- ``serialised``: ``--max-batch 1``, one request per strategy run (the server before batching);
+- ``batched``: ``--max-batch 8 --batch-window-ms 20``, concurrent requests with equal settings
+  gathered into one batched run.
+
+For each level of 1, 4, 8 and 16 concurrent clients, both servers get the same requests
+(short Best-of-N: ``n=2``, ``max_tokens=16``, unseeded; prompts fixed below, written before any
+run), the two servers taking turns level by level so machine noise hits both alike. Each
+client sends its requests back to back. Reported per server and level: requests, throughput
+(requests/s), p50/p95/max latency, and the status codes (5xx must be zero). Bounded: at most
+``--requests`` per level (at least two per client) and ``--max-seconds`` in all.
+
+Run from the repository root (the server package installed, or on PYTHONPATH)::
+
+    python benchmarks/bench_server_load.py --json server_load.json
+    python benchmarks/bench_server_load.py --policy <dir> --reward package.module:fn   # any models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "Give me one tip for better sleep.",
+    "What is a good name for a grey cat?",
+    "Explain what a prime number is in one sentence.",
+    "Suggest a healthy breakfast.",
+    "How do I boil an egg?",
+    "Name a fun weekend activity.",
+    "Why is the sky blue? Answer briefly.",
+    "Write a short greeting for a new colleague.",
+]
+LEVELS = (1, 4, 8, 16)
+SERVERS = {
+    "serialised": ["--max-batch", "1"],
+    "batched": ["--max-batch", "8", "--batch-window-ms", "20"],
+}
+
+
+@dataclass
+class LevelResult:
+    server: str
+    clients: int
+    requests: int
+    seconds: float
+    throughput_rps: float
+    p50_s: float
+    p95_s: float
+    max_s: float
+    statuses: dict[str, int]
+    mean_batch: float
+    latencies: list[float] = field(repr=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(name: str, extra: list[str], args: argparse.Namespace, logs: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO), str(REPO / "integrations" / "server"), env.get("PYTHONPATH", "")) if p
+    )
+    command = [
+        sys.executable, "-m", "align_chains.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--strategy", "best-of-n", "--policy", args.policy, "--max-concurrency", "64", "--timeout", "600",
+        "-o", "n=2", "-o", "max_tokens=16", *extra,
+    ]  # fmt: skip
+    if args.reward:
+        command += ["--reward", args.reward]
+    handle = (logs / f"{name}.log").open("w")
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(process: subprocess.Popen, url: str, log: Path, wait_s: float = 600) -> None:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).json()["status"] == "ok":
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server not ready after {wait_s} s:\n{log.read_text()}")
+
+
+def one_request(url: str, prompt: str) -> tuple[int, float, int]:
+    """(status, latency in seconds, batch size the server reports)."""
+    began = time.perf_counter()
+    try:
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": prompt}], "temperature": 0.7},
+            timeout=600,
+        )
+    except httpx.HTTPError:
+        return -1, time.perf_counter() - began, 0
+    latency = time.perf_counter() - began
+    batch = r.json()["align_chains"]["compute"]["batch_size"] if r.status_code == 200 else 0
+    return r.status_code, latency, batch
+
+
+def run_level(name: str, url: str, clients: int, per_client: int) -> LevelResult:
+    def client(c: int) -> list[tuple[int, float, int]]:
+        return [one_request(url, PROMPTS[(c + i) % len(PROMPTS)]) for i in range(per_client)]
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        outcomes = [o for chunk in pool.map(client, range(clients)) for o in chunk]
+    seconds = time.perf_counter() - began
+    latencies = sorted(latency for _, latency, _ in outcomes)
+    statuses = Counter(str(status) for status, _, _ in outcomes)
+    batches = [b for status, _, b in outcomes if status == 200]
+    return LevelResult(
+        server=name,
+        clients=clients,
+        requests=len(outcomes),
+        seconds=seconds,
+        throughput_rps=len(outcomes) / seconds,
+        p50_s=statistics.median(latencies),
+        p95_s=latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)],
+        max_s=latencies[-1],
+        statuses=dict(statuses),
+        mean_batch=statistics.fmean(batches) if batches else 0.0,
+        latencies=latencies,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--policy", default="smollm2-135m-instruct")
+    parser.add_argument("--reward", default=None, help="reward spec (default: the strategy's, MiniLM)")
+    parser.add_argument("--requests", type=int, default=16, help="requests per level (at least 2 per client)")
+    parser.add_argument("--max-seconds", type=float, default=1200, help="stop starting new levels after this")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+
+    logs = Path(tempfile.mkdtemp(prefix="server-load-"))
+    servers = {name: launch(name, extra, args, logs) for name, extra in SERVERS.items()}
+    results: list[LevelResult] = []
+    began = time.monotonic()
+    try:
+        for name, (process, url) in servers.items():
+            wait_ready(process, url, logs / f"{name}.log")
+            for prompt in PROMPTS[:2]:  # warm-up, untimed
+                one_request(url, prompt)
+        for clients in LEVELS:
+            if time.monotonic() - began > args.max_seconds:
+                print(f"stopping before {clients} clients: --max-seconds reached", file=sys.stderr)
+                break
+            per_client = max(2, math.ceil(args.requests / clients))
+            for name, (_, url) in servers.items():
+                result = run_level(name, url, clients, per_client)
+                results.append(result)
+                print(
+                    f"{name:>10} {clients:>2} clients: {result.requests} requests in {result.seconds:.1f} s, "
+                    f"{result.throughput_rps:.2f} req/s, p50 {result.p50_s:.2f} s, p95 {result.p95_s:.2f} s, "
+                    f"mean batch {result.mean_batch:.1f}, statuses {result.statuses}",
+                    flush=True,
+                )
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+
+    print("\n| clients | serialised req/s | batched req/s | throughput ratio | p50 ser / bat (s) | "
+          "p95 ser / bat (s) | mean batch | 5xx |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    by = {(r.server, r.clients): r for r in results}
+    for clients in LEVELS:
+        ser, bat = by.get(("serialised", clients)), by.get(("batched", clients))
+        if ser is None or bat is None:
+            continue
+        fivexx = sum(n for r in (ser, bat) for s, n in r.statuses.items() if s.startswith("5") or s == "-1")
+        print(
+            f"| {clients} | {ser.throughput_rps:.2f} | {bat.throughput_rps:.2f} | "
+            f"{bat.throughput_rps / ser.throughput_rps:.2f}x | {ser.p50_s:.2f} / {bat.p50_s:.2f} | "
+            f"{ser.p95_s:.2f} / {bat.p95_s:.2f} | {bat.mean_batch:.1f} | {fivexx} |"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                    "policy": args.policy,
+                    "reward": args.reward or "strategy default",
+                    "results": [asdict(r) for r in results],
+                },
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

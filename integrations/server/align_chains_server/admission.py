@@ -1,0 +1,201 @@
+"""Admission control: what a request would cost, refused before it runs if over the limits.
+
+Bounding a few named fields is not enough: DARWIN's work is cycles x (mutation tokens + n x
+max_tokens), SEA's chains x iterations x length, and each factor can look harmless alone. So
+every request's chat model (its settings validated, defaults filled in) goes through a cost
+model per strategy that counts
+
+- ``decode_tokens``: tokens sampled across all rows (answers, mutations, SEA's decodes),
+- ``forward_passes``: policy forward calls (prefills and decode steps),
+- ``reward_items``: responses scored,
+
+and a request over a limit gets a 400 naming the setting that drives the cost and the largest
+value it could take with the others as sent. The estimates are upper bounds of the strategies'
+own loops (rows that stop early only make a request cheaper).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Per-setting bounds, applied to the settings a strategy has (``--limit KEY=MAX``).
+DEFAULT_SETTING_LIMITS: dict[str, float] = {
+    "max_tokens": 1024,
+    "n": 64,
+    "budget": 64,
+    "k": 1000,
+    "m": 1024,
+    "cycles": 20,
+    "mutation_max_tokens": 512,
+    "max_total_tokens": 200_000,
+    "beams": 16,
+    "samples": 16,
+    "chunk_tokens": 1024,
+    "chains": 16,
+    "iterations": 200,
+    "decode_top_k": 1000,
+    "time_budget_s": 3600,
+}
+
+
+@dataclass(frozen=True)
+class CostLimits:
+    """Largest cost one request may have (``--max-decode-tokens`` etc.)."""
+
+    decode_tokens: int = 65_536
+    forward_passes: int = 20_000
+    reward_items: int = 100_000
+
+
+@dataclass(frozen=True)
+class Cost:
+    """An upper bound on one request's work."""
+
+    decode_tokens: int
+    forward_passes: int
+    reward_items: int
+    rows: int  # rows decoded side by side (KV-cache rows of the policy)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """A strategy's cost as a function of its settings, and the settings that multiply it."""
+
+    estimate: Callable[[dict[str, Any]], Cost]
+    factors: tuple[str, ...]  # integer settings the cost grows with, most specific first
+    minimum: dict[str, int] = field(default_factory=dict)
+
+
+def _best_of_n(s: dict[str, Any]) -> Cost:
+    t = s["max_tokens"]
+    if s.get("allocation") == "adaptive":
+        b = s["budget"] if s.get("budget") is not None else s["n"]
+        return Cost(b * t, 2 + 2 * t, b, b)  # two stages, the second restarted from the cache
+    return Cost(s["n"] * t, 1 + t, s["n"], s["n"])
+
+
+def _darwin(s: dict[str, Any]) -> Cost:
+    t, mut, cycles, n = s["max_tokens"], s["mutation_max_tokens"], s["cycles"], s["n"]
+    segments = math.ceil(t / s["m"])
+    decode = t + mut + cycles * (mut + n * t)  # s0 and its mutation list; per cycle a list and n answers
+    passes = 2 + max(t, mut) + cycles * (2 + mut + t)
+    if s.get("max_total_tokens") is not None:  # DARWIN stops at its own token cap
+        decode = min(decode, s["max_total_tokens"])
+        passes = min(passes, decode + 2 * (cycles + 1))
+    return Cost(decode, passes, 1 + cycles * n * segments, max(n, 2))
+
+
+def _sea(s: dict[str, Any]) -> Cost:
+    t, chains, iterations = s["max_tokens"], s["chains"], s["iterations"]
+    # initial samples, then per iteration one pass over the relaxed sequence and a decode of
+    # up to L positions (one pass each past the argmax), all chains as rows of one tensor
+    decode = chains * t * (1 + iterations)
+    passes = 1 + t + iterations * (1 + t)
+    return Cost(decode, passes, chains * (1 + 2 * iterations), chains)
+
+
+def _value_guided(s: dict[str, Any]) -> Cost:
+    t, width = s["max_tokens"], s["beams"] * s["samples"]
+    views = 3  # the policy plus, at most, a tuned and an untuned guide decoded in lockstep
+    chunks = math.ceil(t / s["chunk_tokens"])
+    return Cost(width * t, views * (1 + t), width * chunks, width)
+
+
+def _reward_guided(s: dict[str, Any]) -> Cost:
+    t = s["max_tokens"]
+    return Cost(t, 2 * (1 + t), s["k"] * t + 1, 1)  # a scorer forward per step beside the policy's
+
+
+COST_MODELS: dict[str, CostModel] = {
+    "best-of-n": CostModel(_best_of_n, ("n", "budget", "max_tokens")),
+    "darwin": CostModel(
+        _darwin, ("cycles", "n", "mutation_max_tokens", "max_tokens", "m"), {"mutation_max_tokens": 16}
+    ),
+    "sea": CostModel(_sea, ("iterations", "chains", "max_tokens")),
+    "value-guided": CostModel(_value_guided, ("beams", "samples", "max_tokens", "chunk_tokens")),
+    "reward-guided": CostModel(_reward_guided, ("k", "max_tokens")),
+}
+
+_DIMENSIONS = {
+    "decode_tokens": ("tokens to decode", "--max-decode-tokens"),
+    "forward_passes": ("policy forward passes", "--max-forward-passes"),
+    "reward_items": ("responses to score", "--max-reward-items"),
+}
+
+
+class OverBudget(Exception):
+    """A request whose estimated cost is over a limit; ``param`` names the setting to lower."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def estimate(strategy: str, settings: dict[str, Any]) -> Cost:
+    """The cost of one request of ``strategy`` with fully resolved ``settings``."""
+    return COST_MODELS[strategy].estimate(settings)
+
+
+def admit(strategy: str, settings: dict[str, Any], limits: CostLimits, sent: set[str]) -> Cost:
+    """Return the request's cost, or raise ``OverBudget`` naming the setting and the limit.
+
+    ``sent`` are the settings the client chose (the ones worth blaming first).
+    """
+    model = COST_MODELS.get(strategy)
+    if model is None:
+        raise KeyError(f"no cost model for strategy {strategy!r}")
+    cost = model.estimate(settings)
+    for dimension, (words, flag) in _DIMENSIONS.items():
+        limit = getattr(limits, dimension)
+        value = getattr(cost, dimension)
+        if value <= limit:
+            continue
+        culprit, largest = _culprit(model, settings, dimension, limit, sent)
+        shown = ", ".join(f"{k}={settings[k]}" for k in model.factors if settings.get(k) is not None)
+        advice = (
+            f"; with the other settings as sent, {culprit} can be at most {largest}"
+            if culprit is not None and largest is not None
+            else ""
+        )
+        raise OverBudget(
+            f"This {strategy} request ({shown}) would need about {value:,} {words}, over this server's "
+            f"limit of {limit:,} per request ({flag}){advice}. Ask for less.",
+            culprit,
+        )
+    return cost
+
+
+def _culprit(
+    model: CostModel, settings: dict[str, Any], dimension: str, limit: int, sent: set[str]
+) -> tuple[str | None, int | None]:
+    """The setting to lower (sent ones first, then by how far lowering it goes) and its largest
+    value that fits, found by bisection (costs grow with every factor)."""
+    best: tuple[tuple[bool, float], str, int] | None = None
+    for name in model.factors:
+        value = settings.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        low = model.minimum.get(name, 1)
+        if low > value or getattr(model.estimate({**settings, name: low}), dimension) > limit:
+            continue  # lowering this one alone cannot fit the limit
+        hi = value
+        while low < hi:  # the largest v in [low, value] with cost(v) <= limit
+            mid = (low + hi + 1) // 2
+            if getattr(model.estimate({**settings, name: mid}), dimension) <= limit:
+                low = mid
+            else:
+                hi = mid - 1
+        key = (name in sent, value / max(low, 1))  # a setting the client sent, cut the most
+        if best is None or key > best[0]:
+            best = (key, name, low)
+    if best is None:
+        sent_factors = [n for n in model.factors if n in sent]
+        return (sent_factors or [model.factors[0]])[0], None
+    return best[1], best[2]
