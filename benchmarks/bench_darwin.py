@@ -6,10 +6,13 @@ loading is never timed. With the same seed both make the same random draws and r
 same answers (the script checks this): they differ only in how the candidates of a cycle are
 decoded.
 
-- ``cached``: ``Darwin(...)``: each candidate's mutated prompt is prefilled once, a replacement
-  copies KV-cache rows;
+- ``cached``: ``Darwin(...)``: each candidate's mutated prompt is prefilled once; a replacement
+  keeps the row's own prompt cache and prefills only the copied partial answer onto it;
 - ``reprefill``: ``DarwinReprefill(...)``: every ``m`` tokens each candidate's prompt plus its
   partial answer is re-encoded from scratch in one left-padded batch (the authors' scheme).
+
+Both follow the authors' replacement: a replaced candidate takes a top-k candidate's partial
+answer and keeps its own mutated instruction.
 
 Two prompts: ``short`` (a one-line question) and ``context`` (a system message carrying a
 ~450-token incident report, then a question; only the question is mutated, the report is part
@@ -85,7 +88,7 @@ class TimedPopulation:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
-        if name not in ("extend", "select", "completions"):
+        if name not in ("extend", "transplant", "completions"):
             return attr
 
         def timed(*args: Any, **kwargs: Any) -> Any:

@@ -16,7 +16,7 @@ from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.policy import Policy
 from align_chains.rewards import CallableReward
 from align_chains.strategies import get_strategy
-from align_chains.strategies.darwin import CachedPopulation, Darwin, archive_winners
+from align_chains.strategies.darwin import CachedPopulation, Darwin, archive_winners, update_archive
 from align_chains.strategies.darwin_reference import DarwinReprefill
 from align_chains.strategies.mutation import (
     ParsedMutations,
@@ -167,26 +167,54 @@ def full_forward_logits(policy, ids):
         return policy.model(torch.tensor([ids])).logits[0, -1].float()
 
 
-def test_a_copied_row_continues_from_its_sources_prompt_and_state(tiny_policy):
+def full_forward_keys(policy, ids, layer=0):
+    with torch.inference_mode():
+        out = policy.model(torch.tensor([ids]), use_cache=True)
+    return out.cache.layers[layer].keys[0]
+
+
+def test_a_replaced_row_keeps_its_own_prompt_and_continues_the_copied_state(tiny_policy):
     conversation = [{"role": "user", "content": "Name a fruit."}]
     prompts = [
         tiny_policy.render(with_instruction(conversation, text))
         for text in ("Name a fruit.", "Name one fruit that is red, please.", "Fruit?")
     ]
-    decoder = Decoder(tiny_policy)
+    counters = ComputeCounters()
+    decoder = Decoder(tiny_policy, counters)
     pop = CachedPopulation(decoder, prompts, SamplingParams(max_new_tokens=10, temperature=1.0), [0, 0, 0], 1)
     generator = torch.Generator().manual_seed(0)
     pop.extend(3, generator, lambda batch: None)
-    before = pop.batch.tokens.clone()
-    pop.select([1, 1, 0])  # row 2 is replaced by a copy of row 1
-    assert torch.equal(pop.batch.tokens, before[[1, 1, 0]])
+    before, prefilled, passes = pop.batch.tokens.clone(), pop.prompt_tokens[0], counters.forward_passes
+    pop.transplant([2, 0], [1, 1])  # rows 2 and 0 take row 1's partial answer
+    assert torch.equal(pop.batch.tokens, before[[1, 1, 1]])
+    # only the copied answer is prefilled (2 tokens fed so far; the 3rd is pending), in one forward
+    assert pop.prompt_tokens[0] - prefilled == 2 * 2 and counters.forward_passes == passes + 1
+    assert pop.batch.prompt_index.tolist() == [0, 1, 2]  # each row keeps its own prompt
+    # the replaced rows' caches equal a full forward over (own prompt + copied state)
+    mask = pop.batch.attention_mask.bool()
+    for row in (0, 2):
+        state = before[1, :2].tolist()
+        expected = full_forward_keys(tiny_policy, prompts[row] + state, layer=1)
+        got = pop.batch.cache.layers[1].keys[row][:, mask[row, : pop.batch.cache.get_seq_length()]]
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     pop.extend(3, generator, lambda batch: None)
     logits = decoder.logits(pop.batch)
-    for row, source in enumerate([1, 1, 0]):
+    for row in range(3):
         tokens = pop.batch.tokens[row].tolist()
-        assert tokens[:3] == before[source].tolist()
-        expected = full_forward_logits(tiny_policy, prompts[source] + tokens)
+        assert tokens[:3] == before[1].tolist()
+        expected = full_forward_logits(tiny_policy, prompts[row] + tokens)
         torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_row_given_a_finished_answer_is_finished_with_it(tiny_policy):
+    prompts = [tiny_policy.render([{"role": "user", "content": text}]) for text in ("Hi.", "Hello there.")]
+    pop = CachedPopulation(Decoder(tiny_policy), prompts, SamplingParams(max_new_tokens=8), [0, 0], 1)
+    pop.extend(2, torch.Generator().manual_seed(0), lambda batch: None)
+    pop.finish([0])
+    pop.transplant([1], [0])
+    assert pop.finished.tolist() == [True, True]
+    assert pop.completions()[1].token_ids == pop.completions()[0].token_ids
+    assert pop.completions()[1].finish_reason == "stop"
 
 
 def test_replacement_keeps_the_top_k_and_never_replaces_finished_rows(tiny_policy, scripted_mutations):
@@ -215,16 +243,22 @@ def test_replacement_keeps_the_top_k_and_never_replaces_finished_rows(tiny_polic
     assert finished_rows > 0, "the stop string should leave some finished rows outside the top k"
 
 
-def test_a_replaced_row_carries_its_sources_mutation(tiny_policy, scripted_mutations):
+def test_after_a_replacement_every_instruction_is_still_decoded(tiny_policy, scripted_mutations):
     result = Darwin(**SMALL).run("Tell me a story.", tiny_policy, hash_reward(), PARAMS)
-    scores = events(result, "score")
-    for event in events(result, "replace"):
+    scores, replaces = events(result, "score"), events(result, "replace")
+    assert replaces, "the hash reward should cause replacements"
+    for event in replaces:
         after = next(
             r for r in scores
             if (r["cycle"], r["segment"], r["row"]) == (event["cycle"], event["segment"] + 1, event["row"])
         )  # fmt: skip
-        assert after["mutation"] == event["source_mutation"]
+        assert after["mutation"] == event["mutation"] == event["row"]  # its own instruction, not the source's
+        assert after["reward"] is not None
+    for cycle, segment in {(r["cycle"], r["segment"]) for r in scores}:
+        rows = [r for r in scores if (r["cycle"], r["segment"]) == (cycle, segment)]
+        assert sorted(r["mutation"] for r in rows) == list(range(SMALL["n"]))
     final = [c for c in result.candidates if c.meta["cycle"] > 0]
+    assert sorted(c.meta["mutation"] for c in final) == sorted(list(range(SMALL["n"])) * SMALL["cycles"])
     for c in final:
         assert c.meta["instruction"].endswith(f"Variant {c.meta['mutation']}:{' more' * c.meta['mutation']}")
 
@@ -291,20 +325,47 @@ def test_archive_winners_are_the_two_most_frequent_that_beat_the_parent():
     assert archive_winners(Counter(), [], 0.0) == []
 
 
+def test_the_archive_drops_a_parent_a_mutation_beat_and_keeps_the_new_reward():
+    archive = {"x": 0.5, "y": 0.2}
+    final = [(0, 0.9), (1, 0.4), (2, 1.0)]
+    winners = update_archive(archive, "x", ["a", "b", "c"], Counter({0: 3, 1: 2}), final)
+    assert winners == [(0, 0.9, True), (1, 0.4, False)]
+    assert archive == {"y": 0.2, "a": 0.9}  # x was beaten by a: it leaves; c never won, b lost
+    # an instruction already there takes the new reward, even a lower one (the authors' overwrite)
+    archive = {"x": 0.1, "a": 0.95}
+    update_archive(archive, "x", ["a"], Counter({0: 1}), [(0, 0.3)])
+    assert archive == {"a": 0.3}
+    # a parent that only its own copy beat (a mutation list that fell back to it) stays, rescored
+    archive = {"x": 0.1}
+    update_archive(archive, "x", ["x", "x"], Counter({0: 2, 1: 1}), [(0, 0.6), (1, 0.2)])
+    assert archive == {"x": 0.6}
+    # nothing beat the parent: the archive is unchanged
+    archive = {"x": 0.8}
+    update_archive(archive, "x", ["a"], Counter({0: 1}), [(0, 0.3)])
+    assert archive == {"x": 0.8}
+
+
 def test_archive_grows_only_with_winners_that_beat_their_parent(tiny_policy, scripted_mutations):
     result = Darwin(**SMALL).run("Tell me a story.", tiny_policy, hash_reward(), PARAMS)
-    archive = {a["instruction"]: a["reward"] for a in result.details["archive"]}
     seed = events(result, "seed")[0]
-    assert archive[seed["instruction"]] == seed["reward"] == result.candidates[0].reward
-    added = [w for w in events(result, "winner") if w["added"]]
-    assert {w["instruction"] for w in added} == set(archive) - {seed["instruction"]}
+    assert seed["reward"] == result.candidates[0].reward
+    replayed = {seed["instruction"]: seed["reward"]}
     for w in events(result, "winner"):
         assert w["added"] == (w["reward"] is not None and w["reward"] > w["parent_reward"])
     assert len(events(result, "winner")) <= 2 * SMALL["cycles"]
-    # every cycle's parent came from the archive as it stood
     for cycle in (1, 2):
-        parents = [a for a in events(result, "archive") if a["cycle"] == cycle and a["parent"]]
-        assert len(parents) == 1
+        # every cycle's parent came from the archive as it stood, which the trace lists whole
+        listed = {a["instruction"]: a["reward"] for a in events(result, "archive") if a["cycle"] == cycle}
+        assert listed == replayed
+        drawn = [a for a in events(result, "archive") if a["cycle"] == cycle and a["parent"]]
+        (parent,) = [a["instruction"] for a in drawn]
+        added = [w for w in events(result, "winner") if w["cycle"] == cycle and w["added"]]
+        for w in added:
+            replayed[w["instruction"]] = w["reward"]
+        if any(w["instruction"] != parent for w in added):
+            del replayed[parent]
+    assert {a["instruction"]: a["reward"] for a in result.details["archive"]} == replayed
+    assert any(w["added"] for w in events(result, "winner")), "the hash reward should let a mutation win"
 
 
 def test_best_is_over_all_cycles_and_ties_go_to_the_first_answer(tiny_policy, scripted_mutations):

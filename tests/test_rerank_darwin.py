@@ -105,39 +105,57 @@ def continued(chat: BaseChatModel, reward: Any = None, **kwargs: Any) -> RerankC
     return darwin(chat, reward, continuation="final-message", m=2, max_tokens=WORDS, **kwargs)
 
 
-def test_mutations_come_from_the_wrapped_model_and_replacement_copies_the_winner() -> None:
+def test_mutations_come_from_the_wrapped_model_and_replaced_rows_keep_their_own_instruction() -> None:
     chat, reward = VersionWriter(), VersionReward()
     message = continued(chat, reward).invoke("Sleep tips", stop=["END"])
     assert message.content == "v3-0 v3-1 v3-2 v3-3 v3-4 v3-5"
     meta = message.response_metadata
     assert meta["strategy"] == "darwin" and meta["continuation"] == "final-message"
     assert meta["reward"] == 18.0 and meta["finish_reason"] == "stop"
+    assert meta["replacements"] == 4  # rows 0 and 1, after segments 1 and 2
 
     # the mutation request went to the wrapped model, with its list cap and no stop strings
     rewrites = [(m, kw) for m, kw in chat.calls if _REWRITE.search(m[-1].text)]
     assert len(rewrites) == 1 and "Instruction: Sleep tips" in rewrites[0][0][-1].text
     assert rewrites[0][1]["max_tokens"] == 192 and rewrites[0][1]["stop"] is None
-    cycle = [c for c in meta["candidates"] if c["cycle"] == 1]
-    assert {c["instruction"] for c in cycle} == {"Sleep tips v3"}  # every row is now a copy of the winner
+    cycle = {c["row"]: c for c in meta["candidates"] if c["cycle"] == 1}
+    # every row still answers its own instruction (the authors' replacement), from the winner's state
+    assert {r: c["instruction"] for r, c in cycle.items()} == {r: f"Sleep tips v{r + 1}" for r in range(3)}
+    assert cycle[0]["text"] == "v3-0 v3-1 v3-2 v3-3 v1-4 v1-5"
+    assert cycle[1]["text"] == "v3-0 v3-1 v3-2 v3-3 v2-4 v2-5"
 
     # segment 1: one call per mutation, capped at m; later segments continue the WINNER's partial
-    # answer under the WINNER's mutated instruction, also for the rows that were replaced
+    # answer, each row under ITS OWN mutated instruction
     answers = [(m, kw) for m, kw in chat.calls if not _REWRITE.search(m[-1].text)]
     assert all(kw["stop"] == ["END"] for _, kw in answers)
     first_segment = [m for m, kw in answers if kw.get("max_tokens") == 2 and isinstance(m[-1], HumanMessage)]
     assert sorted(m[-1].text for m in first_segment) == ["Sleep tips v1", "Sleep tips v2", "Sleep tips v3"]
     continued_calls = [m for m, _ in answers if isinstance(m[-1], AIMessage)]
     assert len(continued_calls) == 6  # 3 rows x segments 2 and 3
-    assert {(m[-2].text, m[-1].text) for m in continued_calls} == {
-        ("Sleep tips v3", "v3-0 v3-1"),
-        ("Sleep tips v3", "v3-0 v3-1 v3-2 v3-3"),
-    }
+    assert sorted((m[-2].text, m[-1].text) for m in continued_calls) == sorted(
+        (f"Sleep tips v{v}", state) for v in (1, 2, 3) for state in ("v3-0 v3-1", "v3-0 v3-1 v3-2 v3-3")
+    )
     replaced = [e for e in meta["trace"] if e["event"] == "replace"]
     assert {(e["row"], e["source"]) for e in replaced if e["segment"] == 1} == {(0, 2), (1, 2)}
-    assert all(e["source_mutation"] == 2 for e in replaced)  # later copies are of copies
-    # the top k (k=1) by reward at the first scoring
+    assert all(e["source_mutation"] == 2 and e["mutation"] == e["row"] for e in replaced)
+    # the top k (k=1) by reward at the first scoring; wins go to the row's own mutation
     first = [e for e in meta["trace"] if e["event"] == "score" and e["segment"] == 1]
     assert [(e["reward"], e["top_k"]) for e in first] == [(2.0, False), (4.0, False), (6.0, True)]
+    assert [(e["mutation"], e["wins"]) for e in meta["trace"] if e["event"] == "winner"] == [(2, 3)]
+
+
+def test_vllm_continuation_adds_vllms_fields_to_the_continuing_calls_only() -> None:
+    chat = VersionWriter()
+    meta = darwin(chat, continuation="vllm", m=2, max_tokens=WORDS).invoke("Sleep tips").response_metadata
+    assert meta["strategy"] == "darwin" and meta["replacements"] == 4
+    continuing = [kw for m, kw in chat.calls if isinstance(m[-1], AIMessage)]
+    others = [kw for m, kw in chat.calls if not isinstance(m[-1], AIMessage)]
+    assert len(continuing) == 6 and len(others) == 1 + 1 + 3
+    expected = {"top_k": 40, "continue_final_message": True, "add_generation_prompt": False}
+    assert all(kw["extra_body"] == expected for kw in continuing)
+    assert all("extra_body" not in kw for kw in others)
+    with pytest.raises(InvalidInputError, match=r"continuation='vllm' .* has no extra_body field"):
+        darwin(FakeListChatModel(responses=["a"]), continuation="vllm", max_tokens_param="responses")
 
 
 def test_continue_kwargs_go_only_to_continuation_calls_over_the_models_own() -> None:
@@ -171,16 +189,15 @@ def test_archive_grows_and_later_cycles_mutate_a_parent_from_it() -> None:
     chat = VersionWriter()
     message = continued(chat, cycles=2).invoke("Sleep tips")
     meta = message.response_metadata
-    archive = {a["instruction"]: a["reward"] for a in meta["archive"]}
-    assert (
-        archive["Sleep tips"] == 0.0 and archive["Sleep tips v3"] == 18.0
-    )  # the winner beat its parent (s0 scored 0)
     winners = [e for e in meta["trace"] if e["event"] == "winner" and e["cycle"] == 1]
     assert [(w["mutation"], w["added"]) for w in winners] == [(2, True)]
+    # the winner beat its parent (s0 scored 0), so the parent left the archive
     listed = [e["instruction"] for e in meta["trace"] if e["event"] == "archive" and e["cycle"] == 2]
-    assert listed[:2] == ["Sleep tips", "Sleep tips v3"]
+    assert listed == ["Sleep tips v3"]
     parent = next(e["instruction"] for e in meta["trace"] if e["event"] == "archive" and e["parent"]
                   and e["cycle"] == 2)  # fmt: skip
+    # cycle 2's best rewrite only ties its parent (18): nothing is added or dropped
+    assert {a["instruction"]: a["reward"] for a in meta["archive"]} == {"Sleep tips v3": 18.0}
     rewrites = [m[-1].text for m, _ in chat.calls if _REWRITE.search(m[-1].text)]
     assert len(rewrites) == 2 and rewrites[1].endswith(f"Instruction: {parent}")
     assert meta["cycles_completed"] == 2
@@ -219,6 +236,8 @@ def test_whole_response_mode_works_on_any_chat_model() -> None:
     message = darwin(chat).invoke("Sleep tips")  # continuation="none" by default
     meta = message.response_metadata
     assert message.content == "v3-0 v3-1 v3-2 v3-3 v3-4 v3-5" and meta["continuation"] == "none"
+    # whole answers, nothing replaced mid-answer: the authors' ablation, named as such
+    assert meta["strategy"] == "darwin-mutation-no-replacement" and meta["replacements"] == 0
     assert not any(isinstance(m[-1], AIMessage) for m, _ in chat.calls)  # never a partial answer
     assert not any(e["event"] == "replace" for e in meta["trace"])
     assert meta["compute"]["answer_calls"] == 1 + 3 and meta["compute"]["reward_calls"] == 2

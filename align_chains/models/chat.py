@@ -11,6 +11,8 @@ Message = dict[str, Any]
 Conversation = list[Message]
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
+#: message key: a final assistant message with it set is continued, not answered (``Policy.render``)
+CONTINUE_FINAL = "continue_final_message"
 
 
 def as_conversation(prompt: str | Sequence[Mapping[str, Any]]) -> Conversation:

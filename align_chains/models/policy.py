@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from align_chains.errors import InvalidInputError, ModelLoadError
-from align_chains.models.chat import Conversation, validate_conversation
+from align_chains.models.chat import CONTINUE_FINAL, Conversation, validate_conversation
 from align_chains.models.embedded import EMBEDDED_POLICY, POLICY_ALIASES, converted_policy_dir
 from align_chains.models.hub import resolve_model_dir
 from align_chains.models.tool_calls import for_template, template_takes_tools
@@ -106,13 +106,17 @@ class Policy:
         from jinja2 import TemplateError
 
         templated, tools = for_template(messages, native=self.takes_tools)
+        # a final assistant message marked CONTINUE_FINAL is left open for the model to go on writing
+        # (vLLM's continue_final_message), instead of being closed and followed by a new turn
+        extend = bool(templated[-1].pop(CONTINUE_FINAL, False)) and templated[-1]["role"] == "assistant"
         try:
             text = self.tokenizer.apply_chat_template(
                 templated,
                 tools=tools,
                 chat_template=self.chat_template,
                 tokenize=False,
-                add_generation_prompt=add_generation_prompt,
+                add_generation_prompt=add_generation_prompt and not extend,
+                **({"continue_final_message": True} if extend else {}),
             )
         except TemplateError as exc:
             roles = sorted({m["role"] for m in messages})

@@ -1,24 +1,27 @@
 """DARWIN: evolutionary search over mutated instructions with reward-guided replacement.
 
 Hung et al., arXiv 2406.15193. Exploration decodes from rewrites ("mutations") of the user's
-instruction; exploitation replaces, every ``m`` tokens, the poorly rewarded unfinished
-candidates with copies of well-rewarded ones. Per prompt::
+instruction; exploitation replaces, every ``m`` tokens, the partial answers of poorly rewarded
+unfinished candidates with those of well-rewarded ones. Per prompt::
 
     s0 ~ pi(x); archive A = {x: r(x, s0)}
     repeat cycles times:
         x_c ~ uniform(A); the policy rewrites x_c into n instructions (one-shot prompt)
         decode one candidate per instruction; every m tokens score all against the ORIGINAL x,
-        keep the top k, and turn every other unfinished candidate into a copy of a random top-k one
-        add to A the (up to) two mutations most often in the top k whose final reward beats A[x_c]
+        keep the top k, and give every other unfinished candidate the partial answer of a random
+        top-k one; it goes on decoding under ITS OWN instruction (all n instructions stay explored)
+        add to A the (up to) two mutations most often in the top k whose final reward beats A[x_c];
+        a parent that a mutation beat leaves A
     return the best response of all cycles, s0 included
 
 How it runs here: every candidate keeps its own KV cache, prefilled once from its own
-mutated prompt (distinct prompts are left-padded into one prefill); a replacement is
-``Batch.select``, which copies cache rows, so a copy continues from the same state with the
-same instruction and nothing is re-encoded. All prompts of a request share each batch: one
-decode for the first answers, one for the mutations of a cycle, one for the candidates of a
-cycle, and one reward call per segment. The authors' code instead re-encodes every prompt
-and partial answer every ``m`` tokens; ``darwin_reference.py`` does that for comparison.
+mutated prompt (the prompts' common prefix once for all, distinct suffixes left-padded into one
+prefill). A replacement (``state_transplant.py``) keeps the replaced row's prompt cache and
+prefills only the copied answer tokens onto it, one batched forward per replacement round; the
+prompt is never encoded again. All prompts of a request share each batch: one decode for the
+first answers, one for the mutations of a cycle, one for the candidates of a cycle, and one
+reward call per segment. The authors' code instead re-encodes every prompt and partial answer
+every ``m`` tokens; ``darwin_reference.py`` does that for comparison.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from align_chains.strategies.mutation import (
     with_instruction,
 )
 from align_chains.strategies.prefix_prefill import start_sharing_prefix
+from align_chains.strategies.state_transplant import supports_transplant, transplant_states
 
 # the mutation list is checked for completeness every this many tokens
 _MUTATION_CHECK_EVERY = 16
@@ -89,14 +93,16 @@ class Population(Protocol):
 
     def completions(self) -> list[Completion]: ...
 
-    def select(self, rows: Sequence[int]) -> None: ...
+    def transplant(self, rows: Sequence[int], sources: Sequence[int]) -> None:
+        """Row ``rows[j]`` takes the partial answer of ``sources[j]`` and keeps its own prompt."""
+        ...
 
     def finish(self, rows: Sequence[int], stopped: bool = True) -> None: ...
 
 
 class CachedPopulation:
     """Rows of one engine ``Batch``: each prompt prefilled once (their common prefix once for
-    all), replacement copies cache rows."""
+    all); a replacement prefills only the copied answer onto the row's own prompt cache."""
 
     def __init__(
         self,
@@ -108,9 +114,16 @@ class CachedPopulation:
     ) -> None:
         self.decoder = decoder
         self.batch, charged = start_sharing_prefix(decoder, prompts, params)
+        self.owners = list(owners)
         self.prompt_tokens = [0] * num_owners
         for owner, tokens in zip(owners, charged, strict=True):
             self.prompt_tokens[owner] += tokens
+        if not supports_transplant(self.batch.cache):
+            raise InvalidInputError(
+                f"DARWIN's replacement keeps each candidate's own prompt cache and prefills only the copied "
+                f"answer onto it, which needs a full-attention KV cache; {decoder.policy.name!r} uses "
+                "sliding-window or quantized cache layers. Use a model with a plain (dynamic) KV cache."
+            )
 
     @property
     def finished(self) -> torch.Tensor:
@@ -130,8 +143,10 @@ class CachedPopulation:
     def completions(self) -> list[Completion]:
         return self.decoder.completions(self.batch)
 
-    def select(self, rows: Sequence[int]) -> None:
-        self.batch.select(rows)
+    def transplant(self, rows: Sequence[int], sources: Sequence[int]) -> None:
+        prefilled = transplant_states(self.decoder, self.batch, rows, sources)
+        for row, tokens in zip(rows, prefilled, strict=True):
+            self.prompt_tokens[self.owners[row]] += tokens
 
     def finish(self, rows: Sequence[int], stopped: bool = True) -> None:
         """End unfinished rows early: as stopped (a complete list) or by length (a per-row cap)."""
@@ -279,10 +294,11 @@ class _Rows:
     scored_at: list[int]  # tokens a row had when last scored
     done: list[Completion] = field(default_factory=list)  # completions at the last scoring
 
-    def reorder(self, index: list[int]) -> None:
-        """Row r becomes a copy of row index[r] (cache rows and bookkeeping alike)."""
-        self.pop.select(index)
-        self.lineage = [self.lineage[i] for i in index]
+    def transplant(self, index: list[int]) -> None:
+        """Row r takes the partial answer of row index[r] (and its reward: same text, same score)
+        but keeps its own mutation: ``lineage`` does not change."""
+        moved = [r for r, source in enumerate(index) if source != r]
+        self.pop.transplant(moved, [index[r] for r in moved])
         self.rewards = [self.rewards[i] for i in index]
         self.scored_at = [self.scored_at[i] for i in index]
 
@@ -446,7 +462,10 @@ class _Search:
             if last:
                 break
             if index != list(range(len(rows.owners))):
-                rows.reorder(index)
+                prefilled = list(rows.pop.prompt_tokens)
+                rows.transplant(index)
+                for state, now, then in zip(self.prompts, rows.pop.prompt_tokens, prefilled, strict=True):
+                    state.prompt_tokens += now - then  # the copied answers prefilled on their new prompts
         for p in range(K):
             self._end_cycle(p, rows, cycle, parents[p], mutations[p], wins[p], archive=going)
         self.unscored = [[] for _ in self.prompts]
@@ -496,8 +515,9 @@ class _Search:
         finished: list[bool],
         index: list[int] | None,
     ) -> None:
-        """Prompt p's top k by reward; unless this was the last scoring (``index`` None), every
-        unfinished row outside it becomes a copy of a random top-k row (written into ``index``)."""
+        """Prompt p's top k by reward (wins credited to each row's own mutation); unless this was the
+        last scoring (``index`` None), every unfinished row outside it takes the partial answer of a
+        random top-k row (written into ``index``) and keeps its own mutation."""
         n, state = self.s.n, self.prompts[p]
         group = range(p * n, (p + 1) * n)
         top = top_k(group, rows.rewards, self.s.k)
@@ -673,14 +693,19 @@ def update_archive(
 ) -> list[tuple[int, float | None, bool]]:
     """Add to ``archive`` the winners (``archive_winners``) that beat ``archive[parent]``; return them all.
 
-    An instruction already in the archive keeps the higher of its two rewards.
+    As in the authors' ``utils.py``: an added instruction takes its new reward (replacing an older
+    entry of the same text), and a parent that a different instruction beat leaves the archive, so
+    later cycles stop re-drawing it. The archive never empties: a parent leaves only for a winner.
     """
     winners = archive_winners(wins, final, archive[parent])
+    new: dict[str, float] = {}  # the same text twice (a list that fell back to its parent): the better
     for i, value, added in winners:
         if added:
             assert value is not None
-            text = mutations[i]
-            archive[text] = max(value, archive.get(text, value))
+            new[mutations[i]] = max(value, new.get(mutations[i], value))
+    archive.update(new)
+    if any(text != parent for text in new):
+        archive.pop(parent, None)
     return winners
 
 
@@ -709,7 +734,7 @@ def top_k(rows: Sequence[int], rewards: Sequence[float | None], k: int) -> list[
 def copy_plan(
     rows: Sequence[int], top: Sequence[int], finished: Sequence[bool], rng: random.Random
 ) -> list[tuple[int, int]]:
-    """(row, source) for every unfinished row outside ``top``: it becomes a copy of a random top row.
+    """(row, source) for every unfinished row outside ``top``: it takes a random top row's answer.
 
     Rows are visited in order and each draws one ``rng.choice``, so a seeded search replays.
     """

@@ -4,8 +4,9 @@ Not registered as a strategy and not for users. It runs the very same search as
 ``align_chains.strategies.darwin.Darwin`` (same mutations, scoring, replacement and archive
 code), but its candidates keep no KV cache between segments: every ``m`` tokens it re-encodes
 each candidate's prompt plus its partial answer from scratch in one left-padded prefill, as
-the authors' code does with ``model.generate`` on the concatenated text. Replacement copies the
-token lists.
+the authors' code does with ``model.generate`` on ``augmented_instructions[i] + states[i]``.
+Replacement copies the source's answer tokens into the row, whose own prompt (mutated
+instruction) stays, as the authors' ``random_replacement`` does.
 
 It exists for two reasons:
 
@@ -125,13 +126,14 @@ class RePrefillPopulation:
             )
         return out
 
-    def select(self, rows: Sequence[int]) -> None:
-        rows = list(rows)
-        self.prompts = [list(self.prompts[i]) for i in rows]
-        self.tokens = [list(self.tokens[i]) for i in rows]
-        self.logprobs = [list(self.logprobs[i]) for i in rows]
-        self._finished = self._finished[rows]
-        self._stopped = self._stopped[rows]
+    def transplant(self, rows: Sequence[int], sources: Sequence[int]) -> None:
+        """The authors' replacement: ``states[row] = states[source]``; the row's prompt stays its own."""
+        tokens = [list(self.tokens[s]) for s in sources]
+        logprobs = [list(self.logprobs[s]) for s in sources]
+        finished, stopped = self._finished[list(sources)], self._stopped[list(sources)]
+        for j, row in enumerate(rows):
+            self.tokens[row], self.logprobs[row] = tokens[j], logprobs[j]
+            self._finished[row], self._stopped[row] = finished[j], stopped[j]
 
     def finish(self, rows: Sequence[int], stopped: bool = True) -> None:
         rows = [r for r in rows if not bool(self._finished[r])]

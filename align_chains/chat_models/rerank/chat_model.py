@@ -158,10 +158,12 @@ class RerankChatModel(AsyncBatchInOneRun, BaseChatModel):
     mutation_max_tokens: int = Field(
         default=192, ge=16, description="DARWIN: token cap on the wrapped model's list of rewrites."
     )
-    continuation: Literal["none", "final-message"] = Field(
+    continuation: Literal["none", "final-message", "vllm"] = Field(
         default="none",
         description="DARWIN: 'final-message' continues partial answers in m-token calls (the server must "
-        "continue a trailing assistant message); 'none': whole answers, no mid-answer replacement.",
+        "continue a trailing assistant message); 'vllm': the same, adding vLLM's continue_final_message "
+        "request fields (also understood by align-chains serve); 'none': whole answers, no mid-answer "
+        "replacement (the authors' mutation_no_replacement ablation, named so in response_metadata).",
     )
     max_tokens: int | None = Field(
         default=None,

@@ -18,11 +18,16 @@ An API keeps no KV cache between calls, so "every m tokens" is one call per segm
   ``AIMessage`` holding the partial answer; the server must continue that message (vLLM's
   ``continue_final_message``, Anthropic's assistant prefill). Every call re-sends, and the
   server re-encodes, the prompt and partial answer: that is the "without cache reuse" cost
-  (a server with prefix caching recovers much of it). Replacement copies the winner's partial
-  text and mutated instruction.
+  (a server with prefix caching recovers much of it). Replacement copies a top-k row's partial
+  text; the replaced row keeps its own mutated instruction (the authors' ``random_replacement``).
+- ``"vllm"``: ``"final-message"`` with vLLM's request fields for it (``VLLM_CONTINUE``) added to
+  the continuing calls; ``align-chains serve`` accepts the same fields.
 - ``"none"`` (default, works with every chat model): each candidate is one whole answer, so the
   only scoring is at the end: the top k still count as the cycle's winners for the archive, but
-  nothing is replaced mid-answer. ``response_metadata["continuation"]`` says which ran.
+  nothing is replaced mid-answer. That is the authors' ``mutation_no_replacement`` ablation, not
+  DARWIN, and ``response_metadata["strategy"]`` says so: ``"darwin-mutation-no-replacement"``
+  (``"darwin"`` only when answers are continued segment by segment; ``"replacements"`` counts
+  the mid-answer replacements that ran).
 
 All prompts of a ``batch`` run in lockstep: each phase (first answers and mutation lists, a
 cycle's mutation lists, a segment of every live candidate) is one pool of concurrent calls
@@ -69,7 +74,15 @@ from align_chains.strategies.darwin_trace import (
 from align_chains.strategies.mutation import mutation_request, parse_mutations
 
 DARWIN_N = 5  # the paper's mutations per cycle: n's default under strategy="darwin"
-CONTINUATION_MAX_TOKENS = 256  # default answer cap when answers are continued segment by segment
+CONTINUATION_MAX_TOKENS = 256
+#: the request fields with which vLLM (and ``align-chains serve``) continue a final assistant message
+VLLM_CONTINUE: dict[str, Any] = {
+    "extra_body": {"continue_final_message": True, "add_generation_prompt": False}
+}
+#: ``response_metadata["strategy"]`` when candidates are whole answers (nothing replaced mid-answer)
+NO_REPLACEMENT = (
+    "darwin-mutation-no-replacement"  # default answer cap when answers are continued segment by segment
+)
 # finish reasons (OpenAI, Anthropic, Gemini, Ollama, vLLM spellings) meaning "cut by the token cap"
 _LENGTH_REASONS = frozenset({"length", "max_tokens", "max_output_tokens", "model_length"})
 _REASON_KEYS = ("finish_reason", "stop_reason", "done_reason")
@@ -140,12 +153,20 @@ class DarwinSearch(Search):
                 "to continue. Remove them, or set continuation='final-message' if the wrapped model "
                 "continues a trailing assistant message."
             )
-        needs_cap = settings.continuation == "final-message" or settings.max_tokens is not None
+        continued = settings.continuation != "none"
+        if settings.continuation == "vllm" and "extra_body" not in type(settings.chat_model).model_fields:
+            raise InvalidInputError(
+                f"continuation='vllm' sends vLLM's continue_final_message fields in the request body "
+                f"(extra_body), but {type(settings.chat_model).__name__} has no extra_body field. Wrap a "
+                "ChatOpenAI pointed at the server, or use continuation='final-message' with continue_kwargs "
+                "naming how this model continues a final assistant message."
+            )
+        needs_cap = continued or settings.max_tokens is not None
         field_name = settings.max_tokens_param
         if needs_cap and field_name not in type(settings.chat_model).model_fields:
             why = (
-                "continuation='final-message' caps every segment call at m tokens"
-                if settings.continuation == "final-message"
+                f"continuation={settings.continuation!r} caps every segment call at m tokens"
+                if continued
                 else "max_tokens= caps every answer call"
             )
             raise InvalidInputError(
@@ -168,10 +189,14 @@ class DarwinSearch(Search):
         """The call's state: every conversion before any call."""
         settings = self.settings
         self.stop, self.kwargs = stop, kwargs
-        self.continued = settings.continuation == "final-message"
+        self.continued = settings.continuation in ("final-message", "vllm")
         self.max_tokens = settings.max_tokens or (CONTINUATION_MAX_TOKENS if self.continued else None)
         self.rng = random.Random(settings.seed)
-        self.continue_kwargs = _merged_over_fields(settings.chat_model, settings.continue_kwargs)
+        extra = settings.continue_kwargs
+        if settings.continuation == "vllm":
+            body = {**VLLM_CONTINUE["extra_body"], **extra.get("extra_body", {})}
+            extra = {**extra, "extra_body": body}
+        self.continue_kwargs = _merged_over_fields(settings.chat_model, extra)
         self.prompts: list[_Prompt] = []
         for messages, run_manager in requests:
             conversation = to_conversation(messages)
@@ -393,8 +418,9 @@ class DarwinSearch(Search):
     def _select(
         self, state: _Prompt, cycle: int, segment: int, k: int, wins: Counter[int], replace_rows: bool
     ) -> None:
-        """Top k by reward; unless this was the last scoring, every unfinished row outside it becomes
-        a copy of a random top-k row (its partial text and its mutated instruction)."""
+        """Top k by reward (wins credited to each row's own mutation); unless this was the last
+        scoring, every unfinished row outside it takes the partial answer of a random top-k row and
+        keeps its own mutated instruction."""
         rows = state.rows
         group = [r for r, row in enumerate(rows) if not row.failed]
         top = top_k(group, [row.reward for row in rows], k)
@@ -415,7 +441,7 @@ class DarwinSearch(Search):
             )  # fmt: skip
         originals = list(rows)
         for r, source in copies:
-            rows[r] = replace(originals[source])
+            rows[r] = replace(originals[source], mutation=originals[r].mutation)
 
     def _end_cycle(
         self, state: _Prompt, cycle: int, parent: str, mutations: list[str], wins: Counter[int]
@@ -454,8 +480,9 @@ class DarwinSearch(Search):
         assert row.message is not None
         metadata: dict[str, Any] = {
             **row.message.response_metadata,
-            "strategy": "darwin",
+            "strategy": "darwin" if self.continued else NO_REPLACEMENT,
             "continuation": self.settings.continuation,
+            "replacements": sum(isinstance(event, Replace) for event in state.trace),
             "reward": row.reward,
             "finish_reason": row.finish_reason,
             "candidates": [

@@ -114,6 +114,13 @@ class ChatCompletionRequest(BaseModel):
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
+    # vLLM's fields for continuing a final assistant message (DARWIN's mid-answer segments)
+    continue_final_message: bool = Field(
+        default=False, description="Continue the last (assistant) message instead of answering it."
+    )
+    add_generation_prompt: bool = Field(
+        default=True, description="Open a new assistant turn; must be false with continue_final_message."
+    )
     align_chains: dict[str, Any] | None = Field(
         default=None, description="Strategy settings, namespaced (needed for names OpenAI also uses, e.g. n)."
     )

@@ -19,7 +19,7 @@ from align_chains.chat_models import AlignedChatModel, chat_model_class
 from align_chains.chat_models.results import response_metadata
 from align_chains.chat_models.streaming import text_pieces
 from align_chains.errors import InvalidInputError
-from align_chains.models.chat import Conversation, validate_conversation
+from align_chains.models.chat import CONTINUE_FINAL, Conversation, validate_conversation
 from align_chains.models.policy import Policy, load_policy
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies import canonical_strategy_name
@@ -252,7 +252,23 @@ class ServedModel:
             message, param = describe_validation_error(exc)
             raise RequestError(400, message, param=param) from exc
         last = request.messages[-1].role
-        if last not in ("user", "tool"):
+        if request.continue_final_message:
+            if request.add_generation_prompt or last != "assistant":
+                raise RequestError(
+                    400,
+                    "continue_final_message=true continues the last message, which must be an assistant "
+                    "message, and needs add_generation_prompt=false (as in vLLM); end the conversation "
+                    "with the partial assistant answer and send both fields.",
+                    param="continue_final_message",
+                )
+        elif not request.add_generation_prompt:
+            raise RequestError(
+                400,
+                "add_generation_prompt=false is only supported together with continue_final_message=true "
+                "(continuing a final assistant message); drop it to get a new answer.",
+                param="add_generation_prompt",
+            )
+        elif last not in ("user", "tool"):
             raise RequestError(
                 400,
                 f"The last message has role {last!r}; end the conversation with a user "
@@ -266,6 +282,8 @@ class ServedModel:
             raise RequestError(400, str(exc), param=exc.param) from exc
         except InvalidInputError as exc:
             raise RequestError(400, str(exc), param="messages") from exc
+        if request.continue_final_message:
+            conversation[-1][CONTINUE_FINAL] = True  # rendered open: the answer continues it
         prompt_tokens = self._check_prompt_fits(conversation, model.max_tokens)
         resolved = {name: getattr(model, name) for name in self._settable() if hasattr(model, name)}
         try:
