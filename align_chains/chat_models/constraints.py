@@ -45,8 +45,8 @@ def call_schema(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> d
 
 
 def tool_call_grammar(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> Grammar:
-    """``<tool_call>`` blocks (forced; one or more, newline-separated, for parallel calls), or those
-    blocks OR plain text (``tool_choice`` auto)."""
+    """``<tool_call>`` blocks, newline-separated (parallel calls), OR plain text for ``tool_choice``
+    auto; the blocks alone for "any"; exactly one call for a named tool."""
     body = json.dumps(call_schema(tools, tool_choice))
     # one call, or several separated by a newline as a history writes them (parallel tool calls)
     call = (
@@ -56,8 +56,8 @@ def tool_call_grammar(tools: tuple[dict[str, Any], ...], tool_choice: str | None
     if tool_choice is None:
         source = f"start: calls | TEXT\n{call}TEXT: {_PLAIN_TEXT}\n"
         what = "a call to one of " + ", ".join(t["name"] for t in tools) + " or plain text"
-    else:
-        source = f"start: calls\n{call}"
+    else:  # a named tool is one call to it (OpenAI's forced function); "any" may make several
+        source = f"start: {'calls' if tool_choice == 'any' else 'call'}\n{call}"
         what = "a call to " + (tool_choice if tool_choice != "any" else "one of the bound tools")
     try:
         return Grammar(Grammar.lark(source).text, f"tool-call grammar ({what})")
