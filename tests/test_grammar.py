@@ -128,3 +128,19 @@ def test_sea_refuses_a_grammar_naming_the_strategies_that_can(tiny_policy):
 
     with pytest.raises(InvalidInputError, match=r"cannot keep to a grammar.*best-of-n"):
         SEA().run_batch(["Hi."], tiny_policy, None, params(Grammar.regex("[0-9]+")))
+
+
+def test_darwin_holds_its_first_answers_and_its_rewrites_to_the_grammar(tiny_policy, length_reward):
+    """DARWIN decodes its prose rewrites of the instruction alongside the first answers when it
+    can; under a grammar it must not, or the first answers (and every answer built on them) are free."""
+    from align_chains import DarwinChatModel
+
+    model = DarwinChatModel(
+        model=tiny_policy, reward=length_reward, n=2, k=1, m=4, cycles=1, mutation_max_tokens=16,
+        max_tokens=12, seed=0, regex=r"(yes|no), [0-9]{1,3}",
+    )  # fmt: skip
+    message = model.invoke("Is it raining?")
+    candidates = message.response_metadata["candidates"]
+    assert len(candidates) == 3  # the first answer and the cycle's two
+    for candidate in candidates:
+        assert re.fullmatch(r"(yes|no), [0-9]{1,3}", candidate["text"]), candidate

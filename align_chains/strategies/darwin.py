@@ -386,17 +386,20 @@ class _Search:
         """s0 ~ pi(x) for every prompt in one batch; seeds each archive with r(x, s0).
 
         Cycle 1's parent can only be x (the archive holds x alone), so when the settings allow
-        (no stop strings, which must not cut the list; both caps fit the context) the first
-        cycle's mutation lists are decoded in the same batch as s0: one decode instead of two
-        sequential ones. Returns (not out of budget, the mutation texts or None).
+        (no stop strings, which must not cut the list; no grammar, which holds every row of a
+        batch and would hold the prose lists too; both caps fit the context) the first cycle's
+        mutation lists are decoded in the same batch as s0: one decode instead of two sequential
+        ones. Returns (not out of budget, the mutation texts or None).
         """
         K = len(self.prompts)
         owners = list(range(K))
         requests = self._mutation_requests([s.instruction for s in self.prompts])
         cap = max(self.params.max_new_tokens, self.mutation_params.max_new_tokens)
         limit = self.policy.context_length
-        merge = not self.params.stop and all(
-            len(ids) + cap <= limit for ids in [*requests, *(s.prompt_ids for s in self.prompts)]
+        merge = (
+            not self.params.stop
+            and self.params.grammar is None
+            and all(len(ids) + cap <= limit for ids in [*requests, *(s.prompt_ids for s in self.prompts)])
         )
         if merge:
             self.progress.stage(f"first answers and mutations: {2 * K}", cap)
