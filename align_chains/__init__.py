@@ -4,6 +4,8 @@ from align_chains import SEAChatModel
 chain = prompt | SEAChatModel() | parser
 """
 
+from typing import TYPE_CHECKING, Any
+
 from align_chains.chat_models import (
     AlignedChatModel,
     BestOfNChatModel,
@@ -45,6 +47,9 @@ from align_chains.strategies import (
     get_strategy,
 )
 
+if TYPE_CHECKING:  # imported on first use (below): it needs the optional `langchain` agent runtime
+    from align_chains.agent_middleware import ForceToolCallMiddleware
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -63,6 +68,7 @@ __all__ = [
     "DarwinChatModel",
     "Decoder",
     "EmbeddingReward",
+    "ForceToolCallMiddleware",
     "ImplicitReward",
     "InvalidInputError",
     "JudgeReward",
@@ -86,3 +92,17 @@ __all__ = [
     "load_policy",
     "load_reward",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Names whose modules need optional dependencies, imported on first use."""
+    if name == "ForceToolCallMiddleware":
+        try:
+            from align_chains.agent_middleware import ForceToolCallMiddleware
+        except ImportError as error:
+            raise ImportError(
+                f"align_chains.ForceToolCallMiddleware needs the langchain agent runtime ({error}). "
+                "Install it with: pip install 'align-chains[agents]'"
+            ) from error
+        return ForceToolCallMiddleware
+    raise AttributeError(f"module 'align_chains' has no attribute {name!r}")
