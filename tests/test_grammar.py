@@ -144,3 +144,30 @@ def test_darwin_holds_its_first_answers_and_its_rewrites_to_the_grammar(tiny_pol
     assert len(candidates) == 3  # the first answer and the cycle's two
     for candidate in candidates:
         assert re.fullmatch(r"(yes|no), [0-9]{1,3}", candidate["text"]), candidate
+
+
+def test_structured_output_batches_every_prompt_in_one_run_under_the_grammar(tiny_policy, length_reward):
+    """``with_structured_output(...).batch`` (one run for all prompts): every result parses, and the
+    callbacks see the schema as ``invoke``'s do (the tracing kwarg is not passed to the strategy)."""
+    from langchain_core.callbacks import BaseCallbackHandler
+    from pydantic import BaseModel, Field
+
+    from align_chains import BestOfNChatModel
+
+    class Flag(BaseModel):
+        ok: bool
+        code: int = Field(ge=0, le=9)
+
+    class Options(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.options: list[dict] = []
+
+        def on_chat_model_start(self, serialized, messages, *, options=None, **kwargs) -> None:
+            self.options.append(options)
+
+    handler = Options()
+    model = BestOfNChatModel(model=tiny_policy, reward=length_reward, n=2, max_tokens=24, seed=0)
+    flags = model.with_structured_output(Flag).batch(["a", "b", "c"], {"callbacks": [handler]})
+    assert [type(f) for f in flags] == [Flag] * 3
+    assert len(handler.options) == 3
+    assert all(o["ls_structured_output_format"]["schema"]["title"] == "Flag" for o in handler.options)

@@ -17,6 +17,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult, LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
+from langchain_core.utils.function_calling import convert_to_json_schema
 
 from align_chains.models.messages import to_conversation
 
@@ -24,6 +25,23 @@ from align_chains.models.messages import to_conversation
 BatchRun = Callable[
     [Sequence[tuple[list[BaseMessage], Any]], "list[str] | None"], "list[ChatResult | Exception]"
 ]
+
+
+def _structured_output_option(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop ``with_structured_output``'s tracing kwarg into the run's options, as ``invoke`` does.
+
+    It is for callbacks (LangSmith shows the schema), not for the model: left in ``kwargs`` it would
+    reach the strategy as an unknown setting.
+    """
+    fmt = kwargs.pop("ls_structured_output_format", None)
+    fmt = kwargs.pop("structured_output_format", None) or fmt
+    if not fmt:
+        return {}
+    try:
+        schema = convert_to_json_schema(fmt["schema"])
+    except ValueError:
+        return {}
+    return {"ls_structured_output_format": {"kwargs": fmt.get("kwargs", {}), "schema": schema}}
 
 
 def batch_with_callbacks(
@@ -44,6 +62,7 @@ def batch_with_callbacks(
         return []
     configs = get_config_list(config, len(inputs))
     stop = kwargs.pop("stop", None)
+    options = {"stop": stop, **_structured_output_option(kwargs)}
     outputs: list[Any] = [None] * len(inputs)
     runs: list[tuple[int, list[BaseMessage], Any]] = []
     invocation_params = {**model._identifying_params, "stop": stop, **kwargs}
@@ -57,7 +76,7 @@ def batch_with_callbacks(
             model._serialized,
             [messages],
             invocation_params=invocation_params,
-            options={"stop": stop},
+            options=options,
             name=cfg.get("run_name"),
             run_id=cfg.get("run_id"),
             batch_size=len(inputs),
