@@ -11,6 +11,7 @@ import torch
 from align_chains.engine import Decoder, SamplingParams, make_generator
 from align_chains.engine.grammar import Grammar
 from align_chains.errors import InvalidInputError
+from align_chains.models.tool_calls import parse_tool_calls
 
 USER = [{"role": "user", "content": "Describe a city."}]
 CITY = {
@@ -171,3 +172,31 @@ def test_structured_output_batches_every_prompt_in_one_run_under_the_grammar(tin
     assert [type(f) for f in flags] == [Flag] * 3
     assert len(handler.options) == 3
     assert all(o["ls_structured_output_format"]["schema"]["title"] == "Flag" for o in handler.options)
+
+
+def test_tool_arguments_take_only_the_declared_keys(tiny_policy, length_reward):
+    """Under an open schema a small model invents keys until max_tokens cuts the call; the tool-call
+    grammar closes every object that lists its properties (as OpenAI strict mode and vLLM do)."""
+    from align_chains import BestOfNChatModel
+    from align_chains.chat_models.constraints import closed_objects
+
+    place = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 6}},
+        "required": ["city"],
+    }
+    parameters = {"type": "object", "properties": {"where": place}, "required": ["where"]}
+    spec = {"name": "weather", "description": "Weather.", "parameters": parameters}
+    model = BestOfNChatModel(model=tiny_policy, reward=length_reward, n=4, max_tokens=48, seed=0)
+    message = model.bind_tools([spec], tool_choice="weather").invoke("Weather?")
+    assert message.response_metadata["output_check"]["valid_candidates"] == 4
+    for candidate in message.response_metadata["candidates"]:
+        (call,) = parse_tool_calls(candidate["text"], ["weather"]).calls
+        assert list(call["args"]) == ["where"] and list(call["args"]["where"]) == ["city"], candidate
+
+    closed = closed_objects(parameters)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["where"]["additionalProperties"] is False
+    assert "additionalProperties" not in parameters and "additionalProperties" not in place  # not mutated
+    open_on_purpose = {"type": "object", "properties": {}, "additionalProperties": {"type": "integer"}}
+    assert closed_objects(open_on_purpose) == open_on_purpose

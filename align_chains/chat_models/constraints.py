@@ -27,15 +27,46 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
 _PLAIN_TEXT = r"/[^<\s](?s:.)*/"  # an answer in prose: anything that does not open a tag
 
 
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_ONES = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+
+
+def closed_objects(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object that lists its properties
+    and says nothing about others (a copy; the caller's schema is left alone).
+
+    A tool's parameters are its signature: keys it does not declare are never used, and under an
+    open schema a small model keeps writing invented keys until ``max_tokens`` cuts the call.
+    OpenAI's strict mode and vLLM's default (xgrammar strict) close objects the same way.
+    """
+    if isinstance(schema, list):
+        return [closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            closed[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS or key in _SCHEMA_ONES:
+            closed[key] = closed_objects(value)
+        else:
+            closed[key] = value
+    if "properties" in schema and "additionalProperties" not in schema and "patternProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
+
+
 def call_schema(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> dict[str, Any]:
-    """The JSON schema of one call's body: a bound tool's name and arguments valid for it."""
+    """The JSON schema of one call's body: a bound tool's name and arguments valid for it (objects
+    that declare their properties take no others: see ``closed_objects``)."""
     chosen = [t for t in tools if tool_choice in (None, "any") or t["name"] == tool_choice]
     return {
         "x-guidance": JSON_LAYOUT,  # the layout the prompt shows: '{"name": "add", "arguments": ...}'
         "anyOf": [
             {
                 "type": "object",
-                "properties": {"name": {"const": t["name"]}, "arguments": t["parameters"]},
+                "properties": {"name": {"const": t["name"]}, "arguments": closed_objects(t["parameters"])},
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
