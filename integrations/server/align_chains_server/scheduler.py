@@ -3,9 +3,12 @@
 Calls on one policy run one at a time under its lock anyway, so a single worker loses nothing
 and gains a queue it can look into: when it takes a request it also takes every queued request
 with the same batch key (same strategy settings and stop strings, unseeded), waiting at most
-``window_s`` after the first one arrived for more, up to ``max_batch``, and runs them as one
-batched strategy run. A failing batch is retried request by request, so one bad request (a
-reward that raises on its prompt, say) fails alone.
+``window_s`` for more, up to ``max_batch``, and runs them as one batched strategy run. The window
+starts when the first request arrived or when the worker became free, whichever is later: a
+request that queued behind a run has waited for the worker, not for company, and the clients
+that the run just answered usually send their next request within milliseconds, so they join
+the next batch instead of splitting it into two half-full ones. A failing batch is retried
+request by request, so one bad request (a reward that raises on its prompt, say) fails alone.
 
 Every request carries a ``CancelToken`` (deadline = the server's timeout; cancelled on client
 disconnect and on shutdown). A batch runs under a token that is cancelled only when *all* its
@@ -94,6 +97,7 @@ class Scheduler:
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._free_since = 0.0  # monotonic time the worker last finished a run
         self._worker = threading.Thread(target=self._loop, name="align-chains-worker", daemon=True)
         self._worker.start()
 
@@ -134,6 +138,7 @@ class Scheduler:
             if group is None:
                 break
             self._run(group)
+            self._free_since = time.monotonic()
         with self._cond:  # fail whatever is left
             left, self._pending = list(self._pending), deque()
         for job in left:
@@ -155,7 +160,7 @@ class Scheduler:
             group = [first]
             if first.key is None or not self.batching.enabled:
                 return group
-            deadline = first.enqueued + self.batching.window_s
+            deadline = max(first.enqueued, self._free_since) + self.batching.window_s
             while len(group) < self.batching.max_batch and not self._closed:
                 for job in list(self._pending):
                     if len(group) >= self.batching.max_batch:
