@@ -70,8 +70,8 @@ class LevelResult:
     max_s: float
     statuses: dict[str, int]
     mean_batch: float
-    repeat: int = 0
     latencies: list[float] = field(repr=False)
+    repeat: int = 0
 
 
 def free_port() -> int:
