@@ -37,7 +37,7 @@ SHUTDOWN_REASON = "server shutting down"
 class BatchingSettings:
     """Request batching: the longest a request waits for company, and the largest batch."""
 
-    window_s: float = 0.02
+    window_s: float = 0.05
     max_batch: int = 8
 
     @property
