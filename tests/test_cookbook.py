@@ -27,6 +27,7 @@ WITH_FIGURES = {
     "04_guided_decoding.ipynb",
     "05_adaptive_best_of_n.ipynb",
     "06_retrieval.ipynb",
+    "11_choosing_a_strategy.ipynb",
 }
 
 
