@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {batching.window_s * 1000:g} ms).",
     )
     parser.add_argument(
+        "--batch-delay-factor",
+        type=float,
+        default=batching.delay_factor,
+        help="After a batched run of g requests, wait up to this fraction of its duration for g "
+        f"compatible requests (its clients coming back; default {batching.delay_factor:g}, 0 = off).",
+    )
+    parser.add_argument(
         "--max-batch",
         type=int,
         default=batching.max_batch,
@@ -169,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value <= 0:
             print(f"align-chains serve: error: --{name} must be positive, got {value}", file=sys.stderr)
             return 2
+    if args.batch_delay_factor < 0:
+        print("align-chains serve: error: --batch-delay-factor must be >= 0", file=sys.stderr)
+        return 2
     if args.batch_window_ms < 0:
         print("align-chains serve: error: --batch-window-ms must be >= 0", file=sys.stderr)
         return 2
@@ -223,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         shutdown_timeout_s=args.shutdown_timeout,
     )
-    batching = BatchingSettings(window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
+    batching = BatchingSettings(
+        window_s=args.batch_window_ms / 1000, max_batch=args.max_batch, delay_factor=args.batch_delay_factor
+    )
     app = create_app(served, limits=limits, api_key=api_key, batching=batching, log_content=args.log_content)
     print(
         f"align-chains serve: {served.model_id!r} ({args.strategy} on {args.policy}) at "

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 from align_chains_server.scheduler import BatchingSettings, Scheduler
 
 
-def _recording_scheduler(window_s: float, run_s: float) -> tuple[Scheduler, list[list[str]]]:
+def _recording_scheduler(
+    window_s: float, run_s: float, delay_factor: float = 0.0
+) -> tuple[Scheduler, list[list[str]]]:
     groups: list[list[str]] = []
 
     def run_group(requests: list) -> list:
@@ -16,7 +18,8 @@ def _recording_scheduler(window_s: float, run_s: float) -> tuple[Scheduler, list
         time.sleep(run_s)
         return [r.name for r in requests]
 
-    return Scheduler(run_group, BatchingSettings(window_s=window_s, max_batch=8)), groups
+    settings = BatchingSettings(window_s=window_s, max_batch=8, delay_factor=delay_factor)
+    return Scheduler(run_group, settings), groups
 
 
 def _request(name: str, key: str | None = "same-settings") -> SimpleNamespace:
@@ -73,3 +76,37 @@ def test_the_largest_batch_is_max_batch():
         scheduler.close()
         scheduler.join(5)
     assert [len(g) for g in groups] == [3, 3, 1]
+
+
+def test_after_a_batched_run_the_worker_waits_for_its_clients_to_come_back():
+    # A run of three (A1-A3) takes 1 s; B queued behind it. Its three clients come back 150 ms
+    # after their answers: past the 50 ms window, within delay_factor x 1 s = 300 ms. They join B.
+    scheduler, groups = _recording_scheduler(window_s=0.05, run_s=1.0, delay_factor=0.3)
+    try:
+        first = [scheduler.submit(_request(f"A{i}"), scheduler.token(None)) for i in range(3)]
+        time.sleep(0.3)
+        b = scheduler.submit(_request("B"), scheduler.token(None))
+        for job in first:
+            job.future.result(timeout=5)
+        time.sleep(0.15)
+        back = [scheduler.submit(_request(f"C{i}"), scheduler.token(None)) for i in range(3)]
+        for job in [b, *back]:
+            job.future.result(timeout=5)
+    finally:
+        scheduler.close()
+        scheduler.join(5)
+    assert groups == [["A0", "A1", "A2"], ["B", "C0", "C1", "C2"]]
+
+
+def test_a_lone_client_coming_back_is_not_delayed_by_the_delay_factor():
+    scheduler, groups = _recording_scheduler(window_s=0.01, run_s=0.5, delay_factor=1.0)
+    try:
+        scheduler.submit(_request("A"), scheduler.token(None)).future.result(timeout=5)
+        started = time.monotonic()
+        scheduler.submit(_request("B"), scheduler.token(None)).future.result(timeout=5)
+        second = time.monotonic() - started
+    finally:
+        scheduler.close()
+        scheduler.join(5)
+    assert groups == [["A"], ["B"]]
+    assert second < 0.5 + 0.3  # its run, not run + 1.0 x 0.5 s of waiting for company
