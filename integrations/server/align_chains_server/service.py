@@ -192,13 +192,6 @@ class ServedModel:
     def _base_fields(self, **extra: Any) -> dict[str, Any]:
         return {"device": self.device, "dtype": self.dtype, **extra}
 
-    def prepare(
-        self, request: ChatCompletionRequest
-    ) -> tuple[AlignedChatModel, Conversation, list[str] | None]:
-        """Validate everything a client sent; return the chat model for this request."""
-        planned = self.plan(request)
-        return planned.model, planned.conversation, planned.stop
-
     def plan(self, request: ChatCompletionRequest) -> PreparedRequest:
         """Validate a request and admit its cost, before it queues: settings, their bounds, the
         estimated work (``admission``), the conversation, and the prompt against the context."""
