@@ -1,6 +1,6 @@
 """One served strategy: the shared policy and reward, per-request settings, and a blocking run.
 
-Nothing here knows about HTTP: ``prepare`` turns a parsed request into a validated chat model
+Nothing here knows about HTTP: ``plan`` turns a parsed request into a validated, admitted chat model
 (raising ``RequestError`` with the status and the field to blame), ``run`` executes it.
 """
 
