@@ -1,32 +1,39 @@
 """Peak memory of one request, estimated before any model work: the project's one estimator.
 
-``estimate_memory(strategy, policy, reward, params, prompt_tokens)`` adds up what a request
-holds at its peak on the policy's device:
+``estimate_memory(strategy, policy, reward, params, prompt_tokens)`` walks the phases a request
+goes through and reports the one that holds the most at once (``peak_phase``), by component:
 
-- ``weights``: the policy's parameters and buffers;
-- ``kv_cache``: rows x (prompt + max_new_tokens) x layers x 2 x kv_heads x head_dim, in the
-  model's dtype (the engine preallocates the whole length after the prefill);
-- ``activations``: the largest transient of one forward: the prefill's MLP and attention
-  tensors, or a decode step's grouped-query key/value expansion (transformers repeats the KV
-  heads when a mask is passed), whichever is larger;
+- ``weights``: the policy's parameters and buffers (held throughout);
+- ``kv_cache``: the caches alive in that phase: the prefill's growing cache (distinct prompts x
+  prompt length), or the engine's preallocated one (rows x (prompt + max_new_tokens)), plus
+  DARWIN's replacement copies;
+- ``activations``: the largest transient of one forward in that phase: the prefill's MLP and
+  attention tensors, or a decode step's grouped-query key/value expansion (transformers repeats
+  the KV heads when a mask is passed);
 - ``logits``: the per-step ``[rows, V]`` logits and the sampler's copies of them (fp32 and
   fp64), plus the prompt logits each row keeps;
 - ``sea_tensors`` / ``optimizer_state``: SEA's ``[rows, L, V]`` fp32 tensors (its logit
   variable, the policy's logits along the response, their softmaxes and gradients) and
   Adam's two moments plus the gradient;
-- ``reward``: the reward model's own weights (zero when it is the policy itself), its
-  caches (ARGS's incremental classifier cache, the soft scorer's prefix cache and saved
-  activations) and its scoring batch.
+- ``reward``: the reward model's own weights (zero when it is the policy itself), plus its
+  caches (ARGS's incremental classifier cache, early rejection's judge cache, the soft scorer's
+  prefix cache and saved activations) and its scoring batch in the phases where the decoded
+  rows are alive.
 
-Counts come from reading the code paths (documented next to each constant) and were checked
-against measured peaks on CPU (``benchmarks/memory_check.py``, table in ``docs/gpu.md``).
-The policy can be a loaded ``Policy``, a transformers config, or a model directory / id /
-embedded name (then only its config is read: a dry run loads no weights).
+The phases: the prefill (each distinct prompt once), the expansion into the preallocated cache
+(``engine/kv_cache.py`` replaces the prefill's layers one by one, so the two caches never exist
+whole at once), decoding, and per strategy SEA's backward and DARWIN's first-answer/mutation
+batch, candidate prefill and state transplant. Counts come from reading those code paths
+(documented next to each term) and were checked against measured peaks on CPU
+(``benchmarks/memory_check.py``, table in ``docs/gpu.md``). The policy can be a loaded
+``Policy``, a transformers config, or a model directory / id / embedded name (then only its
+config is read: a dry run loads no weights). The server's admission control refuses a request
+whose estimated peak is over its memory budget (``align-chains serve --max-request-memory``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -178,6 +185,7 @@ class MemoryEstimate:
     sea_tensors: int = 0
     optimizer_state: int = 0
     reward: int = 0
+    peak_phase: str = ""  # the stage the components describe: the one holding the most at once
     notes: list[str] = field(default_factory=list)
 
     COMPONENTS = ("weights", "kv_cache", "activations", "logits", "sea_tensors", "optimizer_state", "reward")
@@ -200,7 +208,8 @@ class MemoryEstimate:
     def explain(self) -> str:
         """A small table in MiB, with the assumptions behind the largest terms."""
         lines = [
-            f"{self.strategy} on {self.policy} ({self.dtype}): {self.rows} row(s) x {self.tokens} tokens",
+            f"{self.strategy} on {self.policy} ({self.dtype}): {self.rows} row(s) x {self.tokens} tokens, "
+            f"peak at {self.peak_phase or 'decode'}",
         ]
         for name in self.COMPONENTS:
             value = getattr(self, name)
@@ -331,6 +340,7 @@ def estimate_memory(
         AdaptiveBestOfN,
         BestOfN,
         Darwin,
+        EarlyRejectionBestOfN,
         RewardGuided,
         Strategy,
         ValueGuided,
@@ -360,61 +370,100 @@ def estimate_memory(
         tokens=width + new,
         weights=shape.weight_bytes,
     )
-    filtered = params.top_k > 0 or params.top_p < 1.0
+    per_entry = b + _SAMPLING_BYTES + (_FILTER_BYTES if params.top_k > 0 or params.top_p < 1.0 else 0)
 
-    def decoding(rows: int, length: int, new_tokens: int, distinct: int = prompts) -> tuple[int, int, int]:
-        """(kv, activations, logits) of ``rows`` rows sampling ``new_tokens`` after ``length``."""
-        kv = rows * (length + new_tokens) * shape.kv_bytes_per_token
-        prefill = shape.forward_bytes(distinct, length, length) + distinct * length * shape.kv_bytes_per_token
-        step = shape.forward_bytes(rows, 1, length + new_tokens)
-        per_entry = b + _SAMPLING_BYTES + (_FILTER_BYTES if filtered else 0)
-        logits = rows * shape.vocab * (per_entry + 4)  # + the prompt logits every row keeps (fp32)
-        return kv, max(prefill, step), logits
+    def decoding(rows: int, distinct: int, length: int, new_tokens: int) -> list[Phase]:
+        """The phases of ``Decoder.start`` + decoding: ``distinct`` prompts of ``length`` tokens
+        prefilled, expanded to ``rows`` rows, ``new_tokens`` sampled on each."""
+        kv, layer = shape.kv_bytes_per_token, shape.kv_bytes_per_token // max(shape.layers, 1)
+        reserved = rows * (length + new_tokens) * kv  # the preallocated cache (kv_cache.py)
+        return [
+            # the prefill's DynamicCache grows to every prompt's keys while one layer's
+            # activations are live; logits_to_keep=1 keeps one logits row per prompt
+            Phase(
+                "prefill",
+                distinct * length * kv,
+                shape.forward_bytes(distinct, length, length),
+                distinct * shape.vocab * (b + 4),
+            ),
+            # expand_into_preallocated replaces the prefill's layers one by one: at the last
+            # layer every reserved buffer, that layer's prefill keys and their row-indexed copy
+            Phase(
+                "cache expansion",
+                reserved + distinct * length * layer,
+                rows * length * layer,
+                (distinct + rows) * shape.vocab * 4,
+            ),
+            # a decode step: one token per row over the whole cache, plus the sampler's copies
+            # of the [rows, V] logits and the prompt logits every row keeps
+            Phase(
+                "decode",
+                reserved,
+                shape.forward_bytes(rows, 1, length + new_tokens),
+                rows * shape.vocab * (per_entry + 4),
+                scoring=True,
+            ),
+        ]
 
+    # rows decoded side by side, and the phases of the request
     if isinstance(strategy, AdaptiveBestOfN):
         rows = prompts * strategy.budget  # stage 2 can give the whole budget's rows at once
-    elif isinstance(strategy, BestOfN):
-        rows = prompts * strategy.n
+        phases = decoding(rows, prompts, width, new)
+    elif isinstance(strategy, (BestOfN, EarlyRejectionBestOfN)):
+        rows = prompts * strategy.n  # early rejection starts as Best-of-n; rejection only drops rows
+        phases = decoding(rows, prompts, width, new)
     elif isinstance(strategy, RewardGuided):
         rows = prompts
+        phases = decoding(rows, prompts, width, new)
     elif isinstance(strategy, ValueGuided):
         rows = prompts * strategy.beams * strategy.samples
+        # the guide views (the policy with and without the principle, or a tuned/untuned pair)
+        # are more blocks of the same Lockstep batch: views x the rows, views x the prompts
+        views = 2 if strategy.principle else (3 if strategy.token_guidance else 1)
+        phases = decoding(rows * views, prompts * views, width, new)
+        if views > 1:
+            est.notes.append(f"IVG: {views} views decoded as one batch of {views} x the rows")
     elif isinstance(strategy, Darwin):
         rows = prompts * strategy.n
+        phases = _darwin_phases(strategy, shape, decoding, prompts, width, new, per_entry)
+        est.notes.append("DARWIN: mutated prompts taken as long as the original")
     elif isinstance(strategy, SEA):
         rows = prompts * strategy.chains
+        phases = decoding(rows, prompts, width, new)
     else:
-        rows = prompts
-        est.notes.append(f"{strategy.name}: unknown strategy, counted as one row per prompt")
+        rows = prompts * int(getattr(strategy, "n", 1) or 1)
+        phases = decoding(rows, prompts, width, new)
+        est.notes.append(f"{strategy.name}: a strategy without a memory model, counted as Best-of-n")
     est.rows = rows
 
-    if isinstance(strategy, Darwin):
-        # candidates decode from mutated prompts (about the original's length); the mutation
-        # request decodes mutation_max_tokens on one row per prompt
-        kv, act, logits = decoding(rows, width, new)
-        kv2, act2, logits2 = decoding(prompts, width + 160, strategy.mutation_max_tokens)
-        est.kv_cache, est.activations, est.logits = max(kv, kv2), max(act, act2), max(logits, logits2)
-        est.notes.append("DARWIN: n rows per prompt, mutated prompts taken as long as the original")
-    else:
-        est.kv_cache, est.activations, est.logits = decoding(rows, width, new)
-
-    if isinstance(strategy, ValueGuided) and (strategy.principle or strategy.token_guidance):
-        # the guide views: the same model on the prompt with and without the principle
-        est.kv_cache *= 2 if strategy.principle else 3
-        est.logits *= 2
-        est.notes.append("IVG: the guide views double the KV cache and the logits")
-
     if isinstance(strategy, SEA):
+        # the peak is an iteration's backward, on top of the decoded rows' cache
+        decode = phases[-1]
         unit = rows * new * shape.vocab * 4  # one fp32 [rows, L, V] tensor
-        est.sea_tensors = _SEA_STEP_TENSORS * unit + rows * new * shape.vocab * b  # + the model's own logits
-        est.optimizer_state = _ADAM_TENSORS * unit
-        est.activations = max(est.activations, shape.forward_bytes(rows, new, width + new))
+        phases.append(
+            Phase(
+                "SEA backward",
+                decode.kv,
+                max(decode.activations, shape.forward_bytes(rows, new, width + new)),
+                decode.logits,
+                scoring=True,
+                sea_tensors=_SEA_STEP_TENSORS * unit + rows * new * shape.vocab * b,  # + the model's logits
+                optimizer_state=_ADAM_TENSORS * unit,
+            )
+        )
         est.notes.append(
             f"SEA: {_SEA_STEP_TENSORS} fp32 [rows, L, V] tensors at the backward plus Adam's moments "
             f"and gradient ({unit / MiB:.1f} MiB each); the logit variable and Adam stay fp32 in any dtype"
         )
 
-    est.reward = _reward_bytes(strategy, foot, rows, prompts, width, new, shape)
+    # the reward's weights are held throughout; its scoring transient (and ARGS's / early
+    # rejection's reward cache) only while the decoded rows are alive
+    reward_weights, reward_transient = _reward_bytes(strategy, foot, rows, prompts, width, new)
+    peak = max(phases, key=lambda ph: ph.total + (reward_transient if ph.scoring else 0))
+    est.peak_phase = peak.name
+    est.kv_cache, est.activations, est.logits = peak.kv, peak.activations, peak.logits
+    est.sea_tensors, est.optimizer_state = peak.sea_tensors, peak.optimizer_state
+    est.reward = reward_weights + (reward_transient if peak.scoring else 0)
     if foot.name != "none":
         est.notes.append(
             f"reward {foot.name}: {foot.kind}" + (" (the policy's own weights)" if foot.is_policy else "")
@@ -422,14 +471,83 @@ def estimate_memory(
     return est
 
 
+@dataclass(frozen=True)
+class Phase:
+    """What one stage of a request holds at once on the policy's device (bytes)."""
+
+    name: str
+    kv: int
+    activations: int
+    logits: int
+    scoring: bool = False  # the decoded rows are alive while the reward scores them
+    sea_tensors: int = 0
+    optimizer_state: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.kv + self.activations + self.logits + self.sea_tensors + self.optimizer_state
+
+
+def mutation_request_tokens(n: int) -> int:
+    """Tokens DARWIN's mutation request adds around the instruction (``mutation.mutation_request``):
+    about 120 of fixed text and template, and one worked rewrite of about 20 per mutation asked,
+    up to the 8 examples it shows (counted on SmolLM2's template: n=1 137, n=3 180, n=8 275)."""
+    return 120 + 20 * min(n, 8)
+
+
+def _darwin_phases(
+    strategy: Any,
+    shape: ModelShape,
+    decoding: Callable[[int, int, int, int], list[Phase]],
+    prompts: int,
+    width: int,
+    new: int,
+    per_entry: int,
+) -> list[Phase]:
+    """DARWIN's stages: the first answers decoded beside the first mutation lists, the n
+    candidates per prompt, and the state transplant of a replacement round."""
+    n, k, m = strategy.n, strategy.k, strategy.m
+    kv, layer = shape.kv_bytes_per_token, shape.kv_bytes_per_token // max(shape.layers, 1)
+    # s0 and the mutation request share one batch (2 rows per prompt), padded to the request
+    request = width + mutation_request_tokens(n)
+    phases = decoding(2 * prompts, 2 * prompts, request, max(new, strategy.mutation_max_tokens))
+    # candidates: n distinct prompts each; prefix_prefill reserves the whole cache first and then
+    # prefills the differing suffixes into it (the worst case: nothing shared)
+    rows = prompts * n
+    reserved = rows * (width + new) * kv
+    candidate = decoding(rows, rows, width, new)
+    candidate[0] = Phase(
+        "candidate prefill",
+        reserved,
+        shape.forward_bytes(rows, width, width),
+        rows * shape.vocab * (shape.bytes_per_value + 4),
+    )
+    phases.extend(candidate)
+    if new > m and n > k:
+        # a replacement round (state_transplant._prefill_answers) on up to n - k rows per prompt:
+        # building its DynamicCache from index copies of their prompt columns holds those copies
+        # and the cache's own (torch.cat) copies at once; then a forward over the copied answer
+        # (at most max_new_tokens - m tokens) grows that cache layer by layer
+        moved, fed = prompts * (n - k), new - m
+        build = 2 * moved * width * kv
+        forward = moved * (width + fed) * kv + moved * (width + fed) * layer
+        step = candidate[-1]
+        if build >= forward + shape.forward_bytes(moved, fed, width + fed):
+            extra, act = build, 0
+        else:
+            extra, act = forward, shape.forward_bytes(moved, fed, width + fed)
+        phases.append(Phase("replacement", reserved + extra, act, step.logits))
+    return phases
+
+
 def _reward_bytes(
-    strategy: Any, foot: RewardFootprint, rows: int, prompts: int, width: int, new: int, policy: ModelShape
-) -> int:
-    """The reward's weights plus the largest thing it builds during the request."""
-    from align_chains.strategies import SEA, RewardGuided
+    strategy: Any, foot: RewardFootprint, rows: int, prompts: int, width: int, new: int
+) -> tuple[int, int]:
+    """(the reward's own weights, the largest thing it builds during the request)."""
+    from align_chains.strategies import SEA, EarlyRejectionBestOfN, RewardGuided
 
     if foot.shape is None:
-        return foot.weights
+        return foot.weights, 0
     shape = foot.shape
     judge_overhead = 96  # the judge's question around prompt and response (see rewards/judge.py)
     text = width + new + judge_overhead
@@ -440,13 +558,17 @@ def _reward_bytes(
         scoring = 2 * rows * text * shape.vocab * shape.bytes_per_value + rows * new * shape.vocab * 4
     transient = scoring
     if isinstance(strategy, RewardGuided) and foot.kind == "classifier":
+        # ClassifierBranchScorer: one preallocated cache row per prompt, room for k columns
         transient = max(transient, rows * (width + new + _ARGS_EXTRA_COLUMNS) * shape.kv_bytes_per_token)
+    if isinstance(strategy, EarlyRejectionBestOfN) and foot.kind == "judge":
+        # JudgePartialScorer: the judge's own cache for every row, answer and closing question
+        transient = max(transient, rows * text * shape.kv_bytes_per_token)
     if isinstance(strategy, SEA) and foot.causal:
         # the soft scorer keeps the prefix cache; each call runs L + suffix soft tokens with grad
         soft = rows * text * shape.kv_bytes_per_token + shape.saved_for_backward(rows, new + 16)
         soft += 2 * rows * new * shape.vocab * shape.bytes_per_value  # probs cast to the reward's dtype
         transient = max(transient, soft)
-    return foot.weights + transient
+    return foot.weights, transient
 
 
 def footprint_from_spec(spec: str | None, policy: ModelShape) -> RewardFootprint:
@@ -488,3 +610,29 @@ def _count_classifier(config: Any) -> int:
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
     return sum(p.numel() for p in model.parameters())
+
+
+# -- the device ------------------------------------------------------------------------------
+def device_memory(device: Any) -> tuple[int, str]:
+    """(bytes, a description) of the memory a model on ``device`` can use: a CUDA device's total
+    memory, or on CPU the machine's physical memory, or its cgroup limit when that is lower
+    (a container's)."""
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        return total, f"cuda:{index}'s {total / 1024**3:.1f} GiB"
+    import os
+    from pathlib import Path
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    what = f"this machine's {total / 1024**3:.1f} GiB of RAM"
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < total:
+            total, what = int(text), f"this container's {int(text) / 1024**3:.1f} GiB memory limit"
+        break
+    return total, what

@@ -4,7 +4,7 @@ Two server processes on 127.0.0.1 serve the same Best-of-N model (the embedded S
 policy and MiniLM reward unless ``--policy``/``--reward`` say otherwise):
 
 - ``serialised``: ``--max-batch 1``, one request per strategy run (the server before batching);
-- ``batched``: ``--max-batch 8 --batch-window-ms 20``, concurrent requests with equal settings
+- ``batched``: ``--max-batch 8`` and the default 50 ms window, concurrent requests with equal settings
   gathered into one batched run.
 
 For each level of 1, 4, 8 and 16 concurrent clients, both servers get the same requests
@@ -54,7 +54,7 @@ PROMPTS = [
 LEVELS = (1, 4, 8, 16)
 SERVERS = {
     "serialised": ["--max-batch", "1"],
-    "batched": ["--max-batch", "8", "--batch-window-ms", "20"],
+    "batched": ["--max-batch", "8"],  # the default 50 ms batch window
 }
 
 
@@ -71,6 +71,7 @@ class LevelResult:
     statuses: dict[str, int]
     mean_batch: float
     latencies: list[float] = field(repr=False)
+    repeat: int = 0
 
 
 def free_port() -> int:
@@ -127,6 +128,13 @@ def one_request(url: str, prompt: str) -> tuple[int, float, int]:
     return r.status_code, latency, batch
 
 
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank percentile (q in (0, 1]) of an ascending list."""
+    if q == 0.5:
+        return statistics.median(sorted_values)
+    return sorted_values[min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1)]
+
+
 def run_level(name: str, url: str, clients: int, per_client: int) -> LevelResult:
     def client(c: int) -> list[tuple[int, float, int]]:
         return [one_request(url, PROMPTS[(c + i) % len(PROMPTS)]) for i in range(per_client)]
@@ -144,8 +152,8 @@ def run_level(name: str, url: str, clients: int, per_client: int) -> LevelResult
         requests=len(outcomes),
         seconds=seconds,
         throughput_rps=len(outcomes) / seconds,
-        p50_s=statistics.median(latencies),
-        p95_s=latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)],
+        p50_s=percentile(latencies, 0.5),
+        p95_s=percentile(latencies, 0.95),
         max_s=latencies[-1],
         statuses=dict(statuses),
         mean_batch=statistics.fmean(batches) if batches else 0.0,
@@ -162,8 +170,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="requests per level (at least 2 per client)")
     parser.add_argument("--max-seconds", type=float, default=1200, help="stop starting new levels after this")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="client counts, comma-separated")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds per level (server order alternates); medians reported"
+    )
     args = parser.parse_args()
 
+    levels = [int(c) for c in args.levels.split(",")]
     logs = Path(tempfile.mkdtemp(prefix="server-load-"))
     servers = {name: launch(name, extra, args, logs) for name, extra in SERVERS.items()}
     results: list[LevelResult] = []
@@ -173,18 +186,22 @@ def main() -> None:
             wait_ready(process, url, logs / f"{name}.log")
             for prompt in PROMPTS[:2]:  # warm-up, untimed
                 one_request(url, prompt)
-        for clients in LEVELS:
+        rounds = [(clients, r) for clients in levels for r in range(args.repeats)]
+        for clients, repeat in rounds:
             if time.monotonic() - began > args.max_seconds:
                 print(f"stopping before {clients} clients: --max-seconds reached", file=sys.stderr)
                 break
             per_client = max(2, math.ceil(args.requests / clients))
-            for name, (_, url) in servers.items():
+            order = list(servers.items()) if repeat % 2 == 0 else list(servers.items())[::-1]
+            for name, (_, url) in order:
                 result = run_level(name, url, clients, per_client)
+                result.repeat = repeat
                 results.append(result)
                 print(
-                    f"{name:>10} {clients:>2} clients: {result.requests} requests in {result.seconds:.1f} s, "
-                    f"{result.throughput_rps:.2f} req/s, p50 {result.p50_s:.2f} s, p95 {result.p95_s:.2f} s, "
-                    f"mean batch {result.mean_batch:.1f}, statuses {result.statuses}",
+                    f"{name:>10} {clients:>2} clients (round {repeat}): {result.requests} requests in "
+                    f"{result.seconds:.1f} s, {result.throughput_rps:.2f} req/s, p50 {result.p50_s:.2f} s, "
+                    f"p95 {result.p95_s:.2f} s, mean batch {result.mean_batch:.1f}, "
+                    f"statuses {result.statuses}",
                     flush=True,
                 )
     finally:
@@ -192,19 +209,25 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
 
-    print("\n| clients | serialised req/s | batched req/s | throughput ratio | p50 ser / bat (s) | "
-          "p95 ser / bat (s) | mean batch | 5xx |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    by = {(r.server, r.clients): r for r in results}
-    for clients in LEVELS:
-        ser, bat = by.get(("serialised", clients)), by.get(("batched", clients))
-        if ser is None or bat is None:
+    print("\n| clients | rounds | serialised req/s | batched req/s | throughput ratio (median) | "
+          "p50 ser / bat (s) | p95 ser / bat (s) | mean batch | 5xx |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for clients in levels:
+        ser = [r for r in results if r.server == "serialised" and r.clients == clients]
+        bat = [r for r in results if r.server == "batched" and r.clients == clients]
+        pairs = [(s_, b_) for s_ in ser for b_ in bat if s_.repeat == b_.repeat]
+        if not pairs:
             continue
-        fivexx = sum(n for r in (ser, bat) for s, n in r.statuses.items() if s.startswith("5") or s == "-1")
+        ratio = statistics.median(b_.throughput_rps / s_.throughput_rps for s_, b_ in pairs)
+        fivexx = sum(n for r in ser + bat for s, n in r.statuses.items() if s.startswith("5") or s == "-1")
+        lat_s = sorted(x for r in ser for x in r.latencies)
+        lat_b = sorted(x for r in bat for x in r.latencies)
         print(
-            f"| {clients} | {ser.throughput_rps:.2f} | {bat.throughput_rps:.2f} | "
-            f"{bat.throughput_rps / ser.throughput_rps:.2f}x | {ser.p50_s:.2f} / {bat.p50_s:.2f} | "
-            f"{ser.p95_s:.2f} / {bat.p95_s:.2f} | {bat.mean_batch:.1f} | {fivexx} |"
+            f"| {clients} | {len(pairs)} | {statistics.median(r.throughput_rps for r in ser):.2f} | "
+            f"{statistics.median(r.throughput_rps for r in bat):.2f} | {ratio:.2f}x | "
+            f"{percentile(lat_s, 0.5):.2f} / {percentile(lat_b, 0.5):.2f} | "
+            f"{percentile(lat_s, 0.95):.2f} / {percentile(lat_b, 0.95):.2f} | "
+            f"{statistics.fmean(r.mean_batch for r in bat):.1f} | {fivexx} |"
         )
     if args.json:
         args.json.write_text(

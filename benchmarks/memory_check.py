@@ -14,7 +14,7 @@ glibc is told to return every allocation above 128 KiB to the kernel on free
 (``MALLOC_MMAP_THRESHOLD_``), so freed tensors do not hide in the heap and RSS follows live
 tensors; torch's CPU allocator caches nothing. Linux only (``/proc``).
 
-    python benchmarks/memory_check.py --out docs/memory_check.json --markdown docs/memory_check.md
+    python benchmarks/memory_check.py --out docs/memory_check.json
 """
 
 from __future__ import annotations

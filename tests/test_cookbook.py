@@ -28,6 +28,7 @@ WITH_FIGURES = {
     "05_adaptive_best_of_n.ipynb",
     "06_retrieval.ipynb",
     "10_tools_and_structured_output.ipynb",
+    "11_choosing_a_strategy.ipynb",
 }
 
 

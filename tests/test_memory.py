@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from align_chains.cli import main
 from align_chains.engine import SamplingParams
 from align_chains.errors import InvalidInputError
 from align_chains.memory import ModelShape, estimate_memory
 from align_chains.rewards import CallableReward, JudgeReward
-from align_chains.strategies import SEA, BestOfN
+from align_chains.strategies import SEA, BestOfN, Darwin, RewardGuided
 
 PARAMS = SamplingParams(max_new_tokens=32)
 
@@ -55,3 +56,33 @@ def test_cli_estimate_reads_a_config_and_prints_json(tiny_policy, tmp_path, caps
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows"] == 16 and out["strategy"] == "best-of-n" and out["total"] > out["weights"] > 0
+
+
+# SmolLM2-135M's shape (the embedded policy), the model of docs/gpu.md's measured table
+SMOLLM2 = ModelShape("smollm2-135m", 134_515_008, torch.float32, 30, 576, 1536, 9, 3, 64, 49152)
+
+
+def test_the_peak_is_the_phase_holding_the_most_and_the_prefill_cache_is_not_counted_twice():
+    """ARGS decodes one row per prompt: with many long prompts the prefill (its own cache plus
+    one layer's activations) is the peak, and the engine's preallocated cache, which replaces the
+    prefill's layer by layer, is not added on top of it (that over-counted ARGS by 27%)."""
+    args = estimate_memory(RewardGuided(k=5), SMOLLM2, None, SamplingParams(max_new_tokens=4), [400] * 8)
+    assert args.peak_phase == "prefill"
+    assert args.kv_cache == 8 * 400 * SMOLLM2.kv_bytes_per_token
+    assert args.activations == SMOLLM2.forward_bytes(8, 400, 400)
+    assert args.total == sum(getattr(args, name) for name in args.COMPONENTS)
+    best = estimate_memory(BestOfN(n=16), SMOLLM2, None, SamplingParams(max_new_tokens=64), 100)
+    assert best.peak_phase == "decode" and best.kv_cache == 16 * 164 * SMOLLM2.kv_bytes_per_token
+    assert "peak at decode" in best.explain()
+
+
+def test_darwin_counts_the_state_transplant_of_a_replacement_round():
+    """A replacement builds a cache from index copies of the moved rows' prompt columns, and the
+    cache copies them again (state_transplant._prefill_answers): 2 x moved rows x prompt."""
+    params = SamplingParams(max_new_tokens=24)
+    replaced = estimate_memory(Darwin(n=8, k=3, m=8), SMOLLM2, None, params, 512)
+    candidates = 8 * (512 + 24) * SMOLLM2.kv_bytes_per_token
+    assert replaced.peak_phase == "replacement"
+    assert replaced.kv_cache == candidates + 2 * (8 - 3) * 512 * SMOLLM2.kv_bytes_per_token
+    one_segment = estimate_memory(Darwin(n=8, k=3, m=24), SMOLLM2, None, params, 512)  # L <= m: no round
+    assert one_segment.peak_phase != "replacement" and one_segment.total < replaced.total

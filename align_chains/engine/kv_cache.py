@@ -9,6 +9,7 @@ every future token; a step then writes one column, and row selection indexes the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -88,3 +89,24 @@ def expand_into_preallocated(cache: Any, rows: torch.Tensor, extra_tokens: int) 
         capacity = layer.keys.shape[-2] + extra_tokens
         layers[i] = PreallocatedLayer(layer.keys[rows], layer.values[rows], capacity)
     return True
+
+
+def prefill_left_padded(
+    model: Any, prefixes: Sequence[Sequence[int]], pad_token_id: int, device: torch.device
+) -> tuple[Any, torch.Tensor]:
+    """One batched forward of ``model`` over token prefixes of unequal length, left-padded.
+
+    Real tokens are right-aligned so every row's next token lands in the same column; positions
+    count real tokens only. ``model`` is usually a base model (no vocabulary projection over the
+    prefix). Returns the KV cache and the attention mask (1 on real tokens), one row per prefix.
+    """
+    width = max(len(p) for p in prefixes)
+    ids = torch.full((len(prefixes), width), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=device)
+    for r, p in enumerate(prefixes):  # builds the padded prefix tensor, not a decode step
+        ids[r, width - len(p) :] = torch.tensor(list(p), dtype=torch.long, device=device)
+        mask[r, width - len(p) :] = 1
+    with torch.inference_mode():
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    return out.cache, mask

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from align_chains.engine.counters import ComputeCounters
-from align_chains.engine.kv_cache import PreallocatedLayer, expand_into_preallocated
+from align_chains.engine.kv_cache import PreallocatedLayer, expand_into_preallocated, prefill_left_padded
 from align_chains.models.chat import Conversation
 from align_chains.models.policy import Policy
 from align_chains.rewards.base import RewardModel
@@ -102,30 +102,17 @@ class ClassifierBranchScorer(BranchScorer):
         self, conversations: Sequence[Conversation], prompt_of_row: Sequence[int], max_new_tokens: int
     ) -> None:
         prefixes = [self.reward.prefix_ids(c) for c in conversations]
-        width = max(len(p) for p in prefixes)
         pad = self.reward.tokenizer.pad_token_id or 0
-        ids = torch.full((len(prefixes), width), pad, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=self.device)
-        for r, p in enumerate(prefixes):  # builds the padded prompt tensor, not a decode step
-            ids[r, width - len(p) :] = torch.tensor(p, device=self.device)
-            mask[r, width - len(p) :] = 1
-        with torch.inference_mode():
-            out = self.base(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True,
-            )
+        self.cache, mask = prefill_left_padded(self.base, prefixes, pad, self.device)
         self.counters.reward_calls += 1
         self.counters.reward_items += len(prefixes)
         rows = torch.as_tensor(list(prompt_of_row), dtype=torch.long, device=self.device)
-        self.cache = out.cache
         # k candidate columns live past the response: reserve them too
         if not expand_into_preallocated(self.cache, rows, max_new_tokens + 64):
             raise TypeError("incremental branch scoring needs a plain (non-sliding) KV cache")
         self.mask = mask[rows]
         self.positions = self.mask.sum(-1)
-        self.filled = width
+        self.filled = mask.shape[1]
 
     def score(self, candidates: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         assert self.mask is not None and self.positions is not None

@@ -27,7 +27,7 @@ import torch
 
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch
-from align_chains.engine.kv_cache import expand_into_preallocated
+from align_chains.engine.kv_cache import expand_into_preallocated, prefill_left_padded
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation
 from align_chains.models.policy import Policy
@@ -107,24 +107,13 @@ class JudgePartialScorer(PartialScorer):
         assert len(suffixes) == 1, "the judge prompt ends the same way for every question"
         self.suffix = torch.tensor(self._encode(suffixes.pop()), device=self.device)
         prefixes = [self._encode(before) for before, _ in parts]
-        width = max(len(p) for p in prefixes)
-        pad = self.reward.judge.pad_token_id
-        ids = torch.full((len(prefixes), width), pad, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=self.device)
-        for r, p in enumerate(prefixes):  # builds the padded prefix tensor, not a decode step
-            ids[r, width - len(p) :] = torch.tensor(p, device=self.device)
-            mask[r, width - len(p) :] = 1
-        with torch.inference_mode():  # the base model: no vocabulary projection over the prefix
-            out = self.model.base_model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True,
-            )
+        # the base model: no vocabulary projection over the prefix
+        self.cache, mask = prefill_left_padded(
+            self.model.base_model, prefixes, self.reward.judge.pad_token_id, self.device
+        )
         self.counters.reward_calls += 1
         self.counters.reward_items += len(prefixes)
         rows = torch.as_tensor(list(prompt_of_row), dtype=torch.long, device=self.device)
-        self.cache = out.cache
         if not expand_into_preallocated(self.cache, rows, max_new_tokens + len(self.suffix)):
             self.cache.batch_select_indices(rows)
         self.mask = mask[rows]

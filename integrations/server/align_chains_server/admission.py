@@ -12,6 +12,11 @@ model per strategy that counts
 and a request over a limit gets a 400 naming the setting that drives the cost and the largest
 value it could take with the others as sent. The estimates are upper bounds of the strategies'
 own loops (rows that stop early only make a request cheaper).
+
+Peak memory is the other dimension: ``admit_memory`` asks ``align_chains.memory.estimate_memory``
+(the project's one estimator, checked against measured peaks in docs/gpu.md) for the request's
+peak and refuses it, the same way, when that is over the server's ``MemoryBudget``
+(``--max-request-memory``, by default 90% of the policy device's memory).
 """
 
 from __future__ import annotations
@@ -174,7 +179,9 @@ def admit(strategy: str, settings: dict[str, Any], limits: CostLimits, sent: set
         value = getattr(cost, dimension)
         if value <= limit:
             continue
-        culprit, largest = _culprit(model, settings, dimension, limit, sent)
+        culprit, largest = largest_fitting(
+            model, settings, lambda s, d=dimension: getattr(model.estimate(s), d), limit, sent
+        )
         shown = ", ".join(f"{k}={settings[k]}" for k in model.factors if settings.get(k) is not None)
         advice = (
             f"; with the other settings as sent, {culprit} can be at most {largest}"
@@ -189,30 +196,138 @@ def admit(strategy: str, settings: dict[str, Any], limits: CostLimits, sent: set
     return cost
 
 
-def _culprit(
-    model: CostModel, settings: dict[str, Any], dimension: str, limit: int, sent: set[str]
+def largest_fitting(
+    model: CostModel,
+    settings: dict[str, Any],
+    measure: Callable[[dict[str, Any]], float],
+    limit: float,
+    sent: set[str],
 ) -> tuple[str | None, int | None]:
-    """The setting to lower (sent ones first, then by how far lowering it goes) and its largest
-    value that fits, found by bisection (costs grow with every factor)."""
+    """The setting to lower and its largest value with ``measure(settings) <= limit``, found by
+    bisection (costs grow with every factor): a setting the client sent first, then the one cut
+    the most. When no setting fits alone, the one whose lowest value saves the most, value None."""
     best: tuple[tuple[bool, float], str, int] | None = None
+    saving: tuple[tuple[bool, float], str] | None = None  # the fallback: no setting fits alone
+    current = measure(settings)
     for name in model.factors:
         value = settings.get(name)
         if not isinstance(value, int) or isinstance(value, bool):
             continue
         low = model.minimum.get(name, 1)
-        if low > value or getattr(model.estimate({**settings, name: low}), dimension) > limit:
-            continue  # lowering this one alone cannot fit the limit
+        if low > value:
+            continue
+        lowest = measure({**settings, name: low})
+        if lowest > limit:  # lowering this one alone cannot fit the limit
+            key = (name in sent, current - lowest)
+            if key[1] > 0 and (saving is None or key > saving[0]):
+                saving = (key, name)
+            continue
         hi = value
-        while low < hi:  # the largest v in [low, value] with cost(v) <= limit
+        while low < hi:  # the largest v in [low, value] with measure(v) <= limit
             mid = (low + hi + 1) // 2
-            if getattr(model.estimate({**settings, name: mid}), dimension) <= limit:
+            if measure({**settings, name: mid}) <= limit:
                 low = mid
             else:
                 hi = mid - 1
-        key = (name in sent, value / max(low, 1))  # a setting the client sent, cut the most
-        if best is None or key > best[0]:
-            best = (key, name, low)
-    if best is None:
-        sent_factors = [n for n in model.factors if n in sent]
-        return (sent_factors or [model.factors[0]])[0], None
-    return best[1], best[2]
+        fit_key = (name in sent, value / max(low, 1))  # a setting the client sent, cut the most
+        if best is None or fit_key > best[0]:
+            best = (fit_key, name, low)
+    if best is not None:
+        return best[1], best[2]
+    if saving is not None:
+        return saving[1], None
+    sent_factors = [n for n in model.factors if n in sent]
+    return (sent_factors or [model.factors[0]])[0], None
+
+
+# -- peak memory -------------------------------------------------------------------------------
+#: the share of the device's memory one request may plan to use when no budget is given: the
+#: rest is headroom for the allocator's fragmentation, the runtime and the estimate's error
+#: (within 25% of measured peaks, docs/gpu.md)
+AUTO_MEMORY_FRACTION = 0.9
+_UNITS = {"": 1, "b": 1} | {
+    prefix + suffix: base**power
+    for power, prefix in enumerate("kmgt", 1)
+    for suffix, base in (("", 1000), ("b", 1000), ("ib", 1024))
+}
+
+
+def parse_memory_size(text: str) -> int | None:
+    """``"auto"`` -> None; ``"24GiB"``, ``"512MiB"``, ``"8GB"``, ``"1e9"`` -> bytes."""
+    cleaned = str(text).strip().lower().replace(" ", "")
+    if cleaned == "auto":
+        return None
+    number = cleaned.rstrip("kmgtib")
+    unit = cleaned[len(number) :]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(
+            f"a memory size like 24GiB, 512MiB, 8GB or a number of bytes (or 'auto'); got {text!r}"
+        ) from None
+    if not value > 0:
+        raise ValueError(f"a memory budget must be positive; got {text!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """The most memory one request's estimated peak (weights included) may need."""
+
+    bytes: int
+    source: str  # where the number came from, shown in errors and on /v1/models
+
+    @classmethod
+    def resolve(cls, configured: int | None, device: Any) -> MemoryBudget:
+        """``configured`` bytes (``--max-request-memory``), else 90% of the device's memory."""
+        if configured is not None:
+            return cls(configured, "set by --max-request-memory")
+        from align_chains.memory import device_memory
+
+        total, what = device_memory(device)
+        return cls(int(total * AUTO_MEMORY_FRACTION), f"auto: {AUTO_MEMORY_FRACTION:.0%} of {what}")
+
+
+def admit_memory(
+    strategy: str,
+    settings: dict[str, Any],
+    peak: Callable[[dict[str, Any]], Any],
+    budget: MemoryBudget,
+    sent: set[str],
+) -> Any:
+    """The request's ``MemoryEstimate`` (``peak(settings)``), or ``OverBudget`` naming the setting
+    to lower and its largest value that fits, when the estimated peak is over the budget."""
+    estimate = peak(settings)
+    if estimate.total <= budget.bytes:
+        return estimate
+    model = COST_MODELS.get(strategy, FALLBACK)
+    culprit, largest = largest_fitting(model, settings, lambda s: _total_or_inf(peak, s), budget.bytes, sent)
+    shown = ", ".join(f"{k}={settings[k]}" for k in model.factors if settings.get(k) is not None)
+    parts = ", ".join(
+        f"{name.replace('_', ' ')} {_gib(getattr(estimate, name))}"
+        for name in estimate.COMPONENTS
+        if getattr(estimate, name) >= 0.05 * estimate.total
+    )
+    advice = (
+        f"; with the other settings as sent, {culprit} can be at most {largest}"
+        if culprit is not None and largest is not None
+        else ""
+    )
+    raise OverBudget(
+        f"This {strategy} request ({shown}, a {estimate.tokens - settings['max_tokens']}-token prompt) "
+        f"would need about {_gib(estimate.total)} of memory at its peak ({estimate.peak_phase}: {parts}), "
+        f"over this server's budget of {_gib(budget.bytes)} per request ({budget.source}){advice}. "
+        "Ask for less (the server's operator can raise the budget with --max-request-memory).",
+        culprit,
+    )
+
+
+def _total_or_inf(peak: Callable[[dict[str, Any]], Any], settings: dict[str, Any]) -> float:
+    try:
+        return peak(settings).total
+    except ValueError:  # settings the strategy refuses together (e.g. DARWIN's k > n) never fit
+        return math.inf
+
+
+def _gib(value: int) -> str:
+    return f"{value / 1024**3:.2f} GiB" if value >= 1024**3 else f"{value / 1024**2:.0f} MiB"

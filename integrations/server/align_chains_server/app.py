@@ -173,6 +173,7 @@ def create_app(
                         "limits": {
                             "settings": served.setting_limits(),
                             "cost": asdict(served.cost_limits),
+                            "memory": asdict(served.memory_plan()[0]) if served.loaded else None,
                             "context_length": served.policy.context_length if served.loaded else None,
                             "timeout_s": limits.timeout_s,
                             "max_concurrency": limits.max_concurrency,

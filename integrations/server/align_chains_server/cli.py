@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from align_chains.cli_options import parse_option
 from align_chains.errors import AlignChainsError
 from align_chains.models.embedded import EMBEDDED_POLICY
-from align_chains_server.admission import CostLimits
+from align_chains_server.admission import AUTO_MEMORY_FRACTION, CostLimits, parse_memory_size
 from align_chains_server.app import ServerLimits, create_app
 from align_chains_server.scheduler import BatchingSettings
 from align_chains_server.service import DEFAULT_LIMITS, ServedModel
@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=costs.reward_items,
         help=f"Most responses one request may have scored (default {costs.reward_items}).",
     )
+    parser.add_argument(
+        "--max-request-memory",
+        type=memory_size,
+        default=None,
+        metavar="SIZE",
+        help="Most memory one request's estimated peak may need, the weights included (align_chains."
+        "memory.estimate_memory, as `align-chains estimate` prints it), e.g. 24GiB or 512MiB; larger "
+        f"requests get 400 before they run (default auto: {AUTO_MEMORY_FRACTION:.0%} of the policy "
+        "device's memory: a GPU's total, or on CPU the machine's RAM or its container's limit).",
+    )
     limits = ServerLimits()
     parser.add_argument(
         "--max-concurrency",
@@ -105,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=batching.window_s * 1000,
         help="How long a request waits for compatible ones to share its batched run "
         f"(default {batching.window_s * 1000:g} ms).",
+    )
+    parser.add_argument(
+        "--batch-delay-factor",
+        type=float,
+        default=batching.delay_factor,
+        help="After a batched run of g requests, wait up to this fraction of its duration for g "
+        f"compatible requests (its clients coming back; default {batching.delay_factor:g}, 0 = off).",
     )
     parser.add_argument(
         "--max-batch",
@@ -144,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def memory_size(text: str) -> int | None:
+    """argparse type for ``--max-request-memory``: ``auto`` (None) or a size in bytes."""
+    try:
+        return parse_memory_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def read_api_key(env_name: str, file: Path | None) -> str | None:
     """The bearer token from a file (first line) or an environment variable; None means no auth."""
     if file is not None:
@@ -169,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value <= 0:
             print(f"align-chains serve: error: --{name} must be positive, got {value}", file=sys.stderr)
             return 2
+    if args.batch_delay_factor < 0:
+        print("align-chains serve: error: --batch-delay-factor must be >= 0", file=sys.stderr)
+        return 2
     if args.batch_window_ms < 0:
         print("align-chains serve: error: --batch-window-ms must be >= 0", file=sys.stderr)
         return 2
@@ -187,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 forward_passes=args.max_forward_passes,
                 reward_items=args.max_reward_items,
             ),
+            memory_budget=args.max_request_memory,
         )
         api_key = read_api_key(args.api_key_env, args.api_key_file)
     except (AlignChainsError, OSError, TypeError, ValueError) as exc:
@@ -223,11 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         shutdown_timeout_s=args.shutdown_timeout,
     )
-    batching = BatchingSettings(window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
+    batching = BatchingSettings(
+        window_s=args.batch_window_ms / 1000, max_batch=args.max_batch, delay_factor=args.batch_delay_factor
+    )
     app = create_app(served, limits=limits, api_key=api_key, batching=batching, log_content=args.log_content)
+    budget = served.memory_plan()[0]
     print(
         f"align-chains serve: {served.model_id!r} ({args.strategy} on {args.policy}) at "
-        f"http://{args.host}:{args.port}/v1 (auth {'on' if api_key else 'off'})",
+        f"http://{args.host}:{args.port}/v1 (auth {'on' if api_key else 'off'}; memory budget "
+        f"{budget.bytes / 1024**3:.1f} GiB per request, {budget.source})",
         file=sys.stderr,
     )
     config = uvicorn.Config(

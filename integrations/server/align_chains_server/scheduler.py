@@ -3,9 +3,12 @@
 Calls on one policy run one at a time under its lock anyway, so a single worker loses nothing
 and gains a queue it can look into: when it takes a request it also takes every queued request
 with the same batch key (same strategy settings and stop strings, unseeded), waiting at most
-``window_s`` after the first one arrived for more, up to ``max_batch``, and runs them as one
-batched strategy run. A failing batch is retried request by request, so one bad request (a
-reward that raises on its prompt, say) fails alone.
+``window_s`` for more, up to ``max_batch``, and runs them as one batched strategy run. The window
+starts when the first request arrived or when the worker became free, whichever is later: a
+request that queued behind a run has waited for the worker, not for company, and the clients
+that the run just answered usually send their next request within milliseconds, so they join
+the next batch instead of splitting it into two half-full ones. A failing batch is retried
+request by request, so one bad request (a reward that raises on its prompt, say) fails alone.
 
 Every request carries a ``CancelToken`` (deadline = the server's timeout; cancelled on client
 disconnect and on shutdown). A batch runs under a token that is cancelled only when *all* its
@@ -32,10 +35,18 @@ SHUTDOWN_REASON = "server shutting down"
 
 @dataclass(frozen=True)
 class BatchingSettings:
-    """Request batching: the longest a request waits for company, and the largest batch."""
+    """Request batching: how long a request waits for company, and the largest batch.
 
-    window_s: float = 0.02
+    ``window_s``: after the first request of a batch arrives (or the worker frees up), how long
+    to wait for more. ``delay_factor``: when a run of g requests has just been answered, its
+    clients usually come back with their next request; the worker waits up to
+    ``delay_factor`` x that run's seconds for g compatible requests (vLLM's
+    ``--scheduler-delay-factor`` idea), and never when a lone client is already back.
+    """
+
+    window_s: float = 0.05
     max_batch: int = 8
+    delay_factor: float = 0.1
 
     @property
     def enabled(self) -> bool:
@@ -94,6 +105,8 @@ class Scheduler:
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._free_since = 0.0  # monotonic time the worker last finished a run
+        self._last_run: tuple[str | None, int, float] = (None, 0, 0.0)  # key, requests, seconds
         self._worker = threading.Thread(target=self._loop, name="align-chains-worker", daemon=True)
         self._worker.start()
 
@@ -133,7 +146,10 @@ class Scheduler:
             group = self._next_group()
             if group is None:
                 break
+            began = time.monotonic()
             self._run(group)
+            self._free_since = time.monotonic()
+            self._last_run = (group[0].key, len(group), self._free_since - began)
         with self._cond:  # fail whatever is left
             left, self._pending = list(self._pending), deque()
         for job in left:
@@ -155,7 +171,10 @@ class Scheduler:
             group = [first]
             if first.key is None or not self.batching.enabled:
                 return group
-            deadline = first.enqueued + self.batching.window_s
+            deadline = max(first.enqueued, self._free_since) + self.batching.window_s
+            last_key, last_size, last_seconds = self._last_run
+            expected = min(self.batching.max_batch, last_size) if last_key == first.key else 0
+            returning_by = self._free_since + self.batching.delay_factor * last_seconds
             while len(group) < self.batching.max_batch and not self._closed:
                 for job in list(self._pending):
                     if len(group) >= self.batching.max_batch:
@@ -163,7 +182,8 @@ class Scheduler:
                     if job.key == first.key and not job.token.cancelled:
                         self._pending.remove(job)
                         group.append(job)
-                wait = deadline - time.monotonic()
+                until = max(deadline, returning_by) if len(group) < expected else deadline
+                wait = until - time.monotonic()
                 if len(group) >= self.batching.max_batch or wait <= 0:
                     break
                 self._cond.wait(wait)

@@ -1,6 +1,6 @@
 """One served strategy: the shared policy and reward, per-request settings, and a blocking run.
 
-Nothing here knows about HTTP: ``prepare`` turns a parsed request into a validated chat model
+Nothing here knows about HTTP: ``plan`` turns a parsed request into a validated, admitted chat model
 (raising ``RequestError`` with the status and the field to blame), ``run`` executes it.
 """
 
@@ -18,7 +18,9 @@ from pydantic import ValidationError
 from align_chains.chat_models import AlignedChatModel, chat_model_class
 from align_chains.chat_models.results import response_metadata
 from align_chains.chat_models.streaming import text_pieces
+from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError
+from align_chains.memory import MemoryEstimate, ModelShape, RewardFootprint, estimate_memory, reward_footprint
 from align_chains.models.chat import CONTINUE_FINAL, Conversation, validate_conversation
 from align_chains.models.policy import Policy, load_policy
 from align_chains.rewards import RewardModel, load_reward
@@ -28,8 +30,10 @@ from align_chains_server.admission import (
     DEFAULT_SETTING_LIMITS,
     Cost,
     CostLimits,
+    MemoryBudget,
     OverBudget,
     admit,
+    admit_memory,
 )
 from align_chains_server.schemas import ChatCompletionRequest, describe_validation_error
 from align_chains_server.tools import (
@@ -105,6 +109,7 @@ class PreparedRequest:
     batch_key: str | None  # requests with equal keys may run as one batch; None: run alone
     stream: bool = False
     output: OutputRequest | None = None  # tools / response format the answer must keep
+    memory: MemoryEstimate | None = None  # the estimated peak memory that admitted it
 
 
 @dataclass
@@ -120,12 +125,14 @@ class ServedModel:
     model_id: str | None = None
     dtype: str | None = None  # 'bf16', 'fp32', ... (automatic: bf16 on a CUDA GPU that has it)
     cost_limits: CostLimits = field(default_factory=CostLimits)
+    memory_budget: int | None = None  # bytes one request's estimated peak may need; None: from the device
 
     def __post_init__(self) -> None:
         self.cls: type[AlignedChatModel] = chat_model_class(self.strategy)
         self.model_id = self.model_id or self.strategy
         self._policy: Policy | None = None
         self._reward: RewardModel | None = None
+        self._memory: tuple[MemoryBudget, ModelShape, RewardFootprint] | None = None
         unknown = sorted(set(self.defaults) - self._settable())
         if unknown:
             raise InvalidInputError(
@@ -184,13 +191,6 @@ class ServedModel:
 
     def _base_fields(self, **extra: Any) -> dict[str, Any]:
         return {"device": self.device, "dtype": self.dtype, **extra}
-
-    def prepare(
-        self, request: ChatCompletionRequest
-    ) -> tuple[AlignedChatModel, Conversation, list[str] | None]:
-        """Validate everything a client sent; return the chat model for this request."""
-        planned = self.plan(request)
-        return planned.model, planned.conversation, planned.stop
 
     def plan(self, request: ChatCompletionRequest) -> PreparedRequest:
         """Validate a request and admit its cost, before it queues: settings, their bounds, the
@@ -291,6 +291,18 @@ class ServedModel:
         except OverBudget as exc:
             param = None if exc.param is None else prefix.get(exc.param, "") + exc.param
             raise RequestError(400, exc.message, param=param, code="request_too_expensive") from exc
+        budget, _, _ = self.memory_plan()
+        try:
+            memory = admit_memory(
+                canonical_strategy_name(self.strategy),
+                resolved,
+                self._peak_memory(model, prompt_tokens),
+                budget,
+                set(settings) | set(sampling),
+            )
+        except OverBudget as exc:
+            param = None if exc.param is None else prefix.get(exc.param, "") + exc.param
+            raise RequestError(400, exc.message, param=param, code="memory_budget_exceeded") from exc
         return PreparedRequest(
             model=model,
             conversation=conversation,
@@ -301,7 +313,33 @@ class ServedModel:
             batch_key=None if output.contract is not None else batch_key(model, request.stop_list()),
             stream=request.stream,
             output=output,
+            memory=memory,
         )
+
+    # -- memory admission ------------------------------------------------------------------------
+    def memory_plan(self) -> tuple[MemoryBudget, ModelShape, RewardFootprint]:
+        """The per-request memory budget and the shapes the estimate reads (worked out once)."""
+        if self._memory is None:
+            budget = MemoryBudget.resolve(self.memory_budget, self.policy.device)
+            model = self.policy.model
+            self._memory = (budget, ModelShape.of(model), reward_footprint(self._reward, model))
+        return self._memory
+
+    def _peak_memory(self, model: AlignedChatModel, prompt_tokens: int) -> Any:
+        """settings -> ``estimate_memory`` of this request's strategy with those settings."""
+        _, shape, reward = self.memory_plan()
+        fields = set(model.strategy_field_names())
+
+        def peak(settings: dict[str, Any]) -> MemoryEstimate:
+            strategy = model.build_strategy(**{k: v for k, v in settings.items() if k in fields})
+            params = SamplingParams(
+                max_new_tokens=settings["max_tokens"],
+                top_p=settings.get("top_p", model.top_p),
+                top_k=settings.get("top_k", model.top_k),
+            )
+            return estimate_memory(strategy, shape, reward, params, prompt_tokens)
+
+        return peak
 
     def _check_prompt_fits(self, conversation: Conversation, max_tokens: int) -> int:
         """The prompt's token count; a 400 if it and ``max_tokens`` cannot fit the policy's context."""

@@ -4,12 +4,24 @@ and the limit) before anything runs; prompts longer than the context never queue
 from __future__ import annotations
 
 import pytest
-from align_chains_server.admission import COST_MODELS, CostLimits, OverBudget, admit, estimate
+from align_chains_server.admission import (
+    AUTO_MEMORY_FRACTION,
+    COST_MODELS,
+    CostLimits,
+    MemoryBudget,
+    OverBudget,
+    admit,
+    estimate,
+    parse_memory_size,
+)
 from align_chains_server.schemas import ChatCompletionRequest
 from align_chains_server.service import DEFAULT_LIMITS, RequestError, ServedModel
 
 from align_chains.chat_models import CHAT_MODELS
+from align_chains.engine import SamplingParams
+from align_chains.memory import MemoryEstimate, estimate_memory
 from align_chains.rewards import CallableReward
+from align_chains.strategies import BestOfN
 from align_chains.testing import tiny_policy
 
 HELLO = [{"role": "user", "content": "Hi"}]
@@ -125,3 +137,78 @@ def test_batch_keys_group_equal_settings_and_never_seeded_or_adaptive_requests(l
     assert plan(served, max_tokens=4, stop=["x"]).batch_key != a.batch_key
     assert plan(served, max_tokens=4, seed=3).batch_key is None
     assert plan(served, align_chains={"allocation": "adaptive", "budget": 4}).batch_key is None
+
+
+# -- peak memory (align_chains.memory.estimate_memory) against --max-request-memory ----------------
+def _estimate(loaded, n: int, max_tokens: int) -> MemoryEstimate:
+    policy, reward = loaded
+    prompt = len(policy.render(HELLO))
+    return estimate_memory(BestOfN(n=n), policy, reward, SamplingParams(max_new_tokens=max_tokens), prompt)
+
+
+def test_a_request_over_the_memory_budget_is_refused_naming_the_setting_and_the_fix(loaded):
+    budget = _estimate(loaded, n=8, max_tokens=16).total  # Best-of-8 just fits
+    served = served_for("best-of-n", loaded, memory_budget=budget)
+    admitted = plan(served, align_chains={"n": 8}, max_tokens=16)
+    assert admitted.memory is not None and admitted.memory.total == budget
+    with pytest.raises(RequestError) as info:
+        plan(served, align_chains={"n": 64}, max_tokens=16)
+    error = info.value
+    assert error.status == 400 and error.code == "memory_budget_exceeded"
+    assert error.param == "align_chains.n"
+    assert "at its peak" in error.message and "--max-request-memory" in error.message
+    assert "n can be at most 8" in error.message  # the largest that fits, found on the estimator
+    assert _estimate(loaded, n=9, max_tokens=16).total > budget
+
+
+def test_the_memory_refusal_blames_a_setting_that_drives_memory(loaded):
+    """SEA's [chains, L, V] tensors grow with chains and max_tokens, not with iterations."""
+    served = served_for("sea", loaded, memory_budget=64 * 2**20)
+    with pytest.raises(RequestError) as info:
+        plan(served, align_chains={"iterations": 3, "chains": 8}, max_tokens=200)
+    assert info.value.code == "memory_budget_exceeded" and "SEA backward" in info.value.message
+    assert info.value.param in ("align_chains.chains", "max_tokens")
+
+
+def test_memory_refusal_is_an_openai_shaped_400_before_anything_runs(loaded):
+    from align_chains_server.app import create_app
+    from fastapi.testclient import TestClient
+
+    served = served_for("best-of-n", loaded, memory_budget=_estimate(loaded, n=4, max_tokens=8).total)
+    with TestClient(create_app(served)) as client:
+        body = {"messages": HELLO, "align_chains": {"n": 4}}
+        ok = client.post("/v1/chat/completions", json={**body, "max_tokens": 8})
+        big = client.post("/v1/chat/completions", json={**body, "max_tokens": 64})
+        limits = client.get("/v1/models").json()["data"][0]["align_chains"]["limits"]
+        served_count = client.get("/health").json()["served"]
+    assert ok.status_code == 200, ok.text
+    assert big.status_code == 400
+    error = big.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert error["code"] == "memory_budget_exceeded" and error["param"] == "max_tokens"
+    assert "max_tokens can be at most" in error["message"]
+    assert served_count == 1  # only the request that fit ran
+    assert limits["memory"] == {"bytes": served.memory_budget, "source": "set by --max-request-memory"}
+
+
+def test_the_default_memory_budget_comes_from_the_device_and_sizes_parse():
+    from align_chains.memory import device_memory
+
+    total, what = device_memory("cpu")
+    auto = MemoryBudget.resolve(None, "cpu")
+    assert auto.bytes == int(total * AUTO_MEMORY_FRACTION) and what in auto.source
+    assert MemoryBudget.resolve(2**30, "cpu") == MemoryBudget(2**30, "set by --max-request-memory")
+    assert parse_memory_size("auto") is None
+    assert parse_memory_size("24GiB") == 24 * 2**30 and parse_memory_size("512 MiB") == 512 * 2**20
+    assert parse_memory_size("8GB") == 8 * 10**9 and parse_memory_size("1e6") == 10**6
+    for bad in ("lots", "-1GiB", "0", "12XB"):
+        with pytest.raises(ValueError, match="memory"):
+            parse_memory_size(bad)
+
+
+def test_serve_refuses_a_bad_memory_size_before_loading(capsys):
+    from align_chains import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--max-request-memory", "lots"])
+    assert info.value.code == 2 and "--max-request-memory" in capsys.readouterr().err

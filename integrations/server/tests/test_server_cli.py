@@ -29,6 +29,7 @@ def no_loading(monkeypatch):
         (["--max-decode-tokens", "0"], "--max-decode-tokens must be positive"),
         (["--max-batch", "0"], "--max-batch must be positive"),
         (["--batch-window-ms", "-1"], "--batch-window-ms must be >= 0"),
+        (["--batch-delay-factor", "-0.5"], "--batch-delay-factor must be >= 0"),
         (["--host", "0.0.0.0"], "no API key is set"),
         (["--strategy", "darwin", "--limit", "cycles=2"], "default cycles=3 of strategy 'darwin' is above"),
         (["--host", "192.168.1.20"], "--allow-unauthenticated"),

@@ -27,11 +27,12 @@ def test_each_registered_strategy_takes_its_own_settings(strategy, loaded):
     assert set(fields) <= set(served.strategy_fields())
     name = fields[0]
     default = cls.model_fields[name].default
-    model, conversation, _ = served.prepare(
+    planned = served.plan(
         ChatCompletionRequest.model_validate({"messages": HELLO, "align_chains": {name: default}})
     )
+    model, conversation = planned.model, planned.conversation
     assert type(model) is cls and getattr(model, name) == default and conversation == HELLO
     with pytest.raises(RequestError) as info:
-        served.prepare(ChatCompletionRequest.model_validate({"messages": HELLO, "no_such_setting": 1}))
+        served.plan(ChatCompletionRequest.model_validate({"messages": HELLO, "no_such_setting": 1}))
     assert info.value.status == 400 and info.value.param == "no_such_setting"
     assert repr(strategy) in info.value.message
