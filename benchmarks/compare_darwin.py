@@ -14,7 +14,12 @@ the embedded MiniLM embedding reward. Held-out signal, never seen by the searche
 policy as an LLM judge with a helpfulness/fluency principle, scoring each method's chosen answer.
 The prompt set below was written before any result was looked at.
 
-    OMP_NUM_THREADS=1 python benchmarks/compare_darwin.py --json compare_darwin.json
+Each job (before, after, Best-of-N) writes its answers to ``--out-dir`` as it finishes, and a job
+whose file is already there is not run again, so a crash or a deadline loses one job. CPU seconds
+(the process's, one torch thread) are recorded beside wall seconds: on a shared machine they are
+the compute measure that does not swing with the load.
+
+    OMP_NUM_THREADS=1 python benchmarks/compare_darwin.py --out-dir out/darwin --json compare_darwin.json
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def sampling(max_tokens: int, seed: int) -> Any:
     return SamplingParams(max_new_tokens=max_tokens, temperature=0.7, top_k=40, seed=seed)
 
 
-def worker(out: Path, max_tokens: int, seed: int) -> None:
+def worker(out: Path, max_tokens: int, seed: int, prompts: int | None) -> None:
     """Run DARWIN (whichever ``align_chains`` is importable) on every prompt; write JSON."""
     import align_chains
     from align_chains.models.policy import load_policy
@@ -63,9 +68,9 @@ def worker(out: Path, max_tokens: int, seed: int) -> None:
     from align_chains.strategies.darwin import Darwin
 
     policy, reward = load_policy(), load_reward("minilm")
-    start = time.perf_counter()
-    results = Darwin(**SETTINGS).run_batch(PROMPTS, policy, reward, sampling(max_tokens, seed))
-    seconds = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    results = Darwin(**SETTINGS).run_batch(PROMPTS[:prompts], policy, reward, sampling(max_tokens, seed))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     rows = []
     for result in results:
         scores = [e for e in result.trace if e["event"] == "score"]
@@ -87,10 +92,15 @@ def worker(out: Path, max_tokens: int, seed: int) -> None:
                 "archive": len(result.details["archive"]),
             }
         )
-    out.write_text(json.dumps({"code": align_chains.__file__, "seconds": seconds, "rows": rows}))
+    out.write_text(
+        json.dumps({"code": align_chains.__file__, "seconds": seconds, "cpu_seconds": cpu, "rows": rows})
+    )
 
 
-def run_worker(code: Path, out: Path, max_tokens: int, seed: int) -> dict[str, Any]:
+def run_worker(code: Path, out: Path, max_tokens: int, seed: int, prompts: int | None) -> dict[str, Any]:
+    if out.is_file():  # finished in an earlier, interrupted run
+        print(f"reusing {out}", flush=True)
+        return json.loads(out.read_text())
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     cmd = [
         sys.executable,
@@ -101,6 +111,7 @@ def run_worker(code: Path, out: Path, max_tokens: int, seed: int) -> dict[str, A
         str(max_tokens),
         "--seed",
         str(seed),
+        *(["--prompts", str(prompts)] if prompts else []),
     ]
     subprocess.run(cmd, env=env, check=True)
     return json.loads(out.read_text())
@@ -113,12 +124,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--before", default=BEFORE_REV, help="git revision of the 'before' code")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
+    parser.add_argument("--prompts", type=int, default=None, help="Only the first N prompts.")
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="Keep each job's answers here (default: a temporary dir)."
+    )
     args = parser.parse_args()
     if args.worker is not None:
-        worker(args.worker, args.max_tokens, args.seed)
+        worker(args.worker, args.max_tokens, args.seed, args.prompts)
         return
+    prompts = PROMPTS[: args.prompts]
 
     with tempfile.TemporaryDirectory() as tmp:
+        out_dir = args.out_dir or Path(tmp)
+        out_dir.mkdir(parents=True, exist_ok=True)
         old = Path(tmp) / "before"
         old.mkdir()
         archive = subprocess.run(
@@ -126,8 +144,8 @@ def main() -> None:
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         runs = {
-            "before": run_worker(old, Path(tmp) / "before.json", args.max_tokens, args.seed),
-            "after": run_worker(REPO, Path(tmp) / "after.json", args.max_tokens, args.seed),
+            "before": run_worker(old, out_dir / "before.json", args.max_tokens, args.seed, args.prompts),
+            "after": run_worker(REPO, out_dir / "after.json", args.max_tokens, args.seed, args.prompts),
         }
 
     sys.path.insert(0, str(REPO))
@@ -138,22 +156,33 @@ def main() -> None:
     policy, reward = load_policy(), load_reward("minilm")
     median_tokens = statistics.median(r["generated_tokens"] for r in runs["after"]["rows"])
     n = math.ceil(median_tokens / args.max_tokens)
-    start = time.perf_counter()
-    bon = BestOfN(n=n).run_batch(PROMPTS, policy, reward, sampling(args.max_tokens, args.seed))
-    runs[f"best-of-{n}"] = {
-        "seconds": time.perf_counter() - start,
-        "rows": [
-            {"text": r.text, "reward": r.reward, "generated_tokens": r.counters.generated_tokens} for r in bon
-        ],
-    }
+    bon_file = (args.out_dir or Path(tempfile.mkdtemp())) / f"best-of-{n}.json"
+    if bon_file.is_file():
+        print(f"reusing {bon_file}", flush=True)
+        runs[f"best-of-{n}"] = json.loads(bon_file.read_text())
+    else:
+        BestOfN(n=1).run(prompts[0], policy, reward, sampling(4, args.seed))  # warm-up, untimed
+        start, cpu = time.perf_counter(), time.process_time()
+        bon = BestOfN(n=n).run_batch(prompts, policy, reward, sampling(args.max_tokens, args.seed))
+        runs[f"best-of-{n}"] = {
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu,
+            "rows": [
+                {"text": r.text, "reward": r.reward, "generated_tokens": r.counters.generated_tokens}
+                for r in bon
+            ],
+        }
+        bon_file.write_text(json.dumps(runs[f"best-of-{n}"]))
     judge = load_reward("judge", policy=policy, principle=PRINCIPLE)
     for run in runs.values():
-        held_out = judge.score(PROMPTS, [row["text"] for row in run["rows"]])
+        held_out = judge.score(prompts, [row["text"] for row in run["rows"]])
         for row, value in zip(run["rows"], held_out, strict=True):
             row["judge"] = value
 
-    print(f"\n{len(PROMPTS)} prompts, {SETTINGS}, max_tokens={args.max_tokens}, seed={args.seed}")
-    header = f"{'method':<14} {'MiniLM med':>10} {'judge med':>10} {'gen tok med':>11} {'wall s':>7}"
+    print(f"\n{len(prompts)} prompts, {SETTINGS}, max_tokens={args.max_tokens}, seed={args.seed}")
+    header = (
+        f"{'method':<14} {'MiniLM med':>10} {'judge med':>10} {'gen tok med':>11} {'wall s':>7} {'CPU s':>7}"
+    )
     print(header)
     summary = {}
     for name, run in runs.items():
@@ -165,6 +194,7 @@ def main() -> None:
             "judge_mean": statistics.mean(r["judge"] for r in rows),
             "generated_tokens_median": statistics.median(r["generated_tokens"] for r in rows),
             "seconds": run["seconds"],
+            "cpu_seconds": run.get("cpu_seconds"),
         }
         if "instructions_at_end" in rows[0]:
             s["instructions_at_end_median"] = statistics.median(
@@ -173,13 +203,13 @@ def main() -> None:
         summary[name] = s
         print(
             f"{name:<14} {s['reward_median']:>10.3f} {s['judge_median']:>10.3f} "
-            f"{s['generated_tokens_median']:>11.0f} {s['seconds']:>7.1f}"
+            f"{s['generated_tokens_median']:>11.0f} {s['seconds']:>7.1f} {s['cpu_seconds'] or 0:>7.1f}"
         )
     after, before = runs["after"]["rows"], runs["before"]["rows"]
     wins = sum(a["judge"] > b["judge"] for a, b in zip(after, before, strict=True))
-    print(f"after beats before under the judge on {wins}/{len(PROMPTS)} prompts")
+    print(f"after beats before under the judge on {wins}/{len(prompts)} prompts")
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "runs": runs, "prompts": PROMPTS}, indent=1))
+        args.json.write_text(json.dumps({"summary": summary, "runs": runs, "prompts": prompts}, indent=1))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ policy's perplexity of the answer under the plain prompt and the share of repeat
 
 Each method and each Best-of-N runs as its own job (``run``; its answers and CPU seconds go to
 a JSON file), so a shared machine can run them one after another and a crash loses one job;
-``report`` scores every saved answer and prints one table per family.
+``report`` scores every saved answer and prints one table per family, and the per-prompt win
+rate of the after row against the before row.
 
 Adding a family (DARWIN before/after, say): write a function returning a ``Family`` (its rows,
 which row is before and which after, the optimised reward, sampling settings, extra held-out
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -198,8 +200,21 @@ def report(args: argparse.Namespace) -> None:
                     "optimised": win_rate(job["optimised"], b["optimised"]),
                     **{k: win_rate(v, b["held_out"][k]) for k, v in job["held_out"].items()},
                 }
+        if family.before in mine and family.after in mine:
+            a, b = mine[family.after], mine[family.before]
+            mine[family.after]["win_rate_vs_before"] = {
+                "optimised": win_rate(a["optimised"], b["optimised"]),
+                **{k: win_rate(v, b["held_out"][k]) for k, v in a["held_out"].items()},
+                # lower is better: the share of prompts where the after answer is the more fluent
+                "lower perplexity": win_rate(
+                    [-(x or math.inf) for x in a["perplexity"]], [-(x or math.inf) for x in b["perplexity"]]
+                ),
+            }
         out[name] = {"before": family.before, "after": family.after, "jobs": mine}
         print(table(name, family, mine), flush=True)
+        if "win_rate_vs_before" in mine.get(family.after, {}):
+            wins = ", ".join(f"{k} {v:.2f}" for k, v in mine[family.after]["win_rate_vs_before"].items())
+            print(f"\n{family.after} vs {family.before}, per-prompt win rate: {wins}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2, default=str))
