@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -177,6 +178,8 @@ def main() -> None:
     args = parser.parse_args()
 
     levels = [int(c) for c in args.levels.split(",")]
+    # a killed benchmark still stops its two servers (the ``finally`` below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logs = Path(tempfile.mkdtemp(prefix="server-load-"))
     servers = {name: launch(name, extra, args, logs) for name, extra in SERVERS.items()}
     results: list[LevelResult] = []
