@@ -26,7 +26,7 @@ LAYERS = [
     ("engine",),
     ("rewards",),
     ("strategies",),
-    ("chat_models", "rerank", "embeddings"),
+    ("chat_models", "rerank", "embeddings", "agent_middleware"),
     ("evaluation", "plots", "memory", "testing", "cli"),
 ]
 
