@@ -154,12 +154,14 @@ _DIMENSIONS = {
 
 
 class OverBudget(Exception):
-    """A request whose estimated cost is over a limit; ``param`` names the setting to lower."""
+    """A request whose estimated cost is over a limit; ``param`` names the setting to lower and
+    ``code`` the limit (the OpenAI-style error code the server answers with)."""
 
-    def __init__(self, message: str, param: str | None) -> None:
+    def __init__(self, message: str, param: str | None, code: str = "request_too_expensive") -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
 
 
 def estimate(strategy: str, settings: dict[str, Any]) -> Cost:
@@ -319,6 +321,7 @@ def admit_memory(
         f"over this server's budget of {_gib(budget.bytes)} per request ({budget.source}){advice}. "
         "Ask for less (the server's operator can raise the budget with --max-request-memory).",
         culprit,
+        code="memory_budget_exceeded",
     )
 
 

@@ -286,15 +286,12 @@ class ServedModel:
             conversation[-1][CONTINUE_FINAL] = True  # rendered open: the answer continues it
         prompt_tokens = self._check_prompt_fits(conversation, model.max_tokens)
         resolved = {name: getattr(model, name) for name in self._settable() if hasattr(model, name)}
-        try:
-            cost = admit(canonical_strategy_name(self.strategy), resolved, self.cost_limits, set(settings))
-        except OverBudget as exc:
-            param = None if exc.param is None else prefix.get(exc.param, "") + exc.param
-            raise RequestError(400, exc.message, param=param, code="request_too_expensive") from exc
+        strategy = canonical_strategy_name(self.strategy)
         budget, _, _ = self.memory_plan()
         try:
+            cost = admit(strategy, resolved, self.cost_limits, set(settings))
             memory = admit_memory(
-                canonical_strategy_name(self.strategy),
+                strategy,
                 resolved,
                 self._peak_memory(model, prompt_tokens),
                 budget,
@@ -302,7 +299,7 @@ class ServedModel:
             )
         except OverBudget as exc:
             param = None if exc.param is None else prefix.get(exc.param, "") + exc.param
-            raise RequestError(400, exc.message, param=param, code="memory_budget_exceeded") from exc
+            raise RequestError(400, exc.message, param=param, code=exc.code) from exc
         return PreparedRequest(
             model=model,
             conversation=conversation,
