@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_option,
         default=[],
         metavar="KEY=MAX",
-        help=f"Largest value a request may ask for (defaults: {DEFAULT_LIMITS}); repeatable.",
+        help="Largest value a request may ask for, over the bounds the strategies declare "
+        f"(defaults: {dict(DEFAULT_LIMITS)}); repeatable.",
     )
     costs = CostLimits()
     parser.add_argument(
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             policy_spec=args.policy,
             reward_spec=args.reward,
             defaults=dict(args.option),
-            limits={**DEFAULT_LIMITS, **{k: float(v) for k, v in args.limit}},
+            limits={k: float(v) for k, v in args.limit},
             device=args.device,
             model_id=args.model_name,
             dtype=args.dtype,
