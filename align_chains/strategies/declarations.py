@@ -18,7 +18,7 @@ A strategy class says, next to its settings (``strategies/base.py``, ``Strategy`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from align_chains.engine.memory import ModelShape, Phase, decoding_phases, logit_bytes_per_entry
 from align_chains.engine.sampling import SamplingParams
@@ -42,10 +42,6 @@ class Cost:
     reward_items: int  # responses scored
     rows: int  # rows decoded side by side (KV-cache rows of the policy)
     factors: tuple[str, ...] = (MAX_TOKENS,)
-
-    def as_dict(self) -> dict[str, int]:
-        """The four numbers (what /v1 responses and logs show)."""
-        return {k: v for k, v in asdict(self).items() if k != "factors"}
 
 
 @dataclass(frozen=True)

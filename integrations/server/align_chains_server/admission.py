@@ -47,9 +47,6 @@ class _DefaultLimits(Mapping[str, float]):
     def __len__(self) -> int:
         return len(self._limits())
 
-    def __repr__(self) -> str:
-        return repr(self._limits())
-
 
 #: per-setting bounds (``--limit KEY=MAX``), as the registered strategies declare them
 DEFAULT_SETTING_LIMITS: Mapping[str, float] = _DefaultLimits()

@@ -154,7 +154,7 @@ def create_app(
     app.state.scheduler = state.scheduler
     if api_key:
         app.add_middleware(BearerAuth, api_key=api_key)
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(router)
     return app
