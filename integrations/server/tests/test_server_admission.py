@@ -229,3 +229,32 @@ def test_best_of_n_with_early_rejection_is_costed_as_the_strategy_that_runs(load
     assert error.param == "align_chains.n" and "n can be at most 4" in error.message
     admitted = plan(served, align_chains={"n": 4, "rejection": 0.5, "decision_every": 1}, max_tokens=100)
     assert admitted.cost.reward_items == 404
+
+
+def test_a_request_that_would_run_a_strategy_without_a_cost_model_is_refused(loaded, monkeypatch):
+    """A chat model that builds a strategy it does not list (``also_builds``) passes the startup
+    check; the request that would run it gets a 400 saying what the strategy lacks."""
+    import align_chains_server.service
+    from pydantic import Field
+
+    from align_chains.chat_models import settings_base
+    from align_chains.strategies import Strategy
+
+    class Unpriced(Strategy):
+        name = "unpriced"
+        n: int = Field(2, ge=1)
+
+        def _search(self, run, **options):
+            raise AssertionError("never runs: refused at admission")
+
+    class ForgetfulChatModel(settings_base(BestOfN)):  # type: ignore[misc]
+        def build_strategy(self, **overrides):
+            return Unpriced(n=self.n) if self.n > 8 else super().build_strategy(**overrides)
+
+    monkeypatch.setattr(align_chains_server.service, "chat_model_class", lambda name: ForgetfulChatModel)
+    served = served_for("forgetful", loaded)
+    assert plan(served, align_chains={"n": 8}).cost.reward_items == 8
+    with pytest.raises(RequestError) as info:
+        plan(served, align_chains={"n": 9})
+    assert info.value.status == 400 and info.value.code == "no_cost_model"
+    assert "declares no cost model" in info.value.message and "def cost(" in info.value.message
