@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from align_chains.chat_models.results import build_message
 from align_chains.errors import AlignChainsError, InvalidInputError
+from align_chains.evaluation.cell_details import CAPS, cell_details
 from align_chains.evaluation.prompts import STARTER_PROMPTS, EvalPrompt, load_prompts
 from align_chains.evaluation.rewards import check_reward_spec, load_eval_reward
 from align_chains.evaluation.specs import StrategySetting, parse_specs, plain_sample
@@ -197,6 +199,7 @@ def evaluate(
         "seed": seed,
         "batch_size": batch_size,
         "strategies": [s.key for s in settings],
+        "kept": CAPS,  # what each cell keeps of candidates and traces (evaluation/cell_details.py)
     }
     report = EvalReport(config=config, prompts=loaded, settings=settings)
     if json_path is not None and Path(json_path).exists():
@@ -258,7 +261,7 @@ def _run(
             for start in range(0, len(pending), batch_size):
                 chunk = pending[start : start + batch_size]
                 try:
-                    messages = model.batch([p.messages for p in chunk])
+                    results = model.run_strategy([p.messages for p in chunk])  # what model.batch runs
                 except AlignChainsError as exc:  # one setting failing does not stop the others
                     report.errors.append(
                         {
@@ -269,11 +272,14 @@ def _run(
                     )
                     bar.update(len(chunk))
                     continue
+                messages = [build_message(result, model.model_name) for result in results]
                 texts = [m.text for m in messages]
                 conversations = [p.messages for p in chunk]
                 rewards = reward.score(conversations, texts)
                 held = holdout.score(conversations, texts)
-                for prompt, message, r, h in zip(chunk, messages, rewards, held, strict=True):
+                for prompt, message, result, r, h in zip(
+                    chunk, messages, results, rewards, held, strict=True
+                ):
                     meta = message.response_metadata
                     compute = meta["compute"]
                     report.cells.append(
@@ -288,6 +294,7 @@ def _run(
                             "strategy_reward": meta.get("reward"),
                             "compute": compute,
                             "per_prompt": per_prompt_compute(compute, message.usage_metadata["input_tokens"]),
+                            **cell_details(result),  # candidates and trace, capped
                         }
                     )
                 bar.update(len(chunk))
