@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     estimate.add_argument("--json", action="store_true", help="Print the estimate as JSON.")
     _add_eval_parser(commands)
+    _add_view_parser(commands)
     serve = commands.add_parser(
         "serve",
         add_help=False,
@@ -111,8 +112,48 @@ def _add_eval_parser(commands: Any) -> None:
     ev.add_argument("--limit", type=int, help="Only the first LIMIT prompts.")
     ev.add_argument("--json", default="eval.json", help="Results file; an existing one is resumed.")
     ev.add_argument("--plot", help="Also draw the curves to this PNG (needs matplotlib).")
+    ev.add_argument("--html", help="Also write the report page (one self-contained HTML file) to this path.")
     ev.add_argument("--device")
     ev.add_argument("--quiet", action="store_true")
+
+
+def _add_view_parser(commands: Any) -> None:
+    view = commands.add_parser(
+        "view",
+        help="Write the report page of an eval results file (or compare two) and open it in a browser.",
+    )
+    view.add_argument(
+        "results", nargs="+", metavar="eval.json", help="One results file, or two to compare (A B)."
+    )
+    view.add_argument(
+        "-o", "--output", help="The HTML file to write (default: next to the first file, e.g. eval.html)."
+    )
+    view.add_argument("--title", help="The page title (default: from the file names).")
+    view.add_argument("--no-open", action="store_true", help="Write the page without opening a browser.")
+
+
+def _view(args: argparse.Namespace) -> int:
+    """Write the report page of one or two results files and open it unless --no-open."""
+    import webbrowser
+    from pathlib import Path
+
+    from align_chains.evaluation.report import write_report
+
+    if len(args.results) > 2:
+        raise InvalidInputError(
+            f"align-chains view takes one results file, or two to compare; got {len(args.results)}."
+        )
+    first = Path(args.results[0])
+    default = (
+        first.with_suffix(".html")
+        if len(args.results) == 1
+        else (first.with_name(f"{first.stem}_vs_{Path(args.results[1]).stem}.html"))
+    )
+    path = write_report(args.results, args.output or default, title=args.title)
+    print(f"report: {path}")
+    if not args.no_open:
+        webbrowser.open(path.resolve().as_uri())
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -137,7 +178,12 @@ def _eval(args: argparse.Namespace) -> int:
     print(report.table())
     for error in report.errors:
         print(f"failed: {error['key']} on {error['prompts']}: {error['error']}", file=sys.stderr)
-    print(f"\nresults: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
+    if args.html:
+        from align_chains.evaluation.report import write_report
+
+        write_report([args.json], args.html)
+    extras = (f", plot: {args.plot}" if args.plot else "") + (f", report: {args.html}" if args.html else "")
+    print(f"\nresults: {args.json}{extras}")
     return 0
 
 
@@ -271,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _estimate(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "view":
+            return _view(args)
     except AlignChainsError as exc:
         print(f"align-chains: error: {exc}", file=sys.stderr)
         return 2

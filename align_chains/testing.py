@@ -104,3 +104,119 @@ def taught_policy(
     model.eval()
     model.generation_config.eos_token_id = end
     return Policy(model=model, tokenizer=tokenizer, name=name)
+
+
+_WORDS = [
+    "the",
+    "a",
+    "answer",
+    "sleep",
+    "light",
+    "water",
+    "because",
+    "step",
+    "first",
+    "then",
+    "calm",
+    "bright",
+    "quick",
+    "plan",
+    "note",
+]
+
+
+def _synthetic_cell(
+    rng: Any, key: str, s: int, prompt_id: str, candidates: int, words: int
+) -> dict[str, Any]:
+    """One cell of ``synthetic_eval_results``: setting ``s`` (Best-of-2^s) on one prompt."""
+    texts = [" ".join(rng.choices(_WORDS, k=words)) for _ in range(candidates)]
+    rewards = [rng.gauss(0.1 * s, 1.0) for _ in range(candidates)]
+    best = max(range(candidates), key=lambda i: rewards[i])
+    per_prompt = {
+        "generated_tokens": 40.0 * 2**s,
+        "reward_items": 2.0**s,
+        "forward_passes": 10.0,
+        "reward_calls": 0.25,
+        "seconds": 0.1 * 2**s,
+    }
+    kept = [
+        {"index": i, "text": t, "reward": r, "tokens": 40, "finish_reason": "length", "chosen": i == best}
+        for i, (t, r) in enumerate(zip(texts, rewards, strict=True))
+    ]
+    return {
+        "key": key,
+        "strategy": key.partition(":")[0],
+        "settings": {"n": 2**s} if s else {},
+        "prompt": prompt_id,
+        "text": texts[best],
+        "reward": rewards[best],
+        "holdout": rng.random(),
+        "strategy_reward": rewards[best],
+        "compute": {**per_prompt, "prompt_tokens": 20, "batch_size": 1},
+        "per_prompt": per_prompt,
+        "chosen_index": best,
+        "finish_reason": "length",
+        "candidates": kept,
+        "candidates_total": candidates,
+        "candidate_rewards": rewards,
+        "details": {"samples": candidates},
+        "flags": {},
+        "trace": [{"candidate": i, "reward": r} for i, r in enumerate(rewards)],
+        "trace_total": candidates,
+    }
+
+
+def synthetic_eval_results(
+    num_prompts: int, num_settings: int, *, candidates: int = 4, answer_words: int = 30, seed: int = 0
+) -> dict[str, Any]:
+    """An ``align-chains eval`` results file of the given size, with random rewards and answers.
+
+    For sizing the report (its tests and ``benchmarks/bench_report.py``): every cell has a
+    chosen answer, ``candidates`` candidates and a short trace, in the format ``evaluate``
+    writes; nothing in it comes from a model.
+    """
+    import random
+
+    rng, texts = random.Random(seed), random.Random(0)  # the same prompts whatever the seed
+    keys = ["plain"] + [f"best-of-n:n={2**k}" for k in range(1, num_settings)]
+    prompts = [
+        {"id": f"q{i:04d}", "messages": [{"role": "user", "content": " ".join(texts.choices(_WORDS, k=12))}]}
+        for i in range(num_prompts)
+    ]
+    cells, summary = [], []
+    for s, key in enumerate(keys):
+        own = [_synthetic_cell(rng, key, s, p["id"], candidates, answer_words) for p in prompts]
+        cells += own
+        mean = sum(c["reward"] for c in own) / len(own)
+        stat = {"mean": mean, "ci": [mean - 0.1, mean + 0.1]}
+        summary.append(
+            {
+                "key": key,
+                "strategy": own[0]["strategy"],
+                "settings": own[0]["settings"],
+                "prompts": len(own),
+                "reward": stat,
+                "holdout": stat,
+                "win_rate": {"mean": 0.5, "ci": [0.4, 0.6]},
+                "holdout_win_rate": {"mean": 0.5, "ci": [0.4, 0.6]},
+                "compute": dict(own[0]["per_prompt"]),
+            }
+        )
+    config = {
+        "policy": "synthetic",
+        "reward": "random",
+        "holdout": "random",
+        "max_tokens": 48,
+        "temperature": None,
+        "seed": seed,
+        "batch_size": 1,
+        "strategies": keys,
+    }
+    return {
+        "version": 1,
+        "config": config,
+        "prompts": prompts,
+        "summary": summary,
+        "errors": [],
+        "cells": cells,
+    }

@@ -26,7 +26,9 @@ _ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
 def embed_json(value: Any) -> str:
     """JSON that is safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` left unescaped."""
     text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return re.sub("[<>&\u2028\u2029]", lambda m: _ESCAPES[m.group(0)], text)
+    for char, escaped in _ESCAPES.items():
+        text = text.replace(char, escaped)
+    return text
 
 
 def _asset(name: str) -> str:
@@ -54,9 +56,7 @@ def write_report(sources: Sequence[str | Path], path: str | Path, *, title: str 
     raises ``EvalFileError`` naming it, the problem and the fix. The page is written atomically.
     """
     core, details = page_data(sources)
-    names = (
-        " vs ".join(Path(s).name for s in reversed(sources)) if len(sources) == 2 else Path(sources[0]).name
-    )
+    names = " (A) and ".join(Path(s).name for s in sources) + (" (B)" if len(sources) == 2 else "")
     page = render_page(core, details, title or f"align-chains eval report: {names}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ it cannot read (not JSON, cut off, not an eval file, a cell without its reward) 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +61,6 @@ class _File(BaseModel):
     cells: list[_Cell]
 
 
-def finite(value: Any) -> Any:
-    """The value with every non-finite float replaced by None (JSON.parse cannot read NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite(v) for v in value]
-    return value
-
-
 def _where(location: tuple[Any, ...]) -> str:
     out = ""
     for part in location:
@@ -94,13 +82,14 @@ def _parse(path: Path) -> Any:
             f"{path}: the file is empty; re-run `align-chains eval --json {path}` to write it."
         )
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=lambda name: None)  # NaN, ±Infinity -> None
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()) - 1 or "Unterminated" in exc.msg:
+        if exc.pos >= len(text.rstrip()) or "Unterminated" in exc.msg:
             raise EvalFileError(
-                f"{path}: the JSON is cut off (line {exc.lineno}, column {exc.colno}: {exc.msg}); the file "
-                f"ends before its data does. Re-run the same `align-chains eval --json {path}` command: it "
-                "resumes from a complete file, or start afresh after deleting this one."
+                f"{path}: the JSON is cut off (line {exc.lineno}, column {exc.colno}: {exc.msg}): the file "
+                "ends before its data does, e.g. a copy cut short (an eval run replaces the file whole after "
+                "each batch, so never leaves one). Copy it again, or delete it and re-run "
+                f"`align-chains eval --json {path}`."
             ) from None
         raise EvalFileError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); pass the results "
@@ -109,7 +98,7 @@ def _parse(path: Path) -> Any:
 
 
 def load_eval_file(path: str | Path) -> dict[str, Any]:
-    """Read and check one results file; returns its data with non-finite numbers as None.
+    """Read and check one results file; returns its data with non-finite numbers (NaN) as None.
 
     Raises ``EvalFileError`` naming the file, what is wrong (with the JSON path of the bad value)
     and the fix.
@@ -125,7 +114,8 @@ def load_eval_file(path: str | Path) -> dict[str, Any]:
     if data.get("version") not in SUPPORTED_VERSIONS:
         raise EvalFileError(
             f"{path}: results-file version {data.get('version')!r} is not one this report reads "
-            f"({', '.join(map(str, SUPPORTED_VERSIONS))}); open it with the align-chains that wrote it."
+            f"({', '.join(map(str, SUPPORTED_VERSIONS))}); open it with the align-chains that wrote it, "
+            "or re-run `align-chains eval` with this one."
         )
     try:
         _File.model_validate(data)
@@ -136,4 +126,4 @@ def load_eval_file(path: str | Path) -> dict[str, Any]:
             f"{path}: {_where(first['loc'])}: {first['msg']} (got {first.get('input')!r:.80}){more}; the "
             "file was edited or written by something else: re-run `align-chains eval` to write it again."
         ) from None
-    return finite(data)
+    return data
