@@ -190,5 +190,7 @@ def page_data(paths: Sequence[str | Path]) -> tuple[dict[str, Any], list[list[di
     }
     if len(runs) == 2:  # a prompt whose text differs between the runs is not compared
         skip = {index[pid] for pid in changed}
+        for run in runs:
+            run["comparable"] = [p for p in run["prompts"] if p not in skip]
         core["comparison"] = _run_comparison(runs[0], runs[1], len(prompts), skip)
     return core, details
