@@ -17,7 +17,7 @@ client sends its requests back to back. Reported per server and level: requests,
 Run from the repository root (the server package installed, or on PYTHONPATH)::
 
     python benchmarks/bench_server_load.py --json server_load.json
-    python benchmarks/bench_server_load.py --policy <dir> --reward package.module:fn   # any models
+    python benchmarks/bench_server_load.py --policy <dir> --reward python:package.module:fn   # any models
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from align_chains.cancellation import CancelToken, cancel_scope, holding
 from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
@@ -42,6 +42,7 @@ from align_chains.models.messages import to_conversation
 from align_chains.models.policy import Policy, load_policy
 from align_chains.progress import NullProgress, TqdmProgress
 from align_chains.rewards import RewardModel, load_reward
+from align_chains.rewards.specs import parse_reward_spec
 from align_chains.strategies.base import Strategy, StrategyResult
 
 _SAMPLING_KWARGS = {
@@ -227,6 +228,13 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
         return self.strategy_class(
             **{k: v for k, v in settings.items() if k in self.strategy_class.model_fields}
         )
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_spec_parses(cls, value: Any) -> Any:
+        """A bad reward spec fails at construction, with the parser's message, not at first call."""
+        parse_reward_spec(value)
+        return value
 
     @model_validator(mode="after")
     def _strategy_accepts_settings(self) -> Self:
