@@ -18,6 +18,7 @@ from align_chains.strategies.base import (
     register_strategy,
     score_texts,
 )
+from align_chains.strategies.card import StrategyCard
 
 
 @register_strategy
@@ -42,6 +43,15 @@ class BestOfN(Strategy):
 
     name: ClassVar[str] = "best-of-n"
     aliases: ClassVar[tuple[str, ...]] = ("bon", "best_of_n", "bestofn")
+    card: ClassVar[StrategyCard | None] = StrategyCard(
+        "Best-of-N",
+        "samples n answers in one batch, keeps the one the reward prefers",
+        "n candidates decoded as one batch, one reward call",
+        "the default: any reward (even a Python function), any policy, scales with n; at equal "
+        "wall-clock it beat SEA here ([benchmarks](benchmarks.md#sea-time-per-iteration-and-reward-"
+        "against-best-of-n-at-equal-wall-clock))",
+        page="best_of_n.md",
+    )
 
     n: int = Field(4, ge=1, description="Candidates sampled per prompt.")
 

@@ -50,6 +50,7 @@ from align_chains.strategies.base import (
     register_strategy,
     score_texts,
 )
+from align_chains.strategies.card import StrategyCard
 from align_chains.strategies.darwin_trace import (
     CycleEnd,
     Replace,
@@ -215,6 +216,14 @@ class Darwin(Strategy):
     """
 
     name: ClassVar[str] = "darwin"
+    card: ClassVar[StrategyCard | None] = StrategyCard(
+        "DARWIN, evolving instructions",
+        "decodes from rewrites of the instruction, replaces poorly rewarded partial answers with copies "
+        "of good ones",
+        "a first answer, a mutation list and n candidates per cycle",
+        "the instruction itself limits the answer; long shared context (cache reuse pays most there)",
+        page="darwin.md",
+    )
 
     n: int = Field(5, ge=1, description="Mutated instructions (candidates) per cycle.")
     m: int = Field(40, ge=1, description="Tokens between two reward-guided replacements.")
