@@ -34,7 +34,6 @@ import copy
 import importlib.util
 import inspect
 import json
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -529,19 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu_bench: {policy.name} on {policy.device} in {policy.model.dtype} ({weights})", flush=True)
     ctx = {"policy": policy, "device": args.device}
     report: dict[str, Any] = {
-        "environment": {
-            "device": args.device,
-            "device_name": torch.cuda.get_device_name()
-            if args.device.startswith("cuda")
-            else platform.processor() or "cpu",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "dtype": str(policy.model.dtype).removeprefix("torch."),
-            "policy": policy.name,
-            "weights": weights,
-            "smoke": args.smoke,
-        },
+        "environment": machine(
+            device=args.device,
+            device_name=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+            transformers=transformers.__version__,
+            dtype=str(policy.model.dtype).removeprefix("torch."),
+            policy=policy.name,
+            weights=weights,
+            smoke=args.smoke,
+        ),
         "settings": asdict(settings),
         "sections": {},
     }
