@@ -26,6 +26,7 @@ every ``m`` tokens; ``darwin_reference.py`` does that for comparison.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ from pydantic import Field, model_validator
 from align_chains.cancellation import check_cancelled
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch, Completion, Decoder
+from align_chains.engine.memory import ModelShape, Phase
 from align_chains.engine.sampling import SamplingParams, make_generator
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation, last_user_text
@@ -63,9 +65,11 @@ from align_chains.strategies.darwin_trace import (
     mutation_events,
     records,
 )
+from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
 from align_chains.strategies.mutation import (
     list_complete,
     mutation_request,
+    mutation_request_tokens,
     parse_mutations,
     with_instruction,
 )
@@ -242,6 +246,53 @@ class Darwin(Strategy):
         check_k_at_most_n(self.k, self.n)
         return self
 
+    # -- its work ------------------------------------------------------------------------
+    work_bounds: ClassVar[tuple[Bound, ...]] = (
+        Bound("n", 64),
+        Bound("k", 1000),
+        Bound("m", 1024),
+        Bound("cycles", 20),
+        Bound("mutation_max_tokens", 512),
+        Bound("max_total_tokens", 200_000),
+    )
+
+    def cost(self, params: SamplingParams) -> Cost:
+        """s0 and its mutation list; per cycle a list and n answers, scored every m tokens;
+        ``max_total_tokens`` stops it early."""
+        t, mut, cycles, n = params.max_new_tokens, self.mutation_max_tokens, self.cycles, self.n
+        decode = t + mut + cycles * (mut + n * t)
+        passes = 2 + max(t, mut) + cycles * (2 + mut + t)
+        if self.max_total_tokens is not None:
+            decode = min(decode, self.max_total_tokens)
+            passes = min(passes, decode + 2 * (cycles + 1))
+        reward_items = 1 + cycles * n * math.ceil(t / self.m)
+        factors = ("cycles", "n", "mutation_max_tokens", "max_tokens", "m")
+        return Cost(decode, passes, reward_items, max(n, 2), factors=factors)
+
+    def memory(self, request: MemoryRequest) -> MemoryPlan:
+        """The first answers decoded beside the first mutation lists (2 rows per prompt, padded
+        to the mutation request), the n candidates per prompt (``prefix_prefill`` reserves the
+        whole cache, then prefills the differing suffixes: the worst case, nothing shared), and
+        a replacement round's state transplant. Mutated prompts are taken as long as the original."""
+        prompts, width, new, shape = request.prompts, request.width, request.new, request.shape
+        first = width + mutation_request_tokens(self.n)
+        phases = request.decoding(2 * prompts, 2 * prompts, first, max(new, self.mutation_max_tokens))
+        rows = prompts * self.n
+        reserved = rows * (width + new) * shape.kv_bytes_per_token
+        candidate = request.decoding(rows, rows)
+        candidate[0] = Phase(
+            "candidate prefill",
+            reserved,
+            shape.forward_bytes(rows, width, width),
+            rows * shape.vocab * (shape.bytes_per_value + 4),
+        )
+        phases.extend(candidate)
+        if new > self.m and self.n > self.k:
+            moved, fed = prompts * (self.n - self.k), new - self.m
+            phases.append(_replacement_phase(shape, moved, width, fed, reserved, candidate[-1].logits))
+        notes = ("DARWIN: mutated prompts taken as long as the original",)
+        return MemoryPlan(rows, phases, request.reward_scoring(rows), notes)
+
     def population(
         self,
         decoder: Decoder,
@@ -274,6 +325,21 @@ class Darwin(Strategy):
         run.partial = lambda: search._results(reward_failed=True)
         search._search()
         return search._results()
+
+
+def _replacement_phase(
+    shape: ModelShape, moved: int, width: int, fed: int, reserved: int, logits: int
+) -> Phase:
+    """A replacement round (``state_transplant``) on ``moved`` rows: building its DynamicCache from
+    index copies of their prompt columns holds those copies and the cache's own (torch.cat)
+    copies at once; then a forward over the copied answer (at most ``fed`` = max_new_tokens - m
+    tokens) grows that cache layer by layer. The larger of the two, beside the candidates' cache."""
+    kv, layer = shape.kv_bytes_per_token, shape.kv_bytes_per_layer_token
+    build = 2 * moved * width * kv
+    forward = moved * (width + fed) * kv + moved * (width + fed) * layer
+    if build >= forward + shape.forward_bytes(moved, fed, width + fed):
+        return Phase("replacement", reserved + build, 0, logits)
+    return Phase("replacement", reserved + forward, shape.forward_bytes(moved, fed, width + fed), logits)
 
 
 @dataclass
