@@ -8,16 +8,18 @@ from collections import Counter
 import pytest
 import torch
 from pydantic import ValidationError
+from reference.darwin_reprefill import DarwinReprefill
 
-import align_chains.strategies.darwin as darwin_module
+import align_chains.strategies.darwin_driver as darwin_module
 from align_chains import DarwinChatModel, cli
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.policy import Policy
 from align_chains.rewards import CallableReward
 from align_chains.strategies import get_strategy
-from align_chains.strategies.darwin import CachedPopulation, Darwin, archive_winners, update_archive
-from align_chains.strategies.darwin_reference import DarwinReprefill
+from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.darwin_archive import archive_winners, update_archive
+from align_chains.strategies.darwin_population import CachedPopulation
 from align_chains.strategies.mutation import (
     ParsedMutations,
     list_complete,
