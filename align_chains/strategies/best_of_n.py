@@ -11,7 +11,7 @@ from pydantic import Field
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Completion, Decoder
 from align_chains.strategies.base import SearchRun, Strategy, StrategyResult, register_strategy, score_texts
-from align_chains.strategies.candidates import best_index, candidate_from
+from align_chains.strategies.candidates import best_index, candidate_from, chosen_result
 
 
 @register_strategy
@@ -100,12 +100,10 @@ def best_per_prompt(
             for j, c in enumerate(candidates)
         ]
         results.append(
-            StrategyResult(
-                strategy=strategy,
-                text=candidates[best].text,
-                reward=candidates[best].reward,
-                candidates=candidates,
-                best_index=best,
+            chosen_result(
+                strategy,
+                candidates,
+                best,
                 prompt_tokens=completions[rows[0]].prompt_tokens,
                 counters=own,
                 trace=trace,

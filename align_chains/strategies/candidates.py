@@ -1,7 +1,8 @@
-"""Result assembly shared by every search: a candidate from a completion, and the best candidate.
+"""Result assembly shared by every search: a candidate from a completion, the best candidate,
+and the result that answers with it.
 
 Each strategy turns the engine's completions into ``Candidate`` records and picks one; writing
-either step once keeps "ties go to the earliest candidate" and "an unscored candidate never
+these steps once keeps "ties go to the earliest candidate" and "an unscored candidate never
 wins" the same rule for every strategy, the searches over a wrapped chat model included.
 """
 
@@ -11,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from align_chains.engine.decoder import Completion
-from align_chains.strategies.base import Candidate
+from align_chains.strategies.base import Candidate, StrategyResult
 
 
 def candidate_from(
@@ -40,3 +41,17 @@ def best_index(rewards: Sequence[float | None], among: Iterable[int] | None = No
     if not scored:
         return None
     return max(scored, key=lambda i: (rewards[i], -i))
+
+
+def chosen_result(strategy: str, candidates: list[Candidate], best: int, **fields: Any) -> StrategyResult:
+    """The ``StrategyResult`` that answers with ``candidates[best]`` (its text and reward);
+    ``fields``: the rest (``prompt_tokens``, ``counters``, ``trace``, ``flags``, ``details``)."""
+    chosen = candidates[best]
+    return StrategyResult(
+        strategy=strategy,
+        text=chosen.text,
+        reward=chosen.reward,
+        candidates=candidates,
+        best_index=best,
+        **fields,
+    )

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from align_chains.engine.decoder import Completion
 from align_chains.strategies.base import SearchRun, Strategy, StrategyResult, register_strategy
-from align_chains.strategies.candidates import candidate_from
+from align_chains.strategies.candidates import candidate_from, chosen_result
 from align_chains.strategies.darwin_driver import Answer, DarwinDriver
 from align_chains.strategies.darwin_local import LocalAnswer, LocalBackend, check_mutation_requests_fit
 from align_chains.strategies.darwin_population import CachedPopulation, Population
@@ -119,12 +119,10 @@ def local_results(
             reward_items=state.reward_items,
         )
         results.append(
-            StrategyResult(
-                strategy=strategy,
-                text=candidates[best].text,
-                reward=candidates[best].reward,
-                candidates=candidates,
-                best_index=best,
+            chosen_result(
+                strategy,
+                candidates,
+                best,
                 prompt_tokens=len(backend.prompt_ids[p]),
                 counters=counters,
                 trace=records(state.trace, prompt=p),

@@ -45,9 +45,10 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatResult
 from pydantic import ValidationError
 
+from align_chains.chat_models.batching import Requests
 from align_chains.chat_models.rerank.darwin_calls import CallAnswer, CallBackend
 from align_chains.chat_models.rerank.results import chat_result, describe, summed_usage
-from align_chains.chat_models.rerank.search import Requests, RerankSettings, Search
+from align_chains.chat_models.rerank.search import RerankSettings, Search
 from align_chains.errors import InvalidInputError, RewardError, SamplingFailedError
 from align_chains.models.chat import last_user_text
 from align_chains.strategies.darwin import Darwin

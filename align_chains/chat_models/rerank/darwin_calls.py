@@ -22,9 +22,10 @@ from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMe
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableConfig
 
+from align_chains.chat_models.batching import Requests
 from align_chains.chat_models.rerank.calls import CallPool, child_config
 from align_chains.chat_models.rerank.results import describe
-from align_chains.chat_models.rerank.search import Requests, RerankSettings
+from align_chains.chat_models.rerank.search import RerankSettings
 from align_chains.models.chat import Conversation
 from align_chains.models.messages import to_conversation
 from align_chains.strategies.darwin_driver import Answer, Failed

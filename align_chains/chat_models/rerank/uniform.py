@@ -12,9 +12,10 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatResult
 from langchain_core.runnables.config import run_in_executor
 
+from align_chains.chat_models.batching import Requests
 from align_chains.chat_models.rerank.calls import Outcome, child_config
 from align_chains.chat_models.rerank.results import all_failed, chat_result, describe, successes, summed_usage
-from align_chains.chat_models.rerank.search import Requests, Search
+from align_chains.chat_models.rerank.search import Search
 from align_chains.errors import RewardError
 from align_chains.models.chat import Conversation
 from align_chains.models.messages import to_conversation
