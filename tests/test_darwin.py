@@ -479,6 +479,29 @@ def test_trace_is_flat_records_with_every_event(tiny_policy, scripted_mutations)
     assert best_so_far == sorted(best_so_far) and best_so_far[-1] == result.reward
 
 
+def test_a_prompt_whose_candidates_all_ended_sits_out_the_others_segments(tiny_policy, scripted_mutations):
+    """As over an API (the same search): a scoring that finds all of a prompt's rows finished is
+    that prompt's last in the cycle, while the batch's other prompts go on."""
+    prompts = [
+        "Name a fruit.",
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        "Tell me a story.",
+    ]
+    results = Darwin(**SMALL).run_batch(prompts, tiny_policy, hash_reward(), STOPPING)
+    last_segments = {}
+    for p, result in enumerate(results):
+        scores = events(result, "score")
+        for cycle in {r["cycle"] for r in scores}:
+            segments = sorted({r["segment"] for r in scores if r["cycle"] == cycle})
+            assert segments == list(range(1, len(segments) + 1))
+            for segment in segments[:-1]:  # every scoring before its last found a row to go on
+                rows = [r for r in scores if (r["cycle"], r["segment"]) == (cycle, segment)]
+                assert not all(r["finished"] for r in rows)
+            last_segments[p, cycle] = segments[-1]
+    for cycle in (1, 2):
+        assert len({last_segments[p, cycle] for p in range(len(prompts))}) > 1, "no prompt ended early"
+
+
 # -- budgets and failures --------------------------------------------------------------
 
 

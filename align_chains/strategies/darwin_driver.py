@@ -164,6 +164,12 @@ class _Rows:
     scored: list[Hashable]  # the answer key each reward belongs to (None: never scored)
     ended: list[bool]
 
+    def alive(self, first: int, count: int) -> list[tuple[int, Answer]]:
+        """(row, answer) of rows ``first .. first + count - 1`` that did not fail (none before the
+        cycle's first segment)."""
+        rows = range(first, min(first + count, len(self.answers)))
+        return [(r, a) for r in rows if not isinstance(a := self.answers[r], Failed)]
+
 
 def _meta(cycle: int, row: int, mutation: int | None, instruction: str) -> dict[str, Any]:
     return {"cycle": cycle, "row": row, "mutation": mutation, "instruction": instruction}
@@ -203,10 +209,10 @@ class DarwinDriver:
         rows = self.rows
         if rows is None:
             return []
+        base = p * self.n
         return [
-            Kept(answer, None, _meta(rows.cycle, i, i, rows.mutations[p][i]))
-            for i, answer in enumerate(rows.answers[p * self.n : (p + 1) * self.n])
-            if not isinstance(answer, Failed)
+            Kept(answer, None, _meta(rows.cycle, r - base, r - base, rows.mutations[p][r - base]))
+            for r, answer in rows.alive(base, self.n)
         ]
 
     def _score(self, owners: list[int], texts: list[str]) -> list[float]:
@@ -223,11 +229,12 @@ class DarwinDriver:
         """s0 for every prompt, scored; seeds each archive with r(x, s0) (-inf when s0 failed,
         so any scored winner beats it). Returns (not out of budget, cycle 1's lists or None)."""
         going, firsts, lists = self.backend.first_answers([s.instruction for s in self.prompts])
-        ok = [p for p, answer in enumerate(firsts) if not isinstance(answer, Failed)]
-        for p in ok:  # kept before scoring, so a failing reward still hands them back
+        answered = {p: a for p, a in enumerate(firsts) if not isinstance(a, Failed)}
+        for p, answer in answered.items():  # kept before scoring, so a failing reward still hands them back
             state = self.prompts[p]
-            state.candidates.append(Kept(firsts[p], None, _meta(0, 0, None, state.instruction)))  # type: ignore[arg-type]
-        scores = self._score(ok, [firsts[p].text for p in ok])  # type: ignore[union-attr]
+            state.candidates.append(Kept(answer, None, _meta(0, 0, None, state.instruction)))
+        texts = [answer.text for answer in answered.values()]
+        scores = dict(zip(answered, self._score(list(answered), texts), strict=True))
         for p, (state, answer) in enumerate(zip(self.prompts, firsts, strict=True)):
             if isinstance(answer, Failed):
                 state.archive[state.instruction] = -math.inf
@@ -235,7 +242,7 @@ class DarwinDriver:
                     Seed(cycle=0, instruction=state.instruction, reward=None, failed=answer.error)
                 )
                 continue
-            reward = state.candidates[0].reward = scores[ok.index(p)]
+            reward = state.candidates[0].reward = scores[p]
             state.archive[state.instruction] = reward
             state.trace.append(Seed(cycle=0, instruction=state.instruction, reward=reward,
                                     tokens=answer.tokens, finished=answer.finished))  # fmt: skip
@@ -316,12 +323,10 @@ class DarwinDriver:
         exhausted = self.backend.exhausted
         rows.answers = answers
         rows.ended = [isinstance(a, Failed) or a.finished or exhausted for a in answers]
-        stale = [
-            r for r, a in enumerate(answers) if not isinstance(a, Failed) and a.key != rows.scored[r]
-        ]  # fmt: skip
-        scores = self._score([r // self.n for r in stale], [answers[r].text for r in stale])  # type: ignore[union-attr]
-        for r, score in zip(stale, scores, strict=True):
-            rows.rewards[r], rows.scored[r] = score, answers[r].key  # type: ignore[union-attr]
+        stale = [(r, a) for r, a in rows.alive(0, len(answers)) if a.key != rows.scored[r]]
+        scores = self._score([r // self.n for r, _ in stale], [a.text for _, a in stale])
+        for (r, answer), score in zip(stale, scores, strict=True):
+            rows.rewards[r], rows.scored[r] = score, answer.key
         return going
 
     def _select(
@@ -332,18 +337,18 @@ class DarwinDriver:
         takes the partial answer of a random top-k row and keeps its own mutation."""
         rows, base = self.rows, p * self.n
         assert rows is not None
-        answers = rows.answers
-        group = [r for r in range(base, base + self.n) if not isinstance(answers[r], Failed)]
+        alive = rows.alive(base, self.n)
+        group = [r for r, _ in alive]
         top = top_k(group, rows.rewards, self.k)
         wins.update(r - base for r in top)
         self.prompts[p].trace.extend(
             Score(cycle=cycle, segment=segment, row=r - base, mutation=r - base, reward=rows.rewards[r],
-                  tokens=answers[r].tokens, finished=answers[r].finished, top_k=r in top)  # type: ignore[union-attr]
-            for r in group
+                  tokens=answer.tokens, finished=answer.finished, top_k=r in top)
+            for r, answer in alive
         )  # fmt: skip
         if not replace:
             return []
-        finished = [not isinstance(a, Failed) and a.finished for a in answers]
+        finished = [not isinstance(a, Failed) and a.finished for a in rows.answers]
         copies = copy_plan(group, top, finished, self.rng)
         self.prompts[p].trace.extend(
             Replace(cycle=cycle, segment=segment, row=r - base, source=source - base, reward=rows.rewards[r],
@@ -366,18 +371,18 @@ class DarwinDriver:
         evolve the archive."""
         rows, state, base = self.rows, self.prompts[p], p * self.n
         assert rows is not None
-        alive = [r for r in range(base, base + self.n) if not isinstance(rows.answers[r], Failed)]
+        alive = rows.alive(base, self.n)
         mutations = rows.mutations[p]
         state.candidates.extend(
-            Kept(rows.answers[r], rows.rewards[r], _meta(rows.cycle, r - base, r - base, mutations[r - base]))  # type: ignore[arg-type]
-            for r in alive
+            Kept(answer, rows.rewards[r], _meta(rows.cycle, r - base, r - base, mutations[r - base]))
+            for r, answer in alive
         )
         if archive and alive:
-            final = [(r - base, rows.rewards[r]) for r in alive]
+            final = [(r - base, rows.rewards[r]) for r, _ in alive]
             state.trace.extend(evolve_archive(state.archive, rows.cycle, parent, mutations, wins, final))
             state.cycles_completed = rows.cycle
         best = self.best(p)
-        scored = [reward for r in alive if (reward := rows.rewards[r]) is not None]
+        scored = [reward for r, _ in alive if (reward := rows.rewards[r]) is not None]
         state.trace.append(
             CycleEnd(cycle=rows.cycle, reward=max(scored, default=None),
                      best_reward=None if best is None else state.candidates[best].reward)

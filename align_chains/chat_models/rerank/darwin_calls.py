@@ -100,7 +100,7 @@ class CallBackend:
         ]
         self.reward = settings.load_reward()
         self.reward_calls = 0
-        self.rows: list[Answer | Failed] = []  # the cycle's candidates, n per prompt
+        self.rows: list[CallAnswer | Failed] = []  # the cycle's candidates, n per prompt
         self.row_messages: list[list[BaseMessage]] = []  # each row's mutated conversation
 
     # -- the backend -------------------------------------------------------------------
@@ -149,9 +149,9 @@ class CallBackend:
                 messages = [*messages, AIMessage(content=row.text)]
                 call_kwargs.update(self.continue_kwargs)
             jobs.append((r // self.n, "answer", messages, call_kwargs))
-            where.append((r, cap))
-        for (r, cap), outcome in zip(where, self._call(jobs), strict=True):
-            self.rows[r] = self._after(self.rows[r], outcome, cap, whole=not self.continued)  # type: ignore[arg-type]
+            where.append((r, row, cap))
+        for (r, row, cap), outcome in zip(where, self._call(jobs), strict=True):
+            self.rows[r] = self._after(row, outcome, cap, whole=not self.continued)
         return True
 
     def answers(self) -> list[Answer | Failed]:
