@@ -39,7 +39,7 @@ from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
 from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD
 from align_chains.models.messages import to_conversation
-from align_chains.models.policy import Policy, load_policy
+from align_chains.models.policy import Policy, RenderedPrompt, load_policy
 from align_chains.progress import NullProgress, TqdmProgress
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies.base import Strategy, StrategyResult
@@ -107,6 +107,7 @@ class AlignedChatModel(BatchInOneRun, BaseChatModel):
 
     strategy_class: ClassVar[type[Strategy]]
     settings_from: ClassVar[tuple[type[Strategy], ...]] = ()  # strategies whose fields it exposes
+    also_builds: ClassVar[tuple[type[Strategy], ...]] = ()  # others build_strategy may return
 
     policy: str | Policy = Field(
         default=EMBEDDED_POLICY,
@@ -217,6 +218,12 @@ class AlignedChatModel(BatchInOneRun, BaseChatModel):
         own = [name for name in cls.model_fields if name not in AlignedChatModel.model_fields]
         return own + sorted(SHARED_WITH_STRATEGIES & declared)
 
+    @classmethod
+    def strategy_classes(cls) -> tuple[type[Strategy], ...]:
+        """Every strategy ``build_strategy`` may return: what the server must be able to cost and
+        bound, and the docs' settings tables read their declarations from."""
+        return tuple(dict.fromkeys((*cls.settings_from, *cls.also_builds)))
+
     def _strategy_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         overrides = overrides or {}
         return {name: overrides.get(name, getattr(self, name)) for name in self.strategy_field_names()}
@@ -274,14 +281,15 @@ class AlignedChatModel(BatchInOneRun, BaseChatModel):
 
     def run_strategy(
         self,
-        conversations: Sequence[Conversation],
+        conversations: Sequence[Conversation | RenderedPrompt],
         stop: list[str] | None = None,
         *,
         on_commit: Callable[[int, list[int]], None] | None = None,
         contract: OutputContract | None = None,
         **kwargs: Any,
     ) -> list[StrategyResult]:
-        """Run the strategy on already-converted conversations (one batched run).
+        """Run the strategy on already-converted conversations (one batched run); a
+        ``RenderedPrompt`` of this chat model's policy is run without rendering it again.
 
         ``on_commit(prompt_index, token_ids)`` is called as a streaming strategy commits tokens.
         With bound tools or a schema (``contract``, or the ``tools``/``tool_choice``/
@@ -304,7 +312,7 @@ class AlignedChatModel(BatchInOneRun, BaseChatModel):
 
     def _run_once(
         self,
-        conversations: Sequence[Conversation],
+        conversations: Sequence[Conversation | RenderedPrompt],
         stop: list[str] | None,
         overrides: dict[str, Any],
         on_commit: Callable[[int, list[int]], None] | None,

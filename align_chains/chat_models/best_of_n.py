@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, create_model, model_validator
 from pydantic.fields import FieldInfo
@@ -67,6 +67,8 @@ class BestOfNChatModel(_Settings):  # type: ignore[misc,valid-type]
 
         >>> BestOfNChatModel(n=32, rejection=0.75, decision_every=8, reward="judge")  # doctest: +SKIP
     """
+
+    also_builds: ClassVar[tuple[type[Strategy], ...]] = (EarlyRejectionBestOfN,)  # with rejection > 0
 
     allocation: Literal["uniform", "adaptive"] = Field(
         default="uniform", description="How samples are spread over the prompts of a batch."

@@ -23,6 +23,7 @@ from tenacity import Retrying, retry_if_result, stop_after_attempt
 
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
+from align_chains.models.policy import RenderedPrompt
 from align_chains.models.tool_calls import ParsedCalls, parse_tool_calls, system_with_tools
 from align_chains.strategies.base import StrategyResult
 from align_chains.strategies.candidates import best_index
@@ -131,8 +132,13 @@ class OutputContract:
         return [t["name"] for t in self.tools]
 
     # -- 1. in front of the policy ---------------------------------------------------------
-    def prepare(self, conversation: Conversation) -> Conversation:
-        """The conversation with the tools or schema instructions in its system message."""
+    def prepare(self, conversation: Conversation | RenderedPrompt) -> Conversation | RenderedPrompt:
+        """The conversation with the tools or schema instructions in its system message (a
+        ``RenderedPrompt`` already prepared for this contract is returned as it is)."""
+        if isinstance(conversation, RenderedPrompt):
+            if conversation.prepared_for == self:
+                return conversation
+            conversation = conversation.conversation
         messages = [dict(m) for m in conversation]
         system = messages.pop(0)["content"] if messages and messages[0]["role"] == "system" else None
         if self.json_schema is not None:
@@ -220,13 +226,13 @@ def is_kept(result: StrategyResult) -> bool:
     return bool(result.details.get("output_check", {}).get("valid", True))
 
 
-RunStrategy = Callable[[Sequence[Conversation], dict[str, Any]], list[StrategyResult]]
+RunStrategy = Callable[[Sequence[Conversation | RenderedPrompt], dict[str, Any]], list[StrategyResult]]
 """``run(conversations, overrides)``: one batched strategy run with per-call setting overrides."""
 
 
 def run_keeping_contract(
     contract: OutputContract,
-    conversations: Sequence[Conversation],
+    conversations: Sequence[Conversation | RenderedPrompt],
     run: RunStrategy,
     overrides: dict[str, Any],
     *,

@@ -126,6 +126,10 @@ class Policy:
             ) from exc
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def render_prompt(self, messages: Conversation, *, prepared_for: Any = None) -> RenderedPrompt:
+        """``render`` kept with its conversation, so a run on this policy does not render it again."""
+        return RenderedPrompt(messages, tuple(self.render(messages)), self, prepared_for)
+
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise before generation when prompt plus response cannot fit the context window."""
         limit = self.context_length
@@ -138,6 +142,21 @@ class Policy:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+
+@dataclass(frozen=True, eq=False)
+class RenderedPrompt:
+    """A conversation validated and chat-templated once by ``policy``, with its token ids.
+
+    A strategy run on the same policy takes the ids as they are (``strategies.base.prepare_prompts``)
+    instead of validating and rendering the conversation again: the server renders a request
+    once, when it admits it, and carries the ids to the run. On another policy it is rendered anew.
+    """
+
+    conversation: Conversation
+    token_ids: tuple[int, ...]
+    policy: Policy
+    prepared_for: Any = None  # the output contract already applied to the conversation, if any
 
 
 _LOADED: weakref.WeakValueDictionary[tuple, Policy] = weakref.WeakValueDictionary()

@@ -19,6 +19,7 @@ from align_chains.strategies.base import (
 )
 from align_chains.strategies.best_of_n import BestOfN
 from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest, NoCostModel
 from align_chains.strategies.early_rejection import EarlyRejectionBestOfN
 from align_chains.strategies.reward_guided import RewardGuided
 from align_chains.strategies.sea import SEA
@@ -50,9 +51,14 @@ __all__ = [
     "STRATEGIES",
     "AdaptiveBestOfN",
     "BestOfN",
+    "Bound",
     "Candidate",
+    "Cost",
     "Darwin",
     "EarlyRejectionBestOfN",
+    "MemoryPlan",
+    "MemoryRequest",
+    "NoCostModel",
     "RewardGuided",
     "SearchRun",
     "Strategy",

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from align_chains.engine.decoder import Batch, Decoder
-from align_chains.engine.sampling import make_generator
+from align_chains.engine.sampling import SamplingParams, make_generator
 from align_chains.strategies.allocation import allocate, exploration_size
 from align_chains.strategies.base import (
     SearchRun,
@@ -26,6 +26,7 @@ from align_chains.strategies.base import (
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
+from align_chains.strategies.declarations import Bound, Cost
 
 _STAGE2_SEED_OFFSET = 1_000_003  # stage 2 must not replay stage 1's random draws
 
@@ -59,6 +60,17 @@ class AdaptiveBestOfN(Strategy):
         0.75, gt=0.0, le=1.0, description="Fraction of the budget sampled up front (paper: 0.75)."
     )
     mc_draws: int = Field(1024, ge=16, description="Monte Carlo draws per expected-max estimate.")
+
+    work_bounds: ClassVar[tuple[Bound, ...]] = (Bound("budget", 64),)
+
+    def cost(self, params: SamplingParams) -> Cost:
+        """budget samples per prompt in two stages, the second restarted from the first's cache."""
+        t, b = params.max_new_tokens, self.budget
+        return Cost(b * t, 2 + 2 * t, b, b, factors=("budget", "max_tokens"))
+
+    def batch_key(self) -> None:
+        """Never batched with other requests: it moves samples between the prompts of a batch."""
+        return None
 
     def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
         policy, params, progress, counters = run.policy, run.params, run.progress, run.counters

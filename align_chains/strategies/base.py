@@ -7,6 +7,7 @@ the compute counters, and a trace fit for plotting.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +19,17 @@ from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError, RewardError, UnknownStrategyError
 from align_chains.models.chat import Conversation, as_conversation
-from align_chains.models.policy import Policy
+from align_chains.models.policy import Policy, RenderedPrompt
 from align_chains.progress import NullProgress, Progress
 from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.strategies.declarations import (
+    Bound,
+    Cost,
+    MemoryPlan,
+    MemoryRequest,
+    NoCostModel,
+    missing_cost_message,
+)
 
 
 @dataclass
@@ -112,7 +121,9 @@ class Strategy(BaseModel, ABC):
     (``needs_policy_internals``: why it cannot run over a chat API, or None when it can) and
     implements ``_search``; ``run_batch`` does the common opening and closing. Decorate it
     with ``@register_strategy`` to make it reachable by name from ``get_strategy``, the chat
-    models (``chat_model_class``), the CLI and the server.
+    models (``chat_model_class``), the CLI and the server. To be served it declares its work
+    (``cost``) and the settings that multiply it (``work_bounds``); its memory (``memory``) and
+    its batching (``batch_key``) have defaults (``strategies/declarations.py``).
 
     Examples:
         >>> from align_chains import BestOfN, get_strategy
@@ -133,6 +144,37 @@ class Strategy(BaseModel, ABC):
     needs_policy_internals: ClassVar[str | None] = None  # e.g. "the policy's next-token logits"
     one_prompt_chat_model: ClassVar[bool] = True  # False: only meaningful across a batch of prompts
     follows_grammar: ClassVar[bool] = True  # False: its search cannot keep to SamplingParams.grammar
+    work_bounds: ClassVar[tuple[Bound, ...]] = ()  # settings that multiply its work, a server's default limit
+
+    # -- what it declares about its work (read by the server, the estimator and the docs) -----
+    def cost(self, params: SamplingParams) -> Cost:
+        """An upper bound of one prompt's work with these settings and ``params``.
+
+        Every strategy a server runs declares one: the server admits or refuses a request on it,
+        and refuses to serve a strategy without one (``NoCostModel`` says what to add).
+        """
+        raise NoCostModel(missing_cost_message(type(self)))
+
+    @classmethod
+    def declares_cost(cls) -> bool:
+        """Whether the class declares its own ``cost`` (a server serves only those)."""
+        return cls.cost is not Strategy.cost
+
+    def memory(self, request: MemoryRequest) -> MemoryPlan:
+        """The phases of one ``run_batch`` call and what each holds on the policy's device.
+
+        By default: the engine's decoding of ``Cost.rows`` rows per prompt, from one prefill per
+        prompt, and one reward call over them. Override it for tensors or caches of its own
+        (SEA's backward, DARWIN's candidates, a reward cache kept across steps).
+        """
+        rows = request.prompts * self.cost(request.params).rows
+        return MemoryPlan(rows, request.decoding(rows, request.prompts), request.reward_scoring(rows))
+
+    def batch_key(self) -> str | None:
+        """What two requests must share to run as one batched run (their prompts decoded side by
+        side): by default every setting. None: a request of it always runs alone (its answer for
+        one prompt would depend on the others of a batch)."""
+        return json.dumps([self.name, self.model_dump()], sort_keys=True, default=repr)
 
     @classmethod
     def default_params(cls) -> SamplingParams:
@@ -141,7 +183,7 @@ class Strategy(BaseModel, ABC):
 
     def run(
         self,
-        prompt: Prompt,
+        prompt: Prompt | RenderedPrompt,
         policy: Policy,
         reward: RewardModel,
         params: SamplingParams | None = None,
@@ -154,7 +196,7 @@ class Strategy(BaseModel, ABC):
 
     def run_batch(
         self,
-        prompts: Sequence[Prompt],
+        prompts: Sequence[Prompt | RenderedPrompt],
         policy: Policy,
         reward: RewardModel,
         params: SamplingParams | None = None,
@@ -164,7 +206,8 @@ class Strategy(BaseModel, ABC):
     ) -> list[StrategyResult]:
         """Run on several prompts, batching the work across them where the method allows.
 
-        Validates and renders the prompts before any model work, times the search (every result
+        Validates and renders the prompts before any model work (a ``RenderedPrompt`` of this
+        policy is both already), times the search (every result
         reports the whole run's seconds, shared by the batch), closes the progress display, and
         on a reward failure re-raises with the work done so far attached.
         ``options`` go to ``_search`` (e.g. ``on_commit`` for a streaming strategy).
@@ -249,17 +292,27 @@ def canonical_strategy_name(name: str) -> str:
 
 
 def prepare_prompts(
-    prompts: Sequence[Prompt], policy: Policy, params: SamplingParams
+    prompts: Sequence[Prompt | RenderedPrompt], policy: Policy, params: SamplingParams
 ) -> tuple[list[Conversation], list[list[int]]]:
-    """Validate and render prompts; raises before any model work if one cannot run."""
+    """Validate and render prompts; raises before any model work if one cannot run.
+
+    A ``RenderedPrompt`` of this policy is taken as it is: validated and rendered already.
+    """
     if isinstance(prompts, str):
         raise InvalidInputError("run_batch() takes a list of prompts; use run() for one prompt.")
     if not prompts:
         raise InvalidInputError("No prompts given: pass at least one.")
-    conversations = [as_conversation(p) for p in prompts]
-    token_ids = [policy.render(c) for c in conversations]
-    for ids in token_ids:
+    conversations, token_ids = [], []
+    for prompt in prompts:
+        if isinstance(prompt, RenderedPrompt) and prompt.policy is policy:
+            conversation, ids = [dict(m) for m in prompt.conversation], list(prompt.token_ids)
+        else:
+            raw = prompt.conversation if isinstance(prompt, RenderedPrompt) else prompt
+            conversation = as_conversation(raw)
+            ids = policy.render(conversation)
         policy.check_fits(len(ids), params.max_new_tokens)
+        conversations.append(conversation)
+        token_ids.append(ids)
     return conversations, token_ids
 
 

@@ -10,8 +10,10 @@ from pydantic import Field
 
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Completion, Decoder
+from align_chains.engine.sampling import SamplingParams
 from align_chains.strategies.base import SearchRun, Strategy, StrategyResult, register_strategy, score_texts
 from align_chains.strategies.candidates import best_index, candidate_from, chosen_result
+from align_chains.strategies.declarations import Bound, Cost
 
 
 @register_strategy
@@ -38,6 +40,13 @@ class BestOfN(Strategy):
     aliases: ClassVar[tuple[str, ...]] = ("bon", "best_of_n", "bestofn")
 
     n: int = Field(4, ge=1, description="Candidates sampled per prompt.")
+
+    work_bounds: ClassVar[tuple[Bound, ...]] = (Bound("n", 64),)
+
+    def cost(self, params: SamplingParams) -> Cost:
+        """n rows from one prefill, one reward call over the n answers."""
+        t = params.max_new_tokens
+        return Cost(self.n * t, 1 + t, self.n, self.n, factors=("n", "max_tokens"))
 
     def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
         num = run.num_prompts

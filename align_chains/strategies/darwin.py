@@ -12,6 +12,7 @@ instead re-encodes every prompt and partial answer every ``m`` tokens; the bench
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,12 +21,16 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from align_chains.engine.decoder import Completion
+from align_chains.engine.memory import ModelShape, Phase
+from align_chains.engine.sampling import SamplingParams
 from align_chains.strategies.base import SearchRun, Strategy, StrategyResult, register_strategy
 from align_chains.strategies.candidates import candidate_from, chosen_result
 from align_chains.strategies.darwin_driver import Answer, DarwinDriver
 from align_chains.strategies.darwin_local import LocalAnswer, LocalBackend, check_mutation_requests_fit
 from align_chains.strategies.darwin_population import CachedPopulation, Population
 from align_chains.strategies.darwin_trace import records
+from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
+from align_chains.strategies.mutation import mutation_request_tokens
 
 
 def check_k_at_most_n(k: int, n: int) -> None:
@@ -82,6 +87,53 @@ class Darwin(Strategy):
         check_k_at_most_n(self.k, self.n)
         return self
 
+    # -- its work ------------------------------------------------------------------------
+    work_bounds: ClassVar[tuple[Bound, ...]] = (
+        Bound("n", 64),
+        Bound("k", 1000),
+        Bound("m", 1024),
+        Bound("cycles", 20),
+        Bound("mutation_max_tokens", 512),
+        Bound("max_total_tokens", 200_000),
+    )
+
+    def cost(self, params: SamplingParams) -> Cost:
+        """s0 and its mutation list; per cycle a list and n answers, scored every m tokens;
+        ``max_total_tokens`` stops it early."""
+        t, mut, cycles, n = params.max_new_tokens, self.mutation_max_tokens, self.cycles, self.n
+        decode = t + mut + cycles * (mut + n * t)
+        passes = 2 + max(t, mut) + cycles * (2 + mut + t)
+        if self.max_total_tokens is not None:
+            decode = min(decode, self.max_total_tokens)
+            passes = min(passes, decode + 2 * (cycles + 1))
+        reward_items = 1 + cycles * n * math.ceil(t / self.m)
+        factors = ("cycles", "n", "mutation_max_tokens", "max_tokens", "m")
+        return Cost(decode, passes, reward_items, max(n, 2), factors=factors)
+
+    def memory(self, request: MemoryRequest) -> MemoryPlan:
+        """The first answers decoded beside the first mutation lists (2 rows per prompt, padded
+        to the mutation request), the n candidates per prompt (``prefix_prefill`` reserves the
+        whole cache, then prefills the differing suffixes: the worst case, nothing shared), and
+        a replacement round's state transplant. Mutated prompts are taken as long as the original."""
+        prompts, width, new, shape = request.prompts, request.width, request.new, request.shape
+        first = width + mutation_request_tokens(self.n)
+        phases = request.decoding(2 * prompts, 2 * prompts, first, max(new, self.mutation_max_tokens))
+        rows = prompts * self.n
+        reserved = rows * (width + new) * shape.kv_bytes_per_token
+        candidate = request.decoding(rows, rows)
+        candidate[0] = Phase(
+            "candidate prefill",
+            reserved,
+            shape.forward_bytes(rows, width, width),
+            rows * shape.vocab * (shape.bytes_per_value + 4),
+        )
+        phases.extend(candidate)
+        if new > self.m and self.n > self.k:
+            moved, fed = prompts * (self.n - self.k), new - self.m
+            phases.append(_replacement_phase(shape, moved, width, fed, reserved, candidate[-1].logits))
+        notes = ("DARWIN: mutated prompts taken as long as the original",)
+        return MemoryPlan(rows, phases, request.reward_scoring(rows), notes)
+
     #: how the candidates of a cycle are decoded (called like ``CachedPopulation``); the
     #: benchmarks' re-prefill reference swaps in one that re-encodes every ``m`` tokens
     population: ClassVar[Callable[..., Population]] = CachedPopulation
@@ -94,6 +146,21 @@ class Darwin(Strategy):
         run.partial = lambda: local_results(self.name, driver, backend, reward_failed=True)
         driver.run()
         return local_results(self.name, driver, backend)
+
+
+def _replacement_phase(
+    shape: ModelShape, moved: int, width: int, fed: int, reserved: int, logits: int
+) -> Phase:
+    """A replacement round (``state_transplant``) on ``moved`` rows: building its DynamicCache from
+    index copies of their prompt columns holds those copies and the cache's own (torch.cat)
+    copies at once; then a forward over the copied answer (at most ``fed`` = max_new_tokens - m
+    tokens) grows that cache layer by layer. The larger of the two, beside the candidates' cache."""
+    kv, layer = shape.kv_bytes_per_token, shape.kv_bytes_per_layer_token
+    build = 2 * moved * width * kv
+    forward = moved * (width + fed) * kv + moved * (width + fed) * layer
+    if build >= forward + shape.forward_bytes(moved, fed, width + fed):
+        return Phase("replacement", reserved + build, 0, logits)
+    return Phase("replacement", reserved + forward, shape.forward_bytes(moved, fed, width + fed), logits)
 
 
 def local_results(

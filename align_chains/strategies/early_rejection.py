@@ -49,6 +49,7 @@ from align_chains.strategies.base import (
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
+from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
 
 
 @dataclass
@@ -102,6 +103,26 @@ class EarlyRejectionBestOfN(Strategy):
         if isinstance(value, int) and value < 1:
             raise ValueError(f"decision_every must be a positive number of tokens or 'memory'; got {value}.")
         return value
+
+    # -- its work ------------------------------------------------------------------------
+    work_bounds: ClassVar[tuple[Bound, ...]] = (Bound("n", 64),)
+
+    def cost(self, params: SamplingParams) -> Cost:
+        """At most Best-of-n's tokens (rejection only removes rows); every row's partial answer
+        may be scored at each decision ('memory': taken as every token), every finished one once more."""
+        t, n = params.max_new_tokens, self.n
+        every = self.decision_every if isinstance(self.decision_every, int) else 1
+        return Cost(n * t, 1 + t, n * (1 + math.ceil(t / every)), n, factors=("n", "max_tokens"))
+
+    def memory(self, request: MemoryRequest) -> MemoryPlan:
+        """Best-of-n's phases; a judge keeps its own cache for every row (``JudgePartialScorer``):
+        prompt, answer and its closing question."""
+        plan = super().memory(request)
+        judge = request.reward
+        if judge.shape is None or judge.kind != "judge":
+            return plan
+        text = judge.text_tokens(request.width, request.new)
+        return plan.with_reward(plan.rows * text * judge.shape.kv_bytes_per_token)
 
     # -- schedule ------------------------------------------------------------------------
     def _tokens_to_decision(self, batch: Batch) -> int:

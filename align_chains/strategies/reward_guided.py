@@ -34,8 +34,11 @@ from align_chains.strategies.base import (
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
+from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
 
 OnCommit = Callable[[int, list[int]], None]
+# ClassifierBranchScorer's cache reserves room for the k candidate columns (rewards/incremental.py)
+_CANDIDATE_COLUMNS = 64
 
 
 def branch_scorer(
@@ -98,6 +101,23 @@ class RewardGuided(Strategy):
     scoring: Literal["auto", "incremental", "text"] = Field(
         "auto", description="auto: incremental when the reward shares the policy's vocabulary, else text."
     )
+
+    work_bounds: ClassVar[tuple[Bound, ...]] = (Bound("k", 1000),)
+
+    def cost(self, params: SamplingParams) -> Cost:
+        """One row; at every token a scorer forward beside the policy's, k branches scored."""
+        t = params.max_new_tokens
+        return Cost(t, 2 * (1 + t), self.k * t + 1, 1, factors=("k", "max_tokens"))
+
+    def memory(self, request: MemoryRequest) -> MemoryPlan:
+        """One row per prompt; a classifier reward keeps its own preallocated cache row per
+        prompt (``ClassifierBranchScorer``), with room for the k candidate columns."""
+        plan = super().memory(request)
+        reward = request.reward
+        if reward.shape is None or reward.kind != "classifier":
+            return plan
+        columns = request.width + request.new + _CANDIDATE_COLUMNS
+        return plan.with_reward(plan.rows * columns * reward.shape.kv_bytes_per_token)
 
     def _search(
         self, run: SearchRun, *, on_commit: OnCommit | None = None, scorer: BranchScorer | None = None

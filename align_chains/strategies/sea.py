@@ -35,6 +35,7 @@ from pydantic import Field, field_validator
 
 from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.engine.decoder import Batch, Decoder
+from align_chains.engine.memory import MiB, Phase
 from align_chains.engine.sampling import SamplingParams, make_generator
 from align_chains.errors import InvalidInputError
 from align_chains.models.policy import Policy
@@ -46,6 +47,7 @@ from align_chains.strategies.base import (
     register_strategy,
     score_texts,
 )
+from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
 from align_chains.strategies.fluency_guard import FluencyGuard, GuardVerdict, mean_nll, repetition_rate
 
 REVISE_INSTRUCTION = (
@@ -60,6 +62,14 @@ _MASKED = -1e10
 GUARD_NLL_MARGIN = 1.0
 GUARD_MAX_REPETITION = 0.3
 GUARD_NGRAM = 3
+
+# Memory: fp32 [rows, L, V] tensors alive at the backward of one iteration: the variable, noise,
+# noisy logits, softmax(noisy) and its product with log p, softmax(noisy / tau_r), the policy's
+# step logits and their log-softmax, and the gradient of the noisy logits (9); the backward adds
+# the gradients flowing through the two softmaxes, the product and the scaling (4).
+_STEP_TENSORS = 13
+# Adam keeps exp_avg and exp_avg_sq next to the variable's .grad: 3 more fp32 copies.
+_ADAM_TENSORS = 3
 
 
 def noise_level(iteration: int, iterations: int, levels: Sequence[float]) -> float:
@@ -164,6 +174,52 @@ class SEA(Strategy):
     def default_params(cls) -> SamplingParams:
         """The paper's response length (L = 50) and initial-sample temperature."""
         return SamplingParams(max_new_tokens=50, temperature=0.8)
+
+    # -- its work ------------------------------------------------------------------------
+    work_bounds: ClassVar[tuple[Bound, ...]] = (
+        Bound("chains", 16),
+        Bound("iterations", 200),
+        Bound("decode_top_k", 1000),
+    )
+
+    def cost(self, params: SamplingParams) -> Cost:
+        """Initial samples, then per iteration one pass over the relaxed sequence and a decode of
+        up to L positions (one pass each past the argmax), all chains rows of one tensor."""
+        t, chains, iterations = params.max_new_tokens, self.chains, self.iterations
+        decode = chains * t * (1 + iterations)
+        passes = 1 + t + iterations * (1 + t)
+        factors = ("iterations", "chains", "max_tokens")
+        return Cost(decode, passes, chains * (1 + 2 * iterations), chains, factors=factors)
+
+    def memory(self, request: MemoryRequest) -> MemoryPlan:
+        """The decoded chains, then the peak: an iteration's backward on top of their cache (the
+        fp32 [rows, L, V] tensors and Adam's state), and a causal reward's soft scorer (its
+        prefix cache and the activations its backward keeps)."""
+        plan = super().memory(request)
+        rows, new, shape = plan.rows, request.new, request.shape
+        decode = plan.phases[-1]
+        unit = rows * new * shape.vocab * 4  # one fp32 [rows, L, V] tensor
+        model_logits = rows * new * shape.vocab * shape.bytes_per_value
+        backward = Phase(
+            "SEA backward",
+            decode.kv,
+            max(decode.activations, shape.forward_bytes(rows, new, request.width + new)),
+            decode.logits,
+            scoring=True,
+            sea_tensors=_STEP_TENSORS * unit + model_logits,
+            optimizer_state=_ADAM_TENSORS * unit,
+        )
+        plan = replace(plan, phases=[*plan.phases, backward]).noted(
+            f"SEA: {_STEP_TENSORS} fp32 [rows, L, V] tensors at the backward plus Adam's moments "
+            f"and gradient ({unit / MiB:.1f} MiB each); the logit variable and Adam stay fp32 in any dtype"
+        )
+        reward = request.reward
+        if reward.shape is None or not reward.causal:
+            return plan
+        text = reward.text_tokens(request.width, new)
+        soft = rows * text * reward.shape.kv_bytes_per_token + reward.shape.saved_for_backward(rows, new + 16)
+        soft += 2 * rows * new * reward.shape.vocab * reward.shape.bytes_per_value  # probs cast to its dtype
+        return plan.with_reward(soft)
 
     def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
         if not run.reward.supports_soft_scoring:

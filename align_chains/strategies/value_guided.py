@@ -15,6 +15,7 @@ Either signal works alone; both together are IVG.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import ClassVar, Literal
 
@@ -23,7 +24,7 @@ from pydantic import Field
 
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.lockstep import Lockstep, View
-from align_chains.engine.sampling import make_generator, sample_tokens
+from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
 from align_chains.errors import InvalidInputError
 from align_chains.rewards.base import RewardModel
 from align_chains.rewards.implicit import ImplicitReward, check_shared_vocabulary
@@ -35,6 +36,7 @@ from align_chains.strategies.base import (
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
+from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
 
 OnCommit = Callable[[int, list[int]], None]
 
@@ -90,6 +92,32 @@ class ValueGuided(Strategy):
     principle: str | None = Field(
         None, min_length=1, description="Guide the policy with itself, with and without this principle."
     )
+
+    work_bounds: ClassVar[tuple[Bound, ...]] = (
+        Bound("beams", 16),
+        Bound("samples", 16),
+        Bound("chunk_tokens", 1024),
+    )
+
+    def cost(self, params: SamplingParams) -> Cost:
+        """beams x samples rows; the policy and, at most, a tuned and an untuned guide decoded in
+        lockstep (3 views); the rows scored at the end of every chunk."""
+        t, width = params.max_new_tokens, self.beams * self.samples
+        chunks = math.ceil(t / self.chunk_tokens)
+        factors = ("beams", "samples", "max_tokens", "chunk_tokens")
+        return Cost(width * t, 3 * (1 + t), width * chunks, width, factors=factors)
+
+    def memory(self, request: MemoryRequest) -> MemoryPlan:
+        """The guide views (the policy with and without the principle, or a tuned/untuned pair)
+        are more blocks of the same Lockstep batch: views x the rows, views x the prompts."""
+        rows = request.prompts * self.beams * self.samples
+        views = 2 if self.principle else (3 if self.token_guidance else 1)
+        plan = MemoryPlan(
+            rows, request.decoding(rows * views, request.prompts * views), request.reward_scoring(rows)
+        )
+        if views == 1:
+            return plan
+        return plan.noted(f"IVG: {views} views decoded as one batch of {views} x the rows")
 
     def guidance_scale(self, guide: ImplicitReward | None) -> float:
         """``w`` as set, else the default for this guide: above 1 for a principle, 1 for a pair."""

@@ -7,8 +7,8 @@
 - The cookbook notebooks (``cookbook/*.ipynb``) are added to the site as ``cookbook/<name>.ipynb``
   before mkdocs-jupyter renders them, so they live in one place: cookbook/.
 - ``<!-- settings-table: align_chains.BestOfNChatModel -->`` in a page becomes a table of that
-  chat model's settings with their defaults and descriptions, read from the class at build
-  time, so it never drifts from the code.
+  chat model's settings with their defaults and descriptions and the server limits its
+  strategies declare, read from the classes at build time, so it never drifts from the code.
 """
 
 from __future__ import annotations
@@ -163,19 +163,37 @@ def _rewrite_links(markdown: str, page_uri: str) -> str:
 
 def _settings_table(dotted: str) -> str:
     module_name, _, class_name = dotted.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    return settings_table(getattr(importlib.import_module(module_name), class_name))
+
+
+def settings_table(cls: Any) -> str:
+    """A chat model's settings with their defaults and meanings, and what its strategies declare:
+    the settings that multiply the work with the largest value a server admits (``work_bounds``),
+    and whether they keep a grammar (``follows_grammar``)."""
     from langchain_core.language_models import BaseChatModel
 
+    from align_chains.strategies.declarations import default_limits
+
+    strategies = cls.strategy_classes()
+    limits = default_limits(strategies)
     langchain_fields = set(BaseChatModel.model_fields)  # cache, callbacks, tags, ...: LangChain's own
-    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    rows = ["| setting | default | server limit | meaning |", "| --- | --- | --- | --- |"]
     for name, field in cls.model_fields.items():
         if name in langchain_fields or name.startswith("_"):
             continue
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         label = f"`{name}`" + (f" (`{field.alias}=`)" if field.alias and field.alias != name else "")
+        limit = f"{limits[name]:g}" if name in limits else ""
         meaning = (field.description or "").replace("|", "\\|")
-        rows.append(f"| {label} | `{default}` | {meaning} |")
-    return "\n".join(rows) + "\n"
+        rows.append(f"| {label} | `{default}` | {limit} | {meaning} |")
+    grammar = "yes" if all(s.follows_grammar for s in strategies) else "no"
+    note = (
+        "\nA server limit marks a setting that multiplies a request's work (`time_budget_s`: its wall "
+        "time): `align-chains serve` refuses larger values (`--limit NAME=MAX` changes the limit) and "
+        "costs every request with the strategy's own cost model. Keeps a grammar (bound tools, "
+        f"schemas, `grammar=`, `regex=`): {grammar}.\n"
+    )
+    return "\n".join(rows) + "\n" + note
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:

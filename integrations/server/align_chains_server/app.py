@@ -8,6 +8,9 @@ the timeout (504), when the client disconnects, and on shutdown (503), and the s
 at its next step, freeing the policy for the next request. Every error has the OpenAI error
 shape; nothing a client sends produces a traceback in the response, and the log never holds
 prompts, completions or keys unless ``log_content`` is set.
+
+The routes are a FastAPI ``APIRouter``; what they share (the served model, the scheduler, the
+limits and the live counts) is the app's ``ServerState`` on ``app.state.server``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -102,6 +106,35 @@ class _ClientGone(Exception):
     """The client disconnected while its request waited or ran; nobody reads the answer."""
 
 
+@dataclass
+class ServerState:
+    """What the routes share, kept on ``app.state.server``: the served model, the scheduler, the
+    limits, and the live counts /health reports (changed only on the event loop's thread)."""
+
+    served: ServedModel
+    scheduler: Scheduler
+    limits: ServerLimits
+    batching: BatchingSettings
+    log_content: bool = False
+    in_flight: int = 0
+    answered: int = 0
+
+    def log_failure(self, what: str, exc: Exception) -> None:
+        if self.log_content:
+            log.error("%s: %s", what, exc)
+        else:  # exception messages may quote prompts or answers
+            log.error("%s: %s (start with --log-content to see the message)", what, type(exc).__name__)
+
+
+def server_state(request: Request) -> ServerState:
+    """The app's ``ServerState`` (a FastAPI dependency)."""
+    return request.app.state.server
+
+
+State = Annotated[ServerState, Depends(server_state)]
+router = APIRouter()
+
+
 def create_app(
     served: ServedModel,
     *,
@@ -115,148 +148,164 @@ def create_app(
     one request at a time); ``log_content`` lets error logs quote prompts and completions."""
     limits = limits or ServerLimits()
     batching = batching or BatchingSettings()
-    scheduler = Scheduler(served.run_together, batching)
-    state: dict[str, Any] = {"in_flight": 0, "served": 0}
-
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("loading strategy %s on policy %s", served.strategy, served.policy_spec)
-        await asyncio.to_thread(served.load)
-        log.info("ready: serving %r", served.model_id)
-        yield
-        scheduler.close()
-        await asyncio.to_thread(scheduler.join, limits.shutdown_timeout_s)
-
-    app = FastAPI(title="align-chains", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.scheduler = scheduler
+    state = ServerState(served, Scheduler(served.run_together, batching), limits, batching, log_content)
+    app = FastAPI(title="align-chains", version="0.1.0", lifespan=_lifespan, docs_url=None, redoc_url=None)
+    app.state.server = state
+    app.state.scheduler = state.scheduler
     if api_key:
         app.add_middleware(BearerAuth, api_key=api_key)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if log_content:
-            log.exception("unexpected error on %s", request.url.path)
-        else:
-            log.error("unexpected error on %s: %s", request.url.path, type(exc).__name__)
-        return _error(500, f"Internal error ({type(exc).__name__}); see the server log.")
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok" if served.loaded else "loading",
-            "model": served.model_id,
-            "strategy": served.strategy,
-            "in_flight": state["in_flight"],
-            "queued": scheduler.queued,
-            "max_concurrency": limits.max_concurrency,
-            "served": state["served"],
-            "batches": asdict(scheduler.stats),
-        }
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": served.model_id,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "align-chains",
-                    "align_chains": {
-                        "strategy": served.strategy,
-                        "policy": served.policy_spec,
-                        "settings": served.strategy_fields(),
-                        "limits": {
-                            "settings": served.setting_limits(),
-                            "cost": asdict(served.cost_limits),
-                            "memory": asdict(served.memory_plan()[0]) if served.loaded else None,
-                            "context_length": served.policy.context_length if served.loaded else None,
-                            "timeout_s": limits.timeout_s,
-                            "max_concurrency": limits.max_concurrency,
-                            "max_body_bytes": limits.max_body_bytes,
-                            "batching": asdict(batching),
-                        },
-                    },
-                }
-            ],
-        }
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        try:
-            return await _chat(request)
-        except RequestError as exc:
-            return _error(exc.status, exc.message, kind=exc.kind, param=exc.param, code=exc.code)
-        except _ClientGone:
-            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
-
-    async def _chat(request: Request) -> Any:
-        body = await _read_body(request, limits.max_body_bytes)
-        if state["in_flight"] >= limits.max_concurrency:
-            return _error(
-                429,
-                f"The server is busy ({limits.max_concurrency} requests in flight); retry shortly.",
-                kind="rate_limit_error",
-                code="too_many_requests",
-            )
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(400, f"The body is not valid JSON: {exc}.") from exc
-        if not isinstance(payload, dict):
-            raise RequestError(400, f"The body must be a JSON object, not {type(payload).__name__}.")
-        try:
-            parsed = ChatCompletionRequest.model_validate(payload)
-        except ValidationError as exc:
-            message, param = describe_validation_error(exc)
-            raise RequestError(400, message, param=param) from exc
-        if not served.loaded:
-            raise RequestError(503, "The model is still loading; retry shortly.")
-        planned = served.plan(parsed)
-
-        token = scheduler.token(limits.timeout_s)
-        state["in_flight"] += 1
-        loop = asyncio.get_running_loop()
-        job = scheduler.submit(planned, token)
-        # the slot frees when the work ends (within a step of a cancel), not when we stop waiting
-        job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(_done))
-        began = time.monotonic()
-        try:
-            result, reply = await _wait(request, job, token)
-        except Cancelled as exc:
-            raise _cancelled_error(exc.reason, limits.timeout_s) from exc
-        except InvalidInputError as exc:
-            raise RequestError(400, str(exc)) from exc
-        except RewardError as exc:
-            _log_failure("reward failed", exc)
-            raise RequestError(500, f"The reward model failed: {exc}", kind="server_error") from exc
-        except AlignChainsError as exc:
-            _log_failure("strategy failed", exc)
-            raise RequestError(500, f"The strategy failed: {exc}", kind="server_error") from exc
-        state["served"] += 1
-        log.info(
-            "answered: %d prompt tokens, %d completion tokens, batch of %d, %.2f s",
-            result.prompt_tokens,
-            result.best.num_tokens,
-            result.counters.batch_size,
-            time.monotonic() - began,
-        )
-        return _respond(planned, parsed, served, result, reply)
-
-    def _done() -> None:
-        state["in_flight"] -= 1
-
-    def _log_failure(what: str, exc: Exception) -> None:
-        if log_content:
-            log.error("%s: %s", what, exc)
-        else:  # exception messages may quote prompts or answers
-            log.error("%s: %s (start with --log-content to see the message)", what, type(exc).__name__)
-
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(router)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the served model before the first request; on shutdown stop the scheduler."""
+    state: ServerState = app.state.server
+    log.info("loading strategy %s on policy %s", state.served.strategy, state.served.policy_spec)
+    await asyncio.to_thread(state.served.load)
+    log.info("ready: serving %r", state.served.model_id)
+    yield
+    state.scheduler.close()
+    await asyncio.to_thread(state.scheduler.join, state.limits.shutdown_timeout_s)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if server_state(request).log_content:
+        log.exception("unexpected error on %s", request.url.path)
+    else:
+        log.error("unexpected error on %s: %s", request.url.path, type(exc).__name__)
+    return _error(500, f"Internal error ({type(exc).__name__}); see the server log.")
+
+
+@router.get("/health")
+async def health(state: State) -> dict[str, Any]:
+    served, scheduler = state.served, state.scheduler
+    return {
+        "status": "ok" if served.loaded else "loading",
+        "model": served.model_id,
+        "strategy": served.strategy,
+        "in_flight": state.in_flight,
+        "queued": scheduler.queued,
+        "max_concurrency": state.limits.max_concurrency,
+        "served": state.answered,
+        "batches": asdict(scheduler.stats),
+    }
+
+
+@router.get("/v1/models")
+async def models(state: State) -> dict[str, Any]:
+    served, limits = state.served, state.limits
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": served.model_id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "align-chains",
+                "align_chains": {
+                    "strategy": served.strategy,
+                    "policy": served.policy_spec,
+                    "settings": served.strategy_fields(),
+                    "limits": {
+                        "settings": served.setting_limits(),
+                        "cost": asdict(served.cost_limits),
+                        "memory": asdict(served.memory_plan()[0]) if served.loaded else None,
+                        "context_length": served.policy.context_length if served.loaded else None,
+                        "timeout_s": limits.timeout_s,
+                        "max_concurrency": limits.max_concurrency,
+                        "max_body_bytes": limits.max_body_bytes,
+                        "batching": asdict(state.batching),
+                    },
+                },
+            }
+        ],
+    }
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: State) -> Any:
+    try:
+        return await _chat(request, state)
+    except RequestError as exc:
+        return _error(exc.status, exc.message, kind=exc.kind, param=exc.param, code=exc.code)
+    except _ClientGone:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+
+
+def _parse(body: bytes) -> ChatCompletionRequest:
+    """The body as a ChatCompletionRequest (400 when it is not one)."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(400, f"The body is not valid JSON: {exc}.") from exc
+    if not isinstance(payload, dict):
+        raise RequestError(400, f"The body must be a JSON object, not {type(payload).__name__}.")
+    try:
+        return ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        message, param = describe_validation_error(exc)
+        raise RequestError(400, message, param=param) from exc
+
+
+async def _chat(request: Request, state: ServerState) -> Any:
+    limits = state.limits
+    body = await _read_body(request, limits.max_body_bytes)
+    if state.in_flight >= limits.max_concurrency:
+        return _error(
+            429,
+            f"The server is busy ({limits.max_concurrency} requests in flight); retry shortly.",
+            kind="rate_limit_error",
+            code="too_many_requests",
+        )
+    parsed = _parse(body)
+    if not state.served.loaded:
+        raise RequestError(503, "The model is still loading; retry shortly.")
+    planned = state.served.plan(parsed)
+    began = time.monotonic()
+    result, reply = await _run(request, state, planned)
+    state.answered += 1
+    log.info(
+        "answered: %d prompt tokens, %d completion tokens, batch of %d, %.2f s",
+        result.prompt_tokens,
+        result.best.num_tokens,
+        result.counters.batch_size,
+        time.monotonic() - began,
+    )
+    return _respond(planned, parsed, state.served, result, reply)
+
+
+async def _run(request: Request, state: ServerState, planned: PreparedRequest) -> tuple[Any, Reply]:
+    """Queue the planned request and wait for its result, turning failures into RequestErrors."""
+    token = state.scheduler.token(state.limits.timeout_s)
+    state.in_flight += 1
+    loop = asyncio.get_running_loop()
+    job = state.scheduler.submit(planned, token)
+
+    def done() -> None:
+        state.in_flight -= 1
+
+    # the slot frees when the work ends (within a step of a cancel), not when we stop waiting
+    job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(done))
+    try:
+        return await _wait(request, job, token)
+    except Cancelled as exc:
+        raise _cancelled_error(exc.reason, state.limits.timeout_s) from exc
+    except InvalidInputError as exc:
+        raise RequestError(400, str(exc)) from exc
+    except RewardError as exc:
+        state.log_failure("reward failed", exc)
+        raise RequestError(500, f"The reward model failed: {exc}", kind="server_error") from exc
+    except AlignChainsError as exc:
+        state.log_failure("strategy failed", exc)
+        raise RequestError(500, f"The strategy failed: {exc}", kind="server_error") from exc
 
 
 async def _wait(request: Request, job: Job, token: CancelToken) -> Any:

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_option,
         default=[],
         metavar="KEY=MAX",
-        help=f"Largest value a request may ask for (defaults: {DEFAULT_LIMITS}); repeatable.",
+        help="Largest value a request may ask for, over the bounds the strategies declare "
+        f"(defaults: {dict(DEFAULT_LIMITS)}); repeatable.",
     )
     costs = CostLimits()
     parser.add_argument(
@@ -181,6 +182,42 @@ def read_api_key(env_name: str, file: Path | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = _bad_numbers(args)
+    if problem:
+        return _fail(problem)
+    try:
+        served = served_model(args)
+        api_key = read_api_key(args.api_key_env, args.api_key_file)
+    except (AlignChainsError, OSError, TypeError, ValueError) as exc:
+        message = str(exc)
+        if isinstance(exc, ValidationError):
+            message = "; ".join(
+                f"invalid {'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+            )
+        return _fail(message)
+    if not api_key and not is_loopback(args.host) and not args.allow_unauthenticated:
+        return _fail(
+            f"--host {args.host} is reachable from other machines and no API key is set, so anyone "
+            f"could spend this machine's compute. Set one (--api-key-file, or the {args.api_key_env} "
+            "environment variable), bind 127.0.0.1, or pass --allow-unauthenticated if the network "
+            "is trusted."
+        )
+    print(f"align-chains serve: loading {args.policy} and the reward…", file=sys.stderr)
+    try:
+        served.load()  # before binding the port: a bad policy or reward is a clear error, not a traceback
+    except (AlignChainsError, OSError, ValueError) as exc:
+        return _fail(str(exc))
+    run_server(args, served, api_key)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"align-chains serve: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _bad_numbers(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numeric options, if anything."""
     for name, value in (
         ("max-concurrency", args.max_concurrency),
         ("timeout", args.timeout),
@@ -192,58 +229,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("shutdown-timeout", args.shutdown_timeout),
     ):
         if value <= 0:
-            print(f"align-chains serve: error: --{name} must be positive, got {value}", file=sys.stderr)
-            return 2
+            return f"--{name} must be positive, got {value}"
     if args.batch_delay_factor < 0:
-        print("align-chains serve: error: --batch-delay-factor must be >= 0", file=sys.stderr)
-        return 2
+        return "--batch-delay-factor must be >= 0"
     if args.batch_window_ms < 0:
-        print("align-chains serve: error: --batch-window-ms must be >= 0", file=sys.stderr)
-        return 2
-    try:
-        served = ServedModel(
-            strategy=args.strategy,
-            policy_spec=args.policy,
-            reward_spec=args.reward,
-            defaults=dict(args.option),
-            limits={**DEFAULT_LIMITS, **{k: float(v) for k, v in args.limit}},
-            device=args.device,
-            model_id=args.model_name,
-            dtype=args.dtype,
-            cost_limits=CostLimits(
-                decode_tokens=args.max_decode_tokens,
-                forward_passes=args.max_forward_passes,
-                reward_items=args.max_reward_items,
-            ),
-            memory_budget=args.max_request_memory,
-        )
-        api_key = read_api_key(args.api_key_env, args.api_key_file)
-    except (AlignChainsError, OSError, TypeError, ValueError) as exc:
-        message = str(exc)
-        if isinstance(exc, ValidationError):
-            message = "; ".join(
-                f"invalid {'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
-            )
-        print(f"align-chains serve: error: {message}", file=sys.stderr)
-        return 2
-    if not api_key and not is_loopback(args.host) and not args.allow_unauthenticated:
-        print(
-            f"align-chains serve: error: --host {args.host} is reachable from other machines and no API "
-            f"key is set, so anyone could spend this machine's compute. Set one (--api-key-file, or "
-            f"the {args.api_key_env} environment variable), bind 127.0.0.1, or pass "
-            "--allow-unauthenticated if the network is trusted.",
-            file=sys.stderr,
-        )
-        return 2
-    print(f"align-chains serve: loading {args.policy} and the reward…", file=sys.stderr)
-    try:
-        served.load()  # before binding the port: a bad policy or reward is a clear error, not a traceback
-    except (AlignChainsError, OSError, ValueError) as exc:
-        print(f"align-chains serve: error: {exc}", file=sys.stderr)
-        return 2
-    import uvicorn
+        return "--batch-window-ms must be >= 0"
+    return None
 
-    CancellingServer = make_cancelling_server(uvicorn.Server)
+
+def served_model(args: argparse.Namespace) -> ServedModel:
+    """The ServedModel the options describe (validated; nothing loaded yet)."""
+    return ServedModel(
+        strategy=args.strategy,
+        policy_spec=args.policy,
+        reward_spec=args.reward,
+        defaults=dict(args.option),
+        limits={k: float(v) for k, v in args.limit},
+        device=args.device,
+        model_id=args.model_name,
+        dtype=args.dtype,
+        cost_limits=CostLimits(
+            decode_tokens=args.max_decode_tokens,
+            forward_passes=args.max_forward_passes,
+            reward_items=args.max_reward_items,
+        ),
+        memory_budget=args.max_request_memory,
+    )
+
+
+def run_server(args: argparse.Namespace, served: ServedModel, api_key: str | None) -> None:
+    """Serve the loaded model with uvicorn until a signal stops it."""
+    import uvicorn
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limits = ServerLimits(
@@ -270,8 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=max(1, round(args.shutdown_timeout)),
     )
-    CancellingServer(config, app.state.scheduler.close, args.shutdown_timeout).run()
-    return 0
+    make_cancelling_server(uvicorn.Server)(config, app.state.scheduler.close, args.shutdown_timeout).run()
 
 
 def is_loopback(host: str) -> bool:

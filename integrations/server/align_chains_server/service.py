@@ -21,14 +21,14 @@ from align_chains.chat_models.streaming import text_pieces
 from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError
 from align_chains.memory import MemoryEstimate, ModelShape, RewardFootprint, estimate_memory, reward_footprint
-from align_chains.models.chat import CONTINUE_FINAL, Conversation, validate_conversation
-from align_chains.models.policy import Policy, load_policy
+from align_chains.models.chat import CONTINUE_FINAL, Conversation
+from align_chains.models.policy import Policy, RenderedPrompt, load_policy
 from align_chains.rewards import RewardModel, load_reward
-from align_chains.strategies import canonical_strategy_name
+from align_chains.strategies import Cost, NoCostModel, Strategy
 from align_chains.strategies.base import StrategyResult
+from align_chains.strategies.declarations import default_limits, missing_cost_message
 from align_chains_server.admission import (
     DEFAULT_SETTING_LIMITS,
-    Cost,
     CostLimits,
     MemoryBudget,
     OverBudget,
@@ -51,8 +51,9 @@ SAMPLING_EXTRAS = frozenset({"top_k", "time_budget_s"})
 # Settings that name models to load: a client may not make the server load weights (set them
 # with -o on the command line instead).
 SERVER_ONLY = frozenset({"tuned", "untuned"})
-# Upper bounds on request settings that multiply work; applied when the strategy has the field.
-DEFAULT_LIMITS: dict[str, float] = dict(DEFAULT_SETTING_LIMITS)
+# Upper bounds on request settings that multiply work, as the strategies declare them
+# (``Strategy.work_bounds``); a served model applies those of its strategies that it has.
+DEFAULT_LIMITS = DEFAULT_SETTING_LIMITS
 _MODULE_ATTR = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -99,17 +100,52 @@ def resolve_reward_spec(spec: Any) -> Any:
 
 @dataclass
 class PreparedRequest:
-    """A request that passed every check: its chat model, conversation, cost and batch key."""
+    """A request that passed every check: its chat model, its prompt rendered once, cost and batch key."""
 
     model: AlignedChatModel
-    conversation: Conversation
+    conversation: Conversation  # as the client sent it
+    prompt: RenderedPrompt  # what the strategy runs (tools or schema instructions in), rendered once
     stop: list[str] | None
-    prompt_tokens: int
     cost: Cost
     batch_key: str | None  # requests with equal keys may run as one batch; None: run alone
     stream: bool = False
     output: OutputRequest | None = None  # tools / response format the answer must keep
     memory: MemoryEstimate | None = None  # the estimated peak memory that admitted it
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt.token_ids)
+
+
+@dataclass(frozen=True)
+class SentSettings:
+    """What a request sets beyond its messages: strategy settings (top level through extra_body,
+    or under ``align_chains``) and the OpenAI sampling fields."""
+
+    settings: dict[str, Any]
+    sampling: dict[str, Any]
+    nested: frozenset[str]  # the settings sent under ``align_chains``
+
+    @classmethod
+    def of(cls, request: ChatCompletionRequest) -> SentSettings:
+        settings = request.extra_settings()
+        settings.update(request.align_chains or {})
+        tokens = request.max_completion_tokens or request.max_tokens
+        sampling = {
+            name: value
+            for name, value in (
+                ("max_tokens", tokens),
+                ("temperature", request.temperature),
+                ("top_p", request.top_p),
+                ("seed", request.seed),
+            )
+            if value is not None
+        }
+        return cls(settings, sampling, frozenset(request.align_chains or {}))
+
+    def param(self, name: str) -> str:
+        """The request field to blame for a setting."""
+        return f"align_chains.{name}" if name in self.nested else name
 
 
 @dataclass
@@ -120,7 +156,7 @@ class ServedModel:
     policy_spec: str
     reward_spec: Any = None
     defaults: dict[str, Any] = field(default_factory=dict)
-    limits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    limits: dict[str, float] = field(default_factory=dict)  # --limit: over the strategies' declared ones
     device: str | None = None
     model_id: str | None = None
     dtype: str | None = None  # 'bf16', 'fp32', ... (automatic: bf16 on a CUDA GPU that has it)
@@ -130,6 +166,10 @@ class ServedModel:
     def __post_init__(self) -> None:
         self.cls: type[AlignedChatModel] = chat_model_class(self.strategy)
         self.model_id = self.model_id or self.strategy
+        for strategy_class in self.cls.strategy_classes():  # a server bounds the work of all it runs
+            if not strategy_class.declares_cost():
+                raise NoCostModel(missing_cost_message(strategy_class))
+        self.limits = {**default_limits(self.cls.strategy_classes()), **self.limits}
         self._policy: Policy | None = None
         self._reward: RewardModel | None = None
         self._memory: tuple[MemoryBudget, ModelShape, RewardFootprint] | None = None
@@ -192,9 +232,38 @@ class ServedModel:
     def _base_fields(self, **extra: Any) -> dict[str, Any]:
         return {"device": self.device, "dtype": self.dtype, **extra}
 
+    # -- planning: each check raises RequestError, in the order a request meets them -------------
     def plan(self, request: ChatCompletionRequest) -> PreparedRequest:
-        """Validate a request and admit its cost, before it queues: settings, their bounds, the
-        estimated work (``admission``), the conversation, and the prompt against the context."""
+        """Validate a request and admit its cost, before it queues: the OpenAI fields and the model
+        id, the tools and response format, the settings and their bounds, the conversation
+        (rendered once: the run takes its token ids) against the context, then the estimated
+        work and peak memory of the strategy the settings build."""
+        self._check_served(request)
+        output = self.output_request(request)  # tools and response format: checked before queueing
+        sent = SentSettings.of(request)
+        self._check_settings(sent)
+        model = self._chat_model(sent)
+        conversation = self._conversation(request)
+        prompt = self._render(conversation, output, model.max_tokens)
+        strategy = model.build_strategy()
+        params = SamplingParams(max_new_tokens=model.max_tokens, top_p=model.top_p, top_k=model.top_k)
+        cost, memory = self._admit(strategy, params, len(prompt.token_ids), sent)
+        # a tool or schema contract is per request: such requests run alone
+        key = None if output.contract is not None else batch_key(model, strategy, request.stop_list())
+        return PreparedRequest(
+            model=model,
+            conversation=conversation,
+            prompt=prompt,
+            stop=request.stop_list(),
+            cost=cost,
+            batch_key=key,
+            stream=request.stream,
+            output=output,
+            memory=memory,
+        )
+
+    def _check_served(self, request: ChatCompletionRequest) -> None:
+        """OpenAI features this server cannot honour (400), a model it does not serve (404)."""
         problem = request.unsupported()
         if problem:
             raise RequestError(400, problem[1], param=problem[0])
@@ -205,52 +274,47 @@ class ServedModel:
                 param="model",
                 kind="invalid_request_error",
             )
-        output = self.output_request(request)  # tools and response format: checked before queueing
-        settings = request.extra_settings()
-        settings.update(request.align_chains or {})
-        prefix = {k: ("align_chains." if k in (request.align_chains or {}) else "") for k in settings}
-        unknown = sorted(k for k in settings if k not in self._settable())
+
+    def _check_settings(self, sent: SentSettings) -> None:
+        """Every setting is one this strategy takes, none names a model to load, none is over its bound."""
+        unknown = sorted(k for k in sent.settings if k not in self._settable())
         if unknown:
-            name = unknown[0]
             raise RequestError(
                 400,
-                f"Unknown setting {name!r} for strategy {self.strategy!r}. Per-request settings it accepts "
-                f"(top level via extra_body, or under 'align_chains'): {sorted(self._settable())}.",
-                param=prefix[name] + name,
+                f"Unknown setting {unknown[0]!r} for strategy {self.strategy!r}. Per-request settings it "
+                f"accepts (top level via extra_body, or under 'align_chains'): {sorted(self._settable())}.",
+                param=sent.param(unknown[0]),
             )
-        server_only = sorted(k for k in settings if k in SERVER_ONLY)
+        server_only = sorted(k for k in sent.settings if k in SERVER_ONLY)
         if server_only:
-            name = server_only[0]
             raise RequestError(
                 400,
-                f"{name!r} names a model to load and cannot be set per request; the server's operator "
-                f"sets it with `align-chains serve -o {name}=...`.",
-                param=prefix[name] + name,
+                f"{server_only[0]!r} names a model to load and cannot be set per request; the server's "
+                f"operator sets it with `align-chains serve -o {server_only[0]}=...`.",
+                param=sent.param(server_only[0]),
             )
-        sampling: dict[str, Any] = {}
-        tokens = request.max_completion_tokens or request.max_tokens
-        for name, value in (
-            ("max_tokens", tokens),
-            ("temperature", request.temperature),
-            ("top_p", request.top_p),
-            ("seed", request.seed),
-        ):
-            if value is not None:
-                sampling[name] = value
-        values = {**self.defaults, **sampling, **settings}
+        values = {**self.defaults, **sent.sampling, **sent.settings}
         for name, limit in self.limits.items():
             value = values.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value > limit:
                 raise RequestError(
                     400,
                     f"{name}={value} is above this server's limit of {limit:g}; ask for less.",
-                    param=prefix.get(name, "") + name,
+                    param=sent.param(name),
                 )
+
+    def _chat_model(self, sent: SentSettings) -> AlignedChatModel:
+        """The request's chat model over the shared policy and reward (its settings validated)."""
+        values = {**self.defaults, **sent.sampling, **sent.settings}
         try:
-            model = self.cls(**self._base_fields(policy=self.policy, reward=self._reward), **values)
+            return self.cls(**self._base_fields(policy=self.policy, reward=self._reward), **values)
         except ValidationError as exc:
             message, param = describe_validation_error(exc)
             raise RequestError(400, message, param=param) from exc
+
+    @staticmethod
+    def _conversation(request: ChatCompletionRequest) -> Conversation:
+        """The messages as a conversation ending where the model answers (or continues)."""
         last = request.messages[-1].role
         if request.continue_final_message:
             if request.add_generation_prompt or last != "assistant":
@@ -277,41 +341,48 @@ class ServedModel:
             )
         try:
             conversation = to_conversation(request.messages)  # tool calls and results included
-            validate_conversation(conversation)
         except BadToolInput as exc:
             raise RequestError(400, str(exc), param=exc.param) from exc
-        except InvalidInputError as exc:
-            raise RequestError(400, str(exc), param="messages") from exc
         if request.continue_final_message:
             conversation[-1][CONTINUE_FINAL] = True  # rendered open: the answer continues it
-        prompt_tokens = self._check_prompt_fits(conversation, model.max_tokens)
-        resolved = {name: getattr(model, name) for name in self._settable() if hasattr(model, name)}
-        strategy = canonical_strategy_name(self.strategy)
-        budget, _, _ = self.memory_plan()
+        return conversation
+
+    def _render(self, conversation: Conversation, output: OutputRequest, max_tokens: int) -> RenderedPrompt:
+        """The prompt the strategy will run (the contract's instructions in), validated and rendered
+        once; a 400 if it is invalid or it and ``max_tokens`` cannot fit the policy's context."""
+        contract = output.contract
         try:
-            cost = admit(strategy, resolved, self.cost_limits, set(settings))
-            memory = admit_memory(
-                strategy,
-                resolved,
-                self._peak_memory(model, prompt_tokens),
-                budget,
-                set(settings) | set(sampling),
+            prompt = self.policy.render_prompt(
+                contract.prepare(conversation) if contract is not None else conversation,
+                prepared_for=contract,
             )
+        except InvalidInputError as exc:
+            raise RequestError(400, str(exc), param="messages") from exc
+        try:
+            self.policy.check_fits(len(prompt.token_ids), max_tokens)
+        except InvalidInputError as exc:
+            raise RequestError(400, str(exc), param="messages", code="context_length_exceeded") from exc
+        return prompt
+
+    def _admit(
+        self, strategy: Strategy, params: SamplingParams, prompt_tokens: int, sent: SentSettings
+    ) -> tuple[Cost, MemoryEstimate]:
+        """The strategy's declared cost and its estimated peak memory, each within this server's
+        limits; one refusal (400) naming the setting to lower otherwise."""
+        budget, shape, reward = self.memory_plan()
+
+        def peak(strategy: Strategy, params: SamplingParams) -> MemoryEstimate:
+            return estimate_memory(strategy, shape, reward, params, prompt_tokens)
+
+        try:
+            cost = admit(strategy, params, self.cost_limits, set(sent.settings))
+            memory = admit_memory(strategy, params, peak, budget, set(sent.settings) | set(sent.sampling))
+        except NoCostModel as exc:
+            raise RequestError(400, str(exc), code="no_cost_model") from exc
         except OverBudget as exc:
-            param = None if exc.param is None else prefix.get(exc.param, "") + exc.param
+            param = None if exc.param is None else sent.param(exc.param)
             raise RequestError(400, exc.message, param=param, code=exc.code) from exc
-        return PreparedRequest(
-            model=model,
-            conversation=conversation,
-            stop=request.stop_list(),
-            prompt_tokens=prompt_tokens,
-            cost=cost,
-            # a tool or schema contract is per request: such requests run alone
-            batch_key=None if output.contract is not None else batch_key(model, request.stop_list()),
-            stream=request.stream,
-            output=output,
-            memory=memory,
-        )
+        return cost, memory
 
     # -- memory admission ------------------------------------------------------------------------
     def memory_plan(self) -> tuple[MemoryBudget, ModelShape, RewardFootprint]:
@@ -321,31 +392,6 @@ class ServedModel:
             model = self.policy.model
             self._memory = (budget, ModelShape.of(model), reward_footprint(self._reward, model))
         return self._memory
-
-    def _peak_memory(self, model: AlignedChatModel, prompt_tokens: int) -> Any:
-        """settings -> ``estimate_memory`` of this request's strategy with those settings."""
-        _, shape, reward = self.memory_plan()
-        fields = set(model.strategy_field_names())
-
-        def peak(settings: dict[str, Any]) -> MemoryEstimate:
-            strategy = model.build_strategy(**{k: v for k, v in settings.items() if k in fields})
-            params = SamplingParams(
-                max_new_tokens=settings["max_tokens"],
-                top_p=settings.get("top_p", model.top_p),
-                top_k=settings.get("top_k", model.top_k),
-            )
-            return estimate_memory(strategy, shape, reward, params, prompt_tokens)
-
-        return peak
-
-    def _check_prompt_fits(self, conversation: Conversation, max_tokens: int) -> int:
-        """The prompt's token count; a 400 if it and ``max_tokens`` cannot fit the policy's context."""
-        try:
-            ids = self.policy.render(conversation)
-            self.policy.check_fits(len(ids), max_tokens)
-        except InvalidInputError as exc:
-            raise RequestError(400, str(exc), param="messages", code="context_length_exceeded") from exc
-        return len(ids)
 
     @staticmethod
     def output_request(request: ChatCompletionRequest) -> OutputRequest:
@@ -384,7 +430,8 @@ class ServedModel:
         tool or schema contract never share a key, so they arrive here alone."""
         first = requests[0]
         contract = first.output.contract if first.output else None
-        results = first.model.run_strategy([r.conversation for r in requests], first.stop, contract=contract)
+        prompts = [r.prompt for r in requests]  # rendered at admission: the run does not render them again
+        results = first.model.run_strategy(prompts, first.stop, contract=contract)
         return [
             (result, self._reply(r.model, result, r.output, r.stream))
             for r, result in zip(requests, results, strict=True)
@@ -397,14 +444,16 @@ class ServedModel:
         return _json_safe(meta)
 
 
-def batch_key(model: AlignedChatModel, stop: list[str] | None) -> str | None:
+def batch_key(model: AlignedChatModel, strategy: Strategy, stop: list[str] | None) -> str | None:
     """Requests whose chat models have equal settings (and stop strings) can share one batched
-    run. Not batched: seeded requests (a seed promises the same answer whatever else is running)
-    and adaptive Best-of-N (it moves samples between the prompts of a batch)."""
-    if model.seed is not None or getattr(model, "allocation", "uniform") == "adaptive":
+    run, when their strategy says they can (``Strategy.batch_key``: adaptive Best-of-N moves
+    samples between the prompts of a batch, so it never shares). Seeded requests never do: a
+    seed promises the same answer whatever else is running."""
+    key = strategy.batch_key()
+    if model.seed is not None or key is None:
         return None
     settings = model.model_dump(exclude={"policy", "reward", "cancel_token"})
-    return json.dumps([type(model).__name__, settings, stop], sort_keys=True, default=repr)
+    return json.dumps([key, type(model).__name__, settings, stop], sort_keys=True, default=repr)
 
 
 def _json_safe(value: Any) -> Any:

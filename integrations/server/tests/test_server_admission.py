@@ -6,12 +6,10 @@ from __future__ import annotations
 import pytest
 from align_chains_server.admission import (
     AUTO_MEMORY_FRACTION,
-    COST_MODELS,
     CostLimits,
     MemoryBudget,
     OverBudget,
     admit,
-    estimate,
     parse_memory_size,
 )
 from align_chains_server.schemas import ChatCompletionRequest
@@ -21,7 +19,7 @@ from align_chains.chat_models import CHAT_MODELS
 from align_chains.engine import SamplingParams
 from align_chains.memory import MemoryEstimate, estimate_memory
 from align_chains.rewards import CallableReward
-from align_chains.strategies import BestOfN
+from align_chains.strategies import STRATEGIES, BestOfN
 from align_chains.testing import tiny_policy
 
 HELLO = [{"role": "user", "content": "Hi"}]
@@ -43,7 +41,9 @@ def plan(served: ServedModel, **body):
 
 
 def test_every_servable_strategy_has_a_cost_model_and_defaults_are_admitted(loaded):
-    assert set(COST_MODELS) == set(CHAT_MODELS)
+    declared = {cls.name for name in CHAT_MODELS for cls in CHAT_MODELS[name].strategy_classes()}
+    assert set(CHAT_MODELS) <= declared
+    assert all(STRATEGIES[name].declares_cost() for name in declared)
     for strategy in CHAT_MODELS:
         planned = plan(served_for(strategy, loaded))
         assert planned.cost.decode_tokens > 0 and planned.cost.forward_passes > 0
@@ -105,11 +105,13 @@ def test_the_cost_model_counts_what_the_strategy_does(loaded):
 
 
 def test_admit_names_a_sent_setting_first():
-    settings = {"n": 8, "max_tokens": 1000, "allocation": "uniform", "budget": None}
+    strategy = BestOfN(n=8)
     with pytest.raises(OverBudget) as info:
-        admit("best-of-n", settings, CostLimits(decode_tokens=4000), sent={"max_tokens"})
+        admit(
+            strategy, SamplingParams(max_new_tokens=1000), CostLimits(decode_tokens=4000), sent={"max_tokens"}
+        )
     assert info.value.param == "max_tokens" and "at most 500" in info.value.message
-    assert estimate("best-of-n", {**settings, "max_tokens": 500}).decode_tokens == 4000
+    assert strategy.cost(SamplingParams(max_new_tokens=500)).decode_tokens == 4000
 
 
 def test_a_prompt_longer_than_the_context_is_refused_before_queueing(loaded):
@@ -212,3 +214,47 @@ def test_serve_refuses_a_bad_memory_size_before_loading(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["serve", "--max-request-memory", "lots"])
     assert info.value.code == 2 and "--max-request-memory" in capsys.readouterr().err
+
+
+def test_best_of_n_with_early_rejection_is_costed_as_the_strategy_that_runs(loaded):
+    """Served as best-of-n, a request with ``rejection`` runs EarlyRejectionBestOfN: with a
+    decision every token its reward items are n x (1 + max_tokens), not Best-of-N's n."""
+    served = served_for("best-of-n", loaded, cost_limits=CostLimits(reward_items=500))
+    assert plan(served, align_chains={"n": 8}, max_tokens=100).cost.reward_items == 8  # plain Best-of-N
+    with pytest.raises(RequestError) as info:
+        plan(served, align_chains={"n": 8, "rejection": 0.5, "decision_every": 1}, max_tokens=100)
+    error = info.value
+    assert error.status == 400 and error.code == "request_too_expensive"
+    assert "808 responses to score" in error.message and "early-rejection" in error.message
+    assert error.param == "align_chains.n" and "n can be at most 4" in error.message
+    admitted = plan(served, align_chains={"n": 4, "rejection": 0.5, "decision_every": 1}, max_tokens=100)
+    assert admitted.cost.reward_items == 404
+
+
+def test_a_request_that_would_run_a_strategy_without_a_cost_model_is_refused(loaded, monkeypatch):
+    """A chat model that builds a strategy it does not list (``also_builds``) passes the startup
+    check; the request that would run it gets a 400 saying what the strategy lacks."""
+    import align_chains_server.service
+    from pydantic import Field
+
+    from align_chains.chat_models import settings_base
+    from align_chains.strategies import Strategy
+
+    class Unpriced(Strategy):
+        name = "unpriced"
+        n: int = Field(2, ge=1)
+
+        def _search(self, run, **options):
+            raise AssertionError("never runs: refused at admission")
+
+    class ForgetfulChatModel(settings_base(BestOfN)):  # type: ignore[misc]
+        def build_strategy(self, **overrides):
+            return Unpriced(n=self.n) if self.n > 8 else super().build_strategy(**overrides)
+
+    monkeypatch.setattr(align_chains_server.service, "chat_model_class", lambda name: ForgetfulChatModel)
+    served = served_for("forgetful", loaded)
+    assert plan(served, align_chains={"n": 8}).cost.reward_items == 8
+    with pytest.raises(RequestError) as info:
+        plan(served, align_chains={"n": 9})
+    assert info.value.status == 400 and info.value.code == "no_cost_model"
+    assert "declares no cost model" in info.value.message and "def cost(" in info.value.message
