@@ -46,11 +46,12 @@ from common import (
     spread,
     write_json,
 )
+from reference.darwin_reprefill import DarwinReprefill
 
 from align_chains.engine.decoder import Decoder
 from align_chains.engine.sampling import SamplingParams
-from align_chains.strategies.darwin import Darwin, Population
-from align_chains.strategies.darwin_reference import DarwinReprefill
+from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.darwin_population import Population
 
 WAYS = ("cached", "reprefill")
 QUESTION = "Give me three tips for better sleep."

@@ -123,11 +123,11 @@ def main() -> None:
     args = build_parser().parse_args()
 
     import transformers
+    from reference.naive_args import NaiveClassifierScorer
 
     from align_chains import ImplicitReward, RewardGuided, SamplingParams, ValueGuided, load_policy
     from align_chains.engine import ComputeCounters, Decoder
     from align_chains.rewards import CallableReward
-    from align_chains.strategies.naive_args import NaiveClassifierScorer
 
     transformers.logging.set_verbosity_error()
     policy = load_policy()

@@ -245,10 +245,10 @@ def best_of_n(ctx: dict[str, Any], s: Settings) -> dict[str, Any]:
 def args_section(ctx: dict[str, Any], s: Settings) -> dict[str, Any]:
     from align_chains.engine import ComputeCounters, SamplingParams
     from align_chains.strategies import RewardGuided
-    from align_chains.strategies.naive_args import NaiveClassifierScorer
 
     sys.path.insert(0, str(HERE))
     from bench_guided import PROMPT, smollm_classifier
+    from reference.naive_args import NaiveClassifierScorer
 
     policy, device = ctx["policy"], ctx["device"]
     classifier = smollm_classifier(policy)
@@ -279,10 +279,10 @@ def darwin_section(ctx: dict[str, Any], s: Settings) -> dict[str, Any]:
     from align_chains.engine import SamplingParams
     from align_chains.rewards import CallableReward
     from align_chains.strategies import Darwin
-    from align_chains.strategies.darwin_reference import DarwinReprefill
 
     sys.path.insert(0, str(HERE))
     from bench_darwin import PROMPTS
+    from reference.darwin_reprefill import DarwinReprefill
 
     policy, device = ctx["policy"], ctx["device"]
     reward = CallableReward(lambda p, r: float(len(set(r.split()))), name="distinct-words")
