@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
     chat.add_argument(
         "--reward",
-        help=f"Reward: 'minilm', 'judge' (the policy as judge), 'judge:<model>', a model id or directory "
-        f"(default: the strategy's; {EMBEDDED_REWARD!r} for best-of-n, 'judge' for sea).",
+        help=f"Reward: 'minilm', 'judge' (the policy as judge), 'judge:<model>', 'python:module:function', "
+        f"'rule:distinct', a model id or directory (default: the strategy's; {EMBEDDED_REWARD!r} for "
+        "best-of-n, 'judge' for sea).",
     )
     chat.add_argument(
         "--principle",
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--strategy", default="best-of-n", help=f"One of: {', '.join(sorted(STRATEGIES))}.")
     estimate.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
     estimate.add_argument(
-        "--reward", help="'minilm', 'judge', 'judge:<model>', a classifier directory, or none (default)."
+        "--reward",
+        help="Any reward spec ('minilm', 'judge', 'judge:<model>', a classifier directory, ...) or none "
+        "(default); 'python:' and 'rule:' rewards hold no weights.",
     )
     estimate.add_argument(
         "--prompt-tokens", type=int, nargs="+", default=[256], help="One length per prompt."

@@ -207,22 +207,23 @@ def estimate_memory(
 
 def footprint_from_spec(spec: str | None, policy: ModelShape) -> RewardFootprint:
     """A RewardFootprint from a reward spec, reading configs only (for ``align-chains estimate``)."""
-    if spec is None or spec in ("none", "callable"):
-        return RewardFootprint(name="none")
-    kind, _, target = spec.partition(":")
-    if kind == "judge":
-        if not target:
-            return RewardFootprint(spec, 0, policy, True, True, 8, "judge")
-        shape = policy_shape(target, policy.dtype)
-        return RewardFootprint(spec, shape.weight_bytes, shape, True, False, 8, "judge")
     from pathlib import Path
 
-    from align_chains.models.embedded import REWARD_ALIASES, minilm_dir
+    from align_chains.models.embedded import minilm_dir
+    from align_chains.rewards.specs import EmbeddedSpec, JudgeSpec, ModelSpec, parse_reward_spec
 
-    if spec.lower() in REWARD_ALIASES or (Path(spec) / "modules.json").is_file():
+    parsed = None if spec is None or spec in ("none", "callable") else parse_reward_spec(spec)
+    if not isinstance(parsed, JudgeSpec | EmbeddedSpec | ModelSpec):  # a function or rule: no weights
+        return RewardFootprint(name="none")
+    if isinstance(parsed, JudgeSpec):
+        if parsed.model is None:
+            return RewardFootprint(spec, 0, policy, True, True, 8, "judge")
+        shape = policy_shape(parsed.model, policy.dtype)
+        return RewardFootprint(spec, shape.weight_bytes, shape, True, False, 8, "judge")
+    if isinstance(parsed, EmbeddedSpec) or (Path(parsed.source) / "modules.json").is_file():
         from transformers import AutoConfig
 
-        path = minilm_dir() if spec.lower() in REWARD_ALIASES else Path(spec)
+        path = minilm_dir() if isinstance(parsed, EmbeddedSpec) else Path(parsed.source)
         config = AutoConfig.from_pretrained(str(path))
         with torch.device("meta"):
             from transformers import AutoModel
@@ -233,7 +234,7 @@ def footprint_from_spec(spec: str | None, policy: ModelShape) -> RewardFootprint
 
     from align_chains.models.hub import resolve_model_dir
 
-    config = AutoConfig.from_pretrained(str(resolve_model_dir(spec, what="reward model")))
+    config = AutoConfig.from_pretrained(str(resolve_model_dir(parsed.source, what="reward model")))
     shape = ModelShape.from_config(config, policy.dtype, parameters=_count_classifier(config))
     return RewardFootprint(spec, shape.weight_bytes, shape, True, False, 8, "classifier")
 

@@ -26,17 +26,25 @@ Run from the repository root (needs the ``bench`` extra: ``pip install -e .[benc
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
+from common import (
+    add_common_options,
+    interleaved,
+    machine,
+    machine_line,
+    medians,
+    ratio,
+    ratio_line,
+    spread,
+    status,
+    write_json,
+)
 
 N = 8
 WAYS = ("engine", "hf_generate", "sequential_chat")
@@ -257,23 +265,12 @@ class Bench:
         )
 
 
-@contextmanager
-def status(message: str) -> Iterator[None]:
-    print(f"  {message} ...", end="", flush=True)
-    start = time.perf_counter()
-    yield
-    print(f" {time.perf_counter() - start:.2f} s", flush=True)
-
-
 def summarize(runs: list[Run]) -> dict[str, dict[str, float]]:
     summary: dict[str, dict[str, float]] = {}
     for way in WAYS:
         timed = [r for r in runs if r.way == way and r.repeat >= 0]
-        seconds = [r.seconds for r in timed]
         summary[way] = {
-            "median_s": statistics.median(seconds),
-            "min_s": min(seconds),
-            "max_s": max(seconds),
+            **spread(r.seconds for r in timed),
             "mean_tokens_per_candidate": statistics.fmean(r.mean_tokens for r in timed),
             "forward_passes_per_run": statistics.fmean(r.forward_passes for r in timed),
             "prefill_tokens_per_run": statistics.fmean(r.prefill_tokens for r in timed),
@@ -281,59 +278,35 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds of the three ways (default 5)")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="target rendered prompt length")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--seed", type=int, default=0, help="round r samples with seed + r, all ways alike")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write raw results here")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    add_common_options(
+        parser,
+        repeats=5,
+        repeats_help="timed rounds of the three ways",
+        seed_help="round r samples with seed + r, all ways alike",
+        json_help="write raw results here",
+    )
+    return parser
 
+
+def environment(bench: Bench) -> dict[str, Any]:
     import langchain_huggingface
     import transformers
 
-    print("Loading the embedded policy and reward (not timed) ...", flush=True)
-    bench = Bench(args.prompt_tokens, args.max_new_tokens, args.temperature)
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "langchain_huggingface": getattr(langchain_huggingface, "__version__", "unknown"),
-        "device": str(bench.policy.device),
-        "dtype": str(bench.policy.model.dtype),
-    }
-    print(
-        f"policy {bench.policy.name} ({env['device']}, {env['dtype']}), reward {bench.reward.name}\n"
-        f"torch {env['torch']} ({env['torch_threads']} threads), transformers {env['transformers']}, "
-        f"langchain-huggingface {env['langchain_huggingface']}\n"
-        f"prompt: {bench.prompt_tokens} tokens after the chat template; N={N}, "
-        f"max_new_tokens={args.max_new_tokens}, temperature={args.temperature}, repeats={args.repeats}"
+    return machine(
+        transformers=transformers.__version__,
+        langchain_huggingface=getattr(langchain_huggingface, "__version__", "unknown"),
+        device=str(bench.policy.device),
+        dtype=str(bench.policy.model.dtype),
     )
 
-    runs: list[Run] = []
-    print("Warm-up (not counted):")
-    for way in WAYS:
-        with status(way):
-            runs.append(bench.run(way, -1, args.seed - 1))
-    for repeat in range(args.repeats):
-        print(f"Round {repeat + 1}/{args.repeats}:")
-        for way in WAYS:
-            with status(way):
-                runs.append(bench.run(way, repeat, args.seed + repeat))
 
-    summary = summarize(runs)
+def print_report(bench: Bench, args: argparse.Namespace, runs: list[Run], summary: dict[str, Any]) -> None:
     engine_median = summary["engine"]["median_s"]
-    ratios = {
-        "hf_generate/engine": summary["hf_generate"]["median_s"] / engine_median,
-        "sequential_chat/engine": summary["sequential_chat"]["median_s"] / engine_median,
-    }
     print(
         f"\nBest-of-{N}, {bench.prompt_tokens}-token prompt, {args.max_new_tokens} new tokens, "
         f"{args.repeats} interleaved repeats (seconds per Best-of-{N} request):"
@@ -356,38 +329,52 @@ def main(argv: list[str] | None = None) -> None:
         "forward passes and prompt tokens prefilled per request, from a forward hook)"
     )
     print()
-    for (name, ratio), target in zip(ratios.items(), (2, 5), strict=True):
-        print(f"median({name.split('/')[0]}) / median(engine) = {ratio:.2f}x  (target >= {target}x)")
-
+    for way, target in (("hf_generate", 2), ("sequential_chat", 5)):
+        print(ratio_line(way, "engine", ratio(summary[way]["median_s"], engine_median), target))
     counters = [r.engine_counters for r in runs if r.way == "engine" and r.repeat >= 0]
+    keys = ("prompt_tokens", "generated_tokens", "forward_passes", "reward_calls", "seconds")
+    engine = medians(counters, keys)
+    print("engine counters per request (median): " + ", ".join(f"{k}={v:g}" for k, v in engine.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    print("Loading the embedded policy and reward (not timed) ...", flush=True)
+    bench = Bench(args.prompt_tokens, args.max_new_tokens, args.temperature)
+    env = environment(bench)
     print(
-        "engine counters per request (median): "
-        + ", ".join(
-            f"{key}={statistics.median(float(c[key]) for c in counters):g}"
-            for key in ("prompt_tokens", "generated_tokens", "forward_passes", "reward_calls", "seconds")
-        )
+        f"policy {bench.policy.name} ({env['device']}, {env['dtype']}), reward {bench.reward.name}\n"
+        f"{machine_line(env)}, transformers {env['transformers']}, "
+        f"langchain-huggingface {env['langchain_huggingface']}\n"
+        f"prompt: {bench.prompt_tokens} tokens after the chat template; N={N}, "
+        f"max_new_tokens={args.max_new_tokens}, temperature={args.temperature}, repeats={args.repeats}"
     )
-    if args.json is not None:
-        payload = {
-            "config": {
-                "n": N,
-                "prompt_tokens": bench.prompt_tokens,
-                "max_new_tokens": args.max_new_tokens,
-                "temperature": args.temperature,
-                "top_k": 0,
-                "top_p": 1.0,
-                "repeats": args.repeats,
-                "seed": args.seed,
-                "messages": bench.messages,
-            },
-            "environment": env,
-            "summary": summary,
-            "ratios": ratios,
-            "runs": [asdict(r) | {"mean_tokens": r.mean_tokens} for r in runs],
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
-        print(f"raw results written to {args.json}")
+    runs: list[Run] = []
+    for repeat, way in interleaved(args.repeats, WAYS):
+        if way == WAYS[0]:
+            print("Warm-up (not counted):" if repeat < 0 else f"Round {repeat + 1}/{args.repeats}:")
+        with status(way):
+            runs.append(bench.run(way, repeat, args.seed + repeat))
+    summary = summarize(runs)
+    print_report(bench, args, runs, summary)
+    ratios = {
+        f"{way}/engine": ratio(summary[way]["median_s"], summary["engine"]["median_s"]) for way in WAYS[1:]
+    }
+    config = {
+        "n": N,
+        "prompt_tokens": bench.prompt_tokens,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": 0,
+        "top_p": 1.0,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "messages": bench.messages,
+    }
+    runs_out = [asdict(r) | {"mean_tokens": r.mean_tokens} for r in runs]
+    write_json(
+        args.json, {"config": config, "machine": env, "summary": summary, "ratios": ratios, "runs": runs_out}
+    )
 
 
 if __name__ == "__main__":

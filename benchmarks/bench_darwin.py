@@ -30,20 +30,28 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
+from common import (
+    add_common_options,
+    interleaved,
+    machine,
+    machine_line,
+    medians,
+    ratio,
+    ratio_line,
+    spread,
+    write_json,
+)
+from reference.darwin_reprefill import DarwinReprefill
 
 from align_chains.engine.decoder import Decoder
 from align_chains.engine.sampling import SamplingParams
-from align_chains.strategies.darwin import Darwin, Population
-from align_chains.strategies.darwin_reference import DarwinReprefill
+from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.darwin_population import Population
 
 WAYS = ("cached", "reprefill")
 QUESTION = "Give me three tips for better sleep."
@@ -127,18 +135,74 @@ class Run:
     answers: list[str]
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n", type=int, default=5)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--cycles", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
-    parser.add_argument("--seed", type=int, default=0, help="round r uses seed + r, both ways alike")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH")
-    args = parser.parse_args(argv)
+    add_common_options(parser, repeats=3, seed_help="round r uses seed + r, both ways alike")
+    return parser
+
+
+def run_prompt(prompt_name: str, policy: Any, reward: Any, settings: dict[str, int], args: Any) -> list[Run]:
+    """The warm-up and the timed rounds of both ways on one prompt, interleaved."""
+    classes = {"cached": Darwin, "reprefill": DarwinReprefill}
+    messages = PROMPTS[prompt_name]
+    print(f"\nprompt {prompt_name!r}: {len(policy.render(messages))} tokens after the chat template")
+    runs: list[Run] = []
+    for repeat, way in interleaved(args.repeats, WAYS):
+        seed = args.seed + max(repeat, 0)
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7, top_k=40, seed=seed)
+        clock = [0.0]
+        strategy = timed_strategy(classes[way], clock, **settings)
+        start = time.perf_counter()
+        result = strategy.run(messages, policy, reward, params)
+        seconds = time.perf_counter() - start
+        runs.append(
+            Run(prompt_name, way, repeat, seconds, clock[0], float(result.reward or 0.0), result.text,
+                result.counters.as_dict(), [c.text for c in result.candidates])
+        )  # fmt: skip
+        label = "warm-up" if repeat < 0 else f"round {repeat}"
+        print(
+            f"  {label:<8} {way:<10} {seconds:7.2f} s (candidates {clock[0]:6.2f} s), "
+            f"prefilled {result.counters.prompt_tokens}, forwards {result.counters.forward_passes}"
+        )
+        if way == WAYS[-1]:
+            print(f"  same answers from both ways: {runs[-1].answers == runs[-2].answers}")
+    return runs
+
+
+def summarize(runs: list[Run], prompts: list[str]) -> dict[str, Any]:
+    """Medians over the timed rounds, per prompt and way (printed as a table too)."""
+    print("\nmedians over the timed rounds")
+    header = (
+        f"{'prompt':<8} {'way':<10} {'request s':>10} {'candidates s':>13} {'prefilled':>10} {'forwards':>9}"
+    )
+    print(header + "\n" + "-" * len(header))
+    summary: dict[str, Any] = {}
+    for prompt_name in prompts:
+        for way in WAYS:
+            rows = [r for r in runs if r.prompt == prompt_name and r.way == way and r.repeat >= 0]
+            summary[f"{prompt_name}/{way}"] = s = {
+                **spread(r.seconds for r in rows),
+                "median_candidate_s": statistics.median(r.candidate_seconds for r in rows),
+                **medians(
+                    [r.counters for r in rows], ("prompt_tokens", "forward_passes", "generated_tokens")
+                ),
+            }
+            print(
+                f"{prompt_name:<8} {way:<10} {s['median_s']:>10.2f} {s['median_candidate_s']:>13.2f} "
+                f"{s['prompt_tokens']:>10.0f} {s['forward_passes']:>9.0f}"
+            )
+    print()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     import transformers
 
@@ -147,75 +211,26 @@ def main(argv: list[str] | None = None) -> None:
     transformers.logging.set_verbosity_error()
     policy, reward = load_policy(), load_reward()
     settings = {"n": args.n, "m": args.m, "k": args.k, "cycles": args.cycles}
-    classes = {"cached": Darwin, "reprefill": DarwinReprefill}
-    env = {
-        "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "device": str(policy.device),
-        "dtype": str(policy.model.dtype),
-    }
-    print(f"policy {policy.name} ({env['device']}, {env['dtype']}), reward {reward.name}, {env}")
-    print(f"settings {settings}, max_new_tokens={args.max_new_tokens}, temperature 0.7, top-k 40")
-    runs: list[Run] = []
-    for prompt_name in args.prompts:
-        messages = PROMPTS[prompt_name]
-        print(f"\nprompt {prompt_name!r}: {len(policy.render(messages))} tokens after the chat template")
-        for repeat in range(-1, args.repeats):
-            seed = args.seed + max(repeat, 0)
-            params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.7, top_k=40, seed=seed)
-            for way in WAYS:
-                clock = [0.0]
-                strategy = timed_strategy(classes[way], clock, **settings)
-                start = time.perf_counter()
-                result = strategy.run(messages, policy, reward, params)
-                seconds = time.perf_counter() - start
-                runs.append(
-                    Run(prompt_name, way, repeat, seconds, clock[0], float(result.reward or 0.0), result.text,
-                        result.counters.as_dict(), [c.text for c in result.candidates])
-                )  # fmt: skip
-                label = "warm-up" if repeat < 0 else f"round {repeat}"
-                print(
-                    f"  {label:<8} {way:<10} {seconds:7.2f} s (candidates {clock[0]:6.2f} s), "
-                    f"prefilled {result.counters.prompt_tokens}, forwards {result.counters.forward_passes}"
-                )
-            same = runs[-1].answers == runs[-2].answers
-            print(f"  same answers from both ways: {same}")
-
-    print("\nmedians over the timed rounds")
-    header = (
-        f"{'prompt':<8} {'way':<10} {'request s':>10} {'candidates s':>13} {'prefilled':>10} {'forwards':>9}"
+    env = machine(
+        transformers=transformers.__version__, device=str(policy.device), dtype=str(policy.model.dtype)
     )
-    print(header + "\n" + "-" * len(header))
-    summary: dict[str, Any] = {}
-    for prompt_name in args.prompts:
-        for way in WAYS:
-            timed = [r for r in runs if r.prompt == prompt_name and r.way == way and r.repeat >= 0]
-            summary[f"{prompt_name}/{way}"] = s = {
-                "median_s": statistics.median(r.seconds for r in timed),
-                "min_s": min(r.seconds for r in timed),
-                "max_s": max(r.seconds for r in timed),
-                "median_candidate_s": statistics.median(r.candidate_seconds for r in timed),
-                "prompt_tokens": statistics.median(float(r.counters["prompt_tokens"]) for r in timed),
-                "forward_passes": statistics.median(float(r.counters["forward_passes"]) for r in timed),
-                "generated_tokens": statistics.median(float(r.counters["generated_tokens"]) for r in timed),
-            }
-            print(
-                f"{prompt_name:<8} {way:<10} {s['median_s']:>10.2f} {s['median_candidate_s']:>13.2f} "
-                f"{s['prompt_tokens']:>10.0f} {s['forward_passes']:>9.0f}"
-            )
-    print()
+    print(
+        f"policy {policy.name} ({env['device']}, {env['dtype']}), reward {reward.name}\n{machine_line(env)}"
+    )
+    print(f"settings {settings}, max_new_tokens={args.max_new_tokens}, temperature 0.7, top-k 40")
+    runs = [
+        run for prompt_name in args.prompts for run in run_prompt(prompt_name, policy, reward, settings, args)
+    ]
+    summary = summarize(runs, args.prompts)
     ratios = {}
     for prompt_name in args.prompts:
         c, r = summary[f"{prompt_name}/cached"], summary[f"{prompt_name}/reprefill"]
         ratios[prompt_name] = {
-            "request": r["median_s"] / c["median_s"],
-            "candidates": r["median_candidate_s"] / c["median_candidate_s"],
+            "request": ratio(r["median_s"], c["median_s"]),
+            "candidates": ratio(r["median_candidate_s"], c["median_candidate_s"]),
         }
         print(
-            f"{prompt_name}: median(reprefill) / median(cached) = {ratios[prompt_name]['request']:.2f}x per "
+            f"{prompt_name}: {ratio_line('reprefill', 'cached', ratios[prompt_name]['request'])} per "
             f"request, {ratios[prompt_name]['candidates']:.2f}x in the candidate phase"
         )
     agree = all(
@@ -224,17 +239,9 @@ def main(argv: list[str] | None = None) -> None:
         if a.prompt == b.prompt and a.repeat == b.repeat
     )
     print(f"both ways returned identical candidates in every round: {agree}")
-    if args.json is not None:
-        payload = {
-            "config": {**settings, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats},
-            "environment": env,
-            "summary": summary,
-            "ratios": ratios,
-            "runs": [asdict(r) for r in runs],
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
-        print(f"raw results written to {args.json}")
+    config = {**settings, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "seed": args.seed}
+    payload = {"config": config, "machine": env, "summary": summary, "ratios": ratios}
+    write_json(args.json, payload | {"runs": [asdict(r) for r in runs]})
 
 
 if __name__ == "__main__":

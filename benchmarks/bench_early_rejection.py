@@ -23,13 +23,11 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 from pathlib import Path
 from typing import Any
 
-import torch
+from common import add_common_options, machine, machine_line, markdown_table, ratio, win_rate, write_json
 
 from align_chains import BestOfN, SamplingParams, load_policy, load_reward
 from align_chains.evaluation.prompts import STARTER_PROMPTS, load_prompts
@@ -41,7 +39,7 @@ def parse_setting(text: str) -> tuple[float, int | str]:
     return float(alpha), (every if every == "memory" else int(every))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -55,14 +53,63 @@ def main() -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    add_common_options(parser, seed_help="prompt i samples with seed + i, every way alike")
+    return parser
 
+
+def run_prompt(
+    ways: dict[str, Any], prompt: Any, models: tuple[Any, Any, Any], params: Any
+) -> dict[str, Any]:
+    """Every way on one prompt, back to back on one seed: way -> its row."""
+    policy, reward, holdout = models
+    rows = {}
+    for name, strategy in ways.items():
+        result = strategy.run(prompt.messages, policy, reward, params)
+        (held,) = holdout.score([prompt.messages], [result.text])
+        c = result.counters
+        rows[name] = {
+            "prompt": prompt.id,
+            "reward": result.reward,
+            "holdout": held,
+            "generated_tokens": c.generated_tokens,
+            "forward_passes": c.forward_passes,
+            "reward_calls": c.reward_calls,
+            "reward_items": c.reward_items,
+            "seconds": c.seconds,
+            "text": result.text,
+        }
+    return rows
+
+
+def summarize(rows: dict[str, list[dict[str, Any]]], base_name: str) -> dict[str, dict[str, float]]:
+    """Means and medians per way, and ratios against the base way (Best-of-n)."""
+    base = rows[base_name]
+    summary = {}
+    for name, runs in rows.items():
+        summary[name] = {
+            "mean_reward": statistics.fmean(r["reward"] for r in runs),
+            "mean_holdout": statistics.fmean(r["holdout"] for r in runs),
+            "win_rate_vs_base": win_rate([r["reward"] for r in runs], [b["reward"] for b in base]),
+            "mean_generated_tokens": statistics.fmean(r["generated_tokens"] for r in runs),
+            "mean_reward_calls": statistics.fmean(r["reward_calls"] for r in runs),
+            "mean_reward_items": statistics.fmean(r["reward_items"] for r in runs),
+            "median_seconds": statistics.median(r["seconds"] for r in runs),
+            "mean_seconds": statistics.fmean(r["seconds"] for r in runs),
+        }
+    for name, s in summary.items():
+        s["tokens_ratio"] = ratio(s["mean_generated_tokens"], summary[base_name]["mean_generated_tokens"])
+        s["median_seconds_ratio"] = ratio(s["median_seconds"], summary[base_name]["median_seconds"])
+        s["median_per_prompt_seconds_ratio"] = statistics.median(
+            r["seconds"] / b["seconds"] for r, b in zip(rows[name], base, strict=True)
+        )
+    return summary
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     prompts = load_prompts(args.prompts)[: args.limit]
     policy = load_policy()
-    reward = load_reward(args.reward, policy=policy)
-    holdout = load_reward(args.holdout, policy=policy)
+    models = (policy, load_reward(args.reward, policy=policy), load_reward(args.holdout, policy=policy))
     ways: dict[str, Any] = {f"best-of-{args.n}": BestOfN(n=args.n)}
     for text in args.settings:
         alpha, every = parse_setting(text)
@@ -73,87 +120,35 @@ def main() -> None:
 
     warm = params.model_copy(update={"seed": 12345, "max_new_tokens": 8})
     for strategy in ways.values():  # short warm-up (untimed): allocator, kernels, first reward call
-        strategy.run(prompts[0].messages, policy, reward, warm)
+        strategy.run(prompts[0].messages, policy, models[1], warm)
 
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in ways}
     for i, prompt in enumerate(prompts):
-        seeded = params.model_copy(update={"seed": args.seed + i})
-        for name, strategy in ways.items():
-            result = strategy.run(prompt.messages, policy, reward, seeded)
-            (held,) = holdout.score([prompt.messages], [result.text])
-            c = result.counters
-            rows[name].append(
-                {
-                    "prompt": prompt.id,
-                    "reward": result.reward,
-                    "holdout": held,
-                    "generated_tokens": c.generated_tokens,
-                    "forward_passes": c.forward_passes,
-                    "reward_calls": c.reward_calls,
-                    "reward_items": c.reward_items,
-                    "seconds": c.seconds,
-                    "text": result.text,
-                }
-            )
+        for name, row in run_prompt(
+            ways, prompt, models, params.model_copy(update={"seed": args.seed + i})
+        ).items():
+            rows[name].append(row)
             print(
-                f"[{i + 1}/{len(prompts)}] {prompt.id:24s} {name:34s} reward {result.reward:7.3f} "
-                f"holdout {held:6.3f} tokens {c.generated_tokens:5d} {c.seconds:6.2f} s",
+                f"[{i + 1}/{len(prompts)}] {prompt.id:24s} {name:34s} reward {row['reward']:7.3f} "
+                f"holdout {row['holdout']:6.3f} tokens {row['generated_tokens']:5d} {row['seconds']:6.2f} s",
                 flush=True,
             )
-
-    base_name = f"best-of-{args.n}"
-    base = rows[base_name]
-    summary = {}
-    for name, runs in rows.items():
-        wins = [
-            1.0 if r["reward"] > b["reward"] else 0.5 if r["reward"] == b["reward"] else 0.0
-            for r, b in zip(runs, base, strict=True)
-        ]
-        summary[name] = {
-            "mean_reward": statistics.fmean(r["reward"] for r in runs),
-            "mean_holdout": statistics.fmean(r["holdout"] for r in runs),
-            "win_rate_vs_base": statistics.fmean(wins),
-            "mean_generated_tokens": statistics.fmean(r["generated_tokens"] for r in runs),
-            "mean_reward_calls": statistics.fmean(r["reward_calls"] for r in runs),
-            "mean_reward_items": statistics.fmean(r["reward_items"] for r in runs),
-            "median_seconds": statistics.median(r["seconds"] for r in runs),
-            "mean_seconds": statistics.fmean(r["seconds"] for r in runs),
-        }
-    for name, s in summary.items():
-        s["tokens_ratio"] = s["mean_generated_tokens"] / summary[base_name]["mean_generated_tokens"]
-        s["median_seconds_ratio"] = s["median_seconds"] / summary[base_name]["median_seconds"]
-        s["median_per_prompt_seconds_ratio"] = statistics.median(
-            r["seconds"] / b["seconds"] for r, b in zip(rows[name], base, strict=True)
-        )
-
+    summary = summarize(rows, f"best-of-{args.n}")
+    env = machine()
     print(
         f"\n{len(prompts)} prompts, max_tokens={args.max_tokens}, reward={args.reward}, "
-        f"holdout={args.holdout}"
+        f"holdout={args.holdout}\n{machine_line(env)}"
     )
-    print(
-        "| way | mean reward | mean held-out | win vs base | gen tokens | × base | reward calls | "
-        "median s | × base |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, s in summary.items():
-        print(
-            f"| {name} | {s['mean_reward']:.3f} | {s['mean_holdout']:.3f} | {s['win_rate_vs_base']:.2f} | "
-            f"{s['mean_generated_tokens']:.0f} | {s['tokens_ratio']:.2f} | {s['mean_reward_calls']:.1f} | "
-            f"{s['median_seconds']:.2f} | {s['median_seconds_ratio']:.2f} |"
-        )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "settings": vars(args) | {"prompts": str(args.prompts), "json": str(args.json)},
-                    "machine": {"platform": platform.platform(), "torch": torch.__version__},
-                    "summary": summary,
-                    "runs": rows,
-                },
-                indent=2,
-            )
-        )
+    header = ["way", "mean reward", "mean held-out", "win vs base", "gen tokens", "× base", "reward calls",
+              "median s", "× base"]  # fmt: skip
+    print(markdown_table(header, (
+        [name, f"{s['mean_reward']:.3f}", f"{s['mean_holdout']:.3f}", f"{s['win_rate_vs_base']:.2f}",
+         f"{s['mean_generated_tokens']:.0f}", f"{s['tokens_ratio']:.2f}", f"{s['mean_reward_calls']:.1f}",
+         f"{s['median_seconds']:.2f}", f"{s['median_seconds_ratio']:.2f}"]
+        for name, s in summary.items()
+    ), align="---:"))  # fmt: skip
+    settings = vars(args) | {"prompts": str(args.prompts), "json": str(args.json)}
+    write_json(args.json, {"settings": settings, "machine": env, "summary": summary, "runs": rows})
 
 
 if __name__ == "__main__":

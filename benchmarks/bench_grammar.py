@@ -22,11 +22,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
-import statistics
 import time
+from typing import Any
 
-import torch
+from common import (
+    add_common_options,
+    interleaved,
+    machine,
+    machine_line,
+    markdown_table,
+    medians,
+    ratio,
+    write_json,
+)
 
 N, MAX_TOKENS, TEMPERATURE, SEED = 8, 64, 0.7, 0
 PROMPT = "Describe the city of Lyon in France for a travel guide."
@@ -45,82 +53,86 @@ SCHEMA = {
 WAYS = ("unconstrained", "constrained")
 
 
+def run_way(policy: Any, reward: Any, way: str, seed: int) -> dict[str, Any]:
+    """One Best-of-N request, constrained or not: its time, tokens, mask time and valid candidates."""
+    from align_chains import BestOfNChatModel
+    from align_chains.chat_models.output_contract import OutputContract, schema_errors
+
+    response_format = {"type": "json_schema", "json_schema": {"name": "City", "schema": SCHEMA}}
+    model = BestOfNChatModel(
+        model=policy,
+        reward=reward,
+        n=N,
+        max_tokens=MAX_TOKENS,
+        temperature=TEMPERATURE,
+        seed=seed,
+        output_retries=0,
+        constrain=way == "constrained",
+    )
+    contract = OutputContract.from_kwargs({"response_format": response_format})
+    start = time.perf_counter()
+    (result,) = model.run_strategy([[{"role": "user", "content": PROMPT}]], contract=contract)
+    seconds = time.perf_counter() - start
+    valid = 0
+    for c in result.candidates:
+        with contextlib.suppress(json.JSONDecodeError):
+            valid += schema_errors(json.loads(c.text), SCHEMA) is None
+    tokens = result.counters.generated_tokens
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "seconds_per_token": seconds / max(tokens, 1),
+        "mask_seconds": result.counters.grammar_mask_seconds,
+        "mask_ms_per_token": 1e3 * result.counters.grammar_mask_seconds / max(tokens, 1),
+        "valid": valid,
+        "chosen": result.text,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=5)
+    add_common_options(parser, repeats=5, seed=SEED)
     args = parser.parse_args()
 
-    from align_chains import BestOfNChatModel
-    from align_chains.chat_models.output_contract import OutputContract, schema_errors
     from align_chains.models.policy import load_policy
     from align_chains.rewards import load_reward
 
     policy = load_policy("smollm2-135m-instruct", device="cpu")
     reward = load_reward("minilm", device="cpu", policy=policy)
-    response_format = {"type": "json_schema", "json_schema": {"name": "City", "schema": SCHEMA}}
-
-    def run(way: str) -> dict:
-        model = BestOfNChatModel(
-            model=policy,
-            reward=reward,
-            n=N,
-            max_tokens=MAX_TOKENS,
-            temperature=TEMPERATURE,
-            seed=SEED,
-            output_retries=0,
-            constrain=way == "constrained",
-        )
-        contract = OutputContract.from_kwargs({"response_format": response_format})
-        start = time.perf_counter()
-        (result,) = model.run_strategy([[{"role": "user", "content": PROMPT}]], contract=contract)
-        seconds = time.perf_counter() - start
-        valid = 0
-        for c in result.candidates:
-            with contextlib.suppress(json.JSONDecodeError):
-                valid += schema_errors(json.loads(c.text), SCHEMA) is None
-        tokens = result.counters.generated_tokens
-        return {
-            "seconds": seconds,
-            "tokens": tokens,
-            "seconds_per_token": seconds / max(tokens, 1),
-            "mask_seconds": result.counters.grammar_mask_seconds,
-            "mask_ms_per_token": 1e3 * result.counters.grammar_mask_seconds / max(tokens, 1),
-            "valid": valid,
-            "chosen": result.text,
-        }
-
-    for way in WAYS:  # warm-up, untimed
-        run(way)
     runs: dict[str, list[dict]] = {w: [] for w in WAYS}
-    for _ in range(args.repeats):
-        for way in WAYS:
-            runs[way].append(run(way))
+    for repeat, way in interleaved(args.repeats, WAYS):  # repeat -1: the untimed warm-up
+        row = run_way(policy, reward, way, args.seed)
+        if repeat >= 0:
+            runs[way].append(row)
 
-    print(f"# bench_grammar: Best-of-{N}, {MAX_TOKENS} new tokens, T={TEMPERATURE}, seed={SEED}")
-    print(
-        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}"
-    )
+    env = machine()
+    print(f"# bench_grammar: Best-of-{N}, {MAX_TOKENS} new tokens, T={TEMPERATURE}, seed={args.seed}")
+    print(machine_line(env))
     print(f"# repeats {args.repeats}; medians over repeats")
-    print("| way | s / request | generated tokens | ms / token | mask ms / token | valid candidates |")
-    print("|---|---|---|---|---|---|")
-    med = {
-        w: {k: statistics.median(r[k] for r in runs[w]) for k in runs[w][0] if k != "chosen"} for w in WAYS
-    }
-    for way in WAYS:
-        m = med[way]
-        print(
-            f"| {way} | {m['seconds']:.2f} | {m['tokens']:.0f} | {1e3 * m['seconds_per_token']:.1f} | "
-            f"{m['mask_ms_per_token']:.2f} | {m['valid']:.0f} / {N} |"
-        )
-    ratio = med["constrained"]["seconds"] / med["unconstrained"]["seconds"]
-    per_token = med["constrained"]["seconds_per_token"] / med["unconstrained"]["seconds_per_token"]
-    print(f"\nconstrained / unconstrained wall time per request: {ratio:.2f}x (goal <= 1.20x)")
+    med = {w: medians(runs[w], [k for k in runs[w][0] if k != "chosen"]) for w in WAYS}
+    header = ["way", "s / request", "generated tokens", "ms / token", "mask ms / token", "valid candidates"]
+    rows = [
+        [way, f"{m['seconds']:.2f}", f"{m['tokens']:.0f}", f"{1e3 * m['seconds_per_token']:.1f}",
+         f"{m['mask_ms_per_token']:.2f}", f"{m['valid']:.0f} / {N}"]
+        for way, m in med.items()
+    ]  # fmt: skip
+    print(markdown_table(header, rows))
+    per_request = ratio(med["constrained"]["seconds"], med["unconstrained"]["seconds"])
+    per_token = ratio(med["constrained"]["seconds_per_token"], med["unconstrained"]["seconds_per_token"])
+    print(f"\nconstrained / unconstrained wall time per request: {per_request:.2f}x (goal <= 1.20x)")
     print(f"constrained / unconstrained wall time per generated token: {per_token:.2f}x")
     print("chosen (constrained, last run):", runs["constrained"][-1]["chosen"])
     print("chosen (unconstrained, last run):", runs["unconstrained"][-1]["chosen"])
+    config = {
+        "n": N,
+        "max_tokens": MAX_TOKENS,
+        "temperature": TEMPERATURE,
+        "seed": args.seed,
+        "repeats": args.repeats,
+    }
+    write_json(args.json, {"config": config, "machine": env, "medians": med, "runs": runs})
 
 
 if __name__ == "__main__":

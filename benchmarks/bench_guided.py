@@ -26,14 +26,22 @@ gives median seconds, tokens/second (answer tokens, EOS included, per second) an
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from common import (
+    add_common_options,
+    interleaved,
+    machine,
+    machine_line,
+    markdown_table,
+    ratio,
+    spread,
+    write_json,
+)
 
 PROMPT = [
     {
@@ -59,21 +67,67 @@ def smollm_classifier(policy: Any, seed: int = 0) -> Any:
     return ClassifierReward(model.eval(), policy.tokenizer, name="smollm2-135m-classifier (untrained head)")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--prompt", default=PROMPT[0]["content"], help="The user message.")
-    parser.add_argument("--json", help="Also write the raw runs here.")
-    args = parser.parse_args()
+    add_common_options(
+        parser,
+        repeats=3,
+        seed=0,
+        json_help="Also write the raw runs here.",
+        seed_help="round r uses seed + r",
+    )
+    return parser
+
+
+def summarize(runs: list[dict[str, Any]], ways: list[str]) -> tuple[dict[str, dict[str, float]], bool]:
+    """Medians per way over the timed rounds, and whether ARGS ours and naive chose the same tokens."""
+    timed = [r for r in runs if r["repeat"] >= 0]
+    same = all(
+        a["ids"] == b["ids"]
+        for a in timed
+        if a["way"] == "args_ours"
+        for b in timed
+        if b["way"] == "args_naive" and b["repeat"] == a["repeat"]
+    )
+    summary: dict[str, dict[str, float]] = {}
+    for name in ways:
+        mine = [r for r in timed if r["way"] == name]
+        summary[name] = {
+            **spread(r["seconds"] for r in mine),
+            "median_tokens": statistics.median(r["tokens"] for r in mine),
+            "median_tok_per_s": statistics.median(r["tokens"] / r["seconds"] for r in mine),
+        }
+    return summary, same
+
+
+def print_report(summary: dict[str, dict[str, float]], same: bool) -> None:
+    plain_tps = summary["plain"]["median_tok_per_s"]
+    rows = [
+        [f"`{name}`", f"{s['median_s']:.2f}", f"{s['min_s']:.2f}", f"{s['max_s']:.2f}",
+         f"{s['median_tokens']:.0f}", f"{s['median_tok_per_s']:.1f}",
+         f"{ratio(s['median_tok_per_s'], plain_tps):.2f}"]
+        for name, s in summary.items()
+    ]  # fmt: skip
+    header = ["way", "median s", "min s", "max s", "tokens", "tokens/s", "tokens/s vs plain"]
+    print(markdown_table(header, rows, align="---:"))
+    speedup = ratio(summary["args_naive"]["median_s"], summary["args_ours"]["median_s"])
+    print()
+    print(f"ARGS naive / ours (median seconds): {speedup:.2f}x; same tokens chosen: {same}")
+    print(f"ARGS ours tokens/s vs plain: {summary['args_ours']['median_tok_per_s'] / plain_tps:.2f}")
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     import transformers
+    from reference.naive_args import NaiveClassifierScorer
 
     from align_chains import ImplicitReward, RewardGuided, SamplingParams, ValueGuided, load_policy
     from align_chains.engine import ComputeCounters, Decoder
     from align_chains.rewards import CallableReward
-    from align_chains.strategies.naive_args import NaiveClassifierScorer
 
     transformers.logging.set_verbosity_error()
     policy = load_policy()
@@ -120,53 +174,19 @@ def main() -> None:
         "ivg_both": ivg(),
     }
     runs: list[dict[str, Any]] = []
-    for repeat in range(-1, args.repeats):  # -1: warm-up
-        for name, way in ways.items():
-            seed = max(repeat, 0)
-            start = time.perf_counter()
-            tokens, ids = way(seed)
-            seconds = time.perf_counter() - start
-            runs.append({"way": name, "repeat": repeat, "seconds": seconds, "tokens": tokens, "ids": ids})
-            print(f"{name:14s} repeat {repeat:2d}: {seconds:7.2f} s, {tokens} tokens", flush=True)
+    for repeat, name in interleaved(args.repeats, ways):  # repeat -1: warm-up
+        start = time.perf_counter()
+        tokens, ids = ways[name](args.seed + max(repeat, 0))
+        seconds = time.perf_counter() - start
+        runs.append({"way": name, "repeat": repeat, "seconds": seconds, "tokens": tokens, "ids": ids})
+        print(f"{name:14s} repeat {repeat:2d}: {seconds:7.2f} s, {tokens} tokens", flush=True)
 
-    timed = [r for r in runs if r["repeat"] >= 0]
-    same = all(
-        a["ids"] == b["ids"]
-        for a in timed
-        if a["way"] == "args_ours"
-        for b in timed
-        if b["way"] == "args_naive" and b["repeat"] == a["repeat"]
-    )
-    summary: dict[str, dict[str, float]] = {}
-    for name in ways:
-        mine = [r for r in timed if r["way"] == name]
-        summary[name] = {
-            "median_s": statistics.median(r["seconds"] for r in mine),
-            "min_s": min(r["seconds"] for r in mine),
-            "max_s": max(r["seconds"] for r in mine),
-            "median_tokens": statistics.median(r["tokens"] for r in mine),
-            "median_tok_per_s": statistics.median(r["tokens"] / r["seconds"] for r in mine),
-        }
-    plain_tps = summary["plain"]["median_tok_per_s"]
-    print()
-    print(f"policy {policy.name}, {len(prompt_ids)} prompt tokens, up to {n} new tokens, k={args.k}, "
-          f"{args.repeats} repeats; torch {torch.__version__}, {platform.machine()}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    print("| way | median s | min s | max s | tokens | tokens/s | tokens/s vs plain |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, s in summary.items():
-        ratio = s["median_tok_per_s"] / plain_tps
-        print(
-            f"| `{name}` | {s['median_s']:.2f} | {s['min_s']:.2f} | {s['max_s']:.2f} | "
-            f"{s['median_tokens']:.0f} | {s['median_tok_per_s']:.1f} | {ratio:.2f} |"
-        )
-    speedup = summary["args_naive"]["median_s"] / summary["args_ours"]["median_s"]
-    print()
-    print(f"ARGS naive / ours (median seconds): {speedup:.2f}x; same tokens chosen: {same}")
-    print(f"ARGS ours tokens/s vs plain: {summary['args_ours']['median_tok_per_s'] / plain_tps:.2f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"summary": summary, "runs": runs, "same_tokens": same}, fh, indent=1)
+    summary, same = summarize(runs, list(ways))
+    env = machine()
+    print(f"\npolicy {policy.name}, {len(prompt_ids)} prompt tokens, up to {n} new tokens, k={args.k}, "
+          f"{args.repeats} repeats\n{machine_line(env)}")  # fmt: skip
+    print_report(summary, same)
+    write_json(args.json, {"machine": env, "summary": summary, "runs": runs, "same_tokens": same}, indent=1)
 
 
 if __name__ == "__main__":

@@ -22,21 +22,18 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from common import add_common_options, machine, machine_line, timed, win_rate, write_json
 
 from align_chains import SEA, BestOfN, SamplingParams, load_policy, load_reward
 
 PROMPTS = Path(__file__).parent / "data" / "adaptive_eval_prompts.txt"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -45,52 +42,40 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-n", type=int, default=64)
-    parser.add_argument("--json", type=Path)
+    add_common_options(parser)
     parser.add_argument("--plot", type=Path, help="Save a plot of prompt 0's trace (needs matplotlib).")
-    args = parser.parse_args()
+    return parser
 
-    prompts = [line.strip() for line in PROMPTS.read_text().splitlines() if line.strip()][: args.prompts]
-    policy = load_policy()
-    reward = load_reward(args.reward, policy=policy)
-    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=0.8, seed=args.seed)
-    sea = SEA(chains=args.chains, iterations=args.iterations, patience=None)
 
-    # warm-up (untimed): allocator, kernels, the reward's first call
-    SEA(chains=1, iterations=1).run(
-        prompts[0], policy, reward, params.model_copy(update={"max_new_tokens": 4})
-    )
-
-    start = time.perf_counter()
-    results = sea.run_batch(prompts, policy, reward, params)
-    sea_seconds = time.perf_counter() - start
-    sea_rewards = [r.reward for r in results]
-    per_iteration = results[0].details.get("seconds_per_iteration")
-    print(f"SEA: {sea_seconds:.1f} s for {len(prompts)} prompts, {per_iteration:.2f} s per iteration")
-    print(f"     mean reward {statistics.fmean(sea_rewards):.4f}; counters {results[0].counters.as_dict()}")
-
+def best_of_n_until(
+    prompts: list[str], policy: Any, reward: Any, params: Any, seconds: float, max_n: int
+) -> dict:
+    """Best-of-N with N = 1, 2, 4, ... until a run takes longer than ``seconds``: N -> its run."""
     bon: dict[int, dict[str, Any]] = {}
     n = 1
-    while n <= args.max_n:
-        start = time.perf_counter()
-        out = BestOfN(n=n).run_batch(prompts, policy, reward, params)
-        seconds = time.perf_counter() - start
-        bon[n] = {"seconds": seconds, "rewards": [r.reward for r in out]}
-        print(f"BoN-{n}: {seconds:.1f} s, mean reward {statistics.fmean(bon[n]['rewards']):.4f}")
-        if seconds > sea_seconds:
+    while n <= max_n:
+        out, took = timed(lambda n=n: BestOfN(n=n).run_batch(prompts, policy, reward, params))
+        bon[n] = {"seconds": took, "rewards": [r.reward for r in out]}
+        print(f"BoN-{n}: {took:.1f} s, mean reward {statistics.fmean(bon[n]['rewards']):.4f}")
+        if took > seconds:
             break
         n *= 2
+    return bon
 
+
+def build_report(
+    args: argparse.Namespace, results: list[Any], sea_seconds: float, bon: dict
+) -> dict[str, Any]:
+    sea_rewards = [r.reward for r in results]
     within = [k for k, v in bon.items() if v["seconds"] <= sea_seconds]
-    equal_n = max(within) if within else min(bon)
     above = [k for k, v in bon.items() if v["seconds"] > sea_seconds]
-    report: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+    return {
+        "machine": machine(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "sea": {
             "seconds": sea_seconds,
-            "seconds_per_iteration": per_iteration,
+            "seconds_per_iteration": results[0].details.get("seconds_per_iteration"),
             "rewards": sea_rewards,
             "mean_reward": statistics.fmean(sea_rewards),
             "median_reward": statistics.median(sea_rewards),
@@ -102,28 +87,45 @@ def main() -> None:
                 **v,
                 "mean_reward": statistics.fmean(v["rewards"]),
                 "median_reward": statistics.median(v["rewards"]),
-                "sea_win_rate": statistics.fmean(
-                    [
-                        1.0 if s > b else 0.5 if s == b else 0.0
-                        for s, b in zip(sea_rewards, v["rewards"], strict=True)
-                    ]
-                ),
+                "sea_win_rate": win_rate(sea_rewards, v["rewards"]),
             }
             for k, v in bon.items()
         },
-        "equal_wall_clock_n": equal_n,
+        "equal_wall_clock_n": max(within) if within else min(bon),
         "next_n_slower_than_sea": min(above) if above else None,
+        "trace_prompt_0": [{k: v for k, v in t.items() if k != "text"} for t in results[0].trace],
     }
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    prompts = [line.strip() for line in PROMPTS.read_text().splitlines() if line.strip()][: args.prompts]
+    policy = load_policy()
+    reward = load_reward(args.reward, policy=policy)
+    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=0.8, seed=args.seed)
+    sea = SEA(chains=args.chains, iterations=args.iterations, patience=None)
+
+    # warm-up (untimed): allocator, kernels, the reward's first call
+    SEA(chains=1, iterations=1).run(
+        prompts[0], policy, reward, params.model_copy(update={"max_new_tokens": 4})
+    )
+    results, sea_seconds = timed(lambda: sea.run_batch(prompts, policy, reward, params))
+    per_iteration = results[0].details.get("seconds_per_iteration")
+    print(f"SEA: {sea_seconds:.1f} s for {len(prompts)} prompts, {per_iteration:.2f} s per iteration")
+    print(
+        f"     mean reward {statistics.fmean(r.reward for r in results):.4f}; "
+        f"counters {results[0].counters.as_dict()}"
+    )
+    bon = best_of_n_until(prompts, policy, reward, params, sea_seconds, args.max_n)
+    report = build_report(args, results, sea_seconds, bon)
+    equal_n = report["equal_wall_clock_n"]
     eq = report["best_of_n"][str(equal_n)]
     print(
         f"\nAt equal wall-clock (BoN-{equal_n}, {eq['seconds']:.1f} s vs SEA {sea_seconds:.1f} s): "
         f"mean reward SEA {report['sea']['mean_reward']:.4f} vs BoN {eq['mean_reward']:.4f}; "
-        f"SEA wins {eq['sea_win_rate']:.2f} of prompts"
+        f"SEA wins {eq['sea_win_rate']:.2f} of prompts\n{machine_line(report['machine'])}"
     )
-    report["trace_prompt_0"] = [{k: v for k, v in t.items() if k != "text"} for t in results[0].trace]
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     if args.plot:
         plot_trace(results[0].trace, args.plot, title=f"SEA on {prompts[0]!r} ({args.reward} reward)")
 

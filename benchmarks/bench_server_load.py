@@ -17,16 +17,14 @@ client sends its requests back to back. Reported per server and level: requests,
 Run from the repository root (the server package installed, or on PYTHONPATH)::
 
     python benchmarks/bench_server_load.py --json server_load.json
-    python benchmarks/bench_server_load.py --policy <dir> --reward package.module:fn   # any models
+    python benchmarks/bench_server_load.py --policy <dir> --reward python:package.module:fn   # any models
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -40,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from common import add_common_options, machine, machine_line, markdown_table, ratio, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -162,7 +161,7 @@ def run_level(name: str, url: str, clients: int, per_client: int) -> LevelResult
     )
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -170,80 +169,88 @@ def main() -> None:
     parser.add_argument("--reward", default=None, help="reward spec (default: the strategy's, MiniLM)")
     parser.add_argument("--requests", type=int, default=16, help="requests per level (at least 2 per client)")
     parser.add_argument("--max-seconds", type=float, default=1200, help="stop starting new levels after this")
-    parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="client counts, comma-separated")
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="rounds per level (server order alternates); medians reported"
+    add_common_options(  # requests are unseeded on purpose: no --seed
+        parser,
+        repeats=1,
+        seed=None,
+        repeats_help="rounds per level (server order alternates); medians reported",
     )
-    args = parser.parse_args()
+    return parser
 
-    levels = [int(c) for c in args.levels.split(",")]
-    # a killed benchmark still stops its two servers (the ``finally`` below)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    logs = Path(tempfile.mkdtemp(prefix="server-load-"))
-    servers = {name: launch(name, extra, args, logs) for name, extra in SERVERS.items()}
+
+def run_levels(
+    servers: dict[str, tuple[subprocess.Popen, str]], levels: list[int], args: argparse.Namespace
+) -> list[LevelResult]:
+    """Every level and round on both servers, taking turns (the order alternates by round)."""
     results: list[LevelResult] = []
     began = time.monotonic()
-    try:
-        for name, (process, url) in servers.items():
-            wait_ready(process, url, logs / f"{name}.log")
-            for prompt in PROMPTS[:2]:  # warm-up, untimed
-                one_request(url, prompt)
-        rounds = [(clients, r) for clients in levels for r in range(args.repeats)]
-        for clients, repeat in rounds:
-            if time.monotonic() - began > args.max_seconds:
-                print(f"stopping before {clients} clients: --max-seconds reached", file=sys.stderr)
-                break
-            per_client = max(2, math.ceil(args.requests / clients))
-            order = list(servers.items()) if repeat % 2 == 0 else list(servers.items())[::-1]
-            for name, (_, url) in order:
-                result = run_level(name, url, clients, per_client)
-                result.repeat = repeat
-                results.append(result)
-                print(
-                    f"{name:>10} {clients:>2} clients (round {repeat}): {result.requests} requests in "
-                    f"{result.seconds:.1f} s, {result.throughput_rps:.2f} req/s, p50 {result.p50_s:.2f} s, "
-                    f"p95 {result.p95_s:.2f} s, mean batch {result.mean_batch:.1f}, "
-                    f"statuses {result.statuses}",
-                    flush=True,
-                )
-    finally:
-        for process, _ in servers.values():
-            process.terminate()
-            process.wait(timeout=30)
+    for clients, repeat in [(clients, r) for clients in levels for r in range(args.repeats)]:
+        if time.monotonic() - began > args.max_seconds:
+            print(f"stopping before {clients} clients: --max-seconds reached", file=sys.stderr)
+            break
+        per_client = max(2, math.ceil(args.requests / clients))
+        order = list(servers.items()) if repeat % 2 == 0 else list(servers.items())[::-1]
+        for name, (_, url) in order:
+            result = run_level(name, url, clients, per_client)
+            result.repeat = repeat
+            results.append(result)
+            print(
+                f"{name:>10} {clients:>2} clients (round {repeat}): {result.requests} requests in "
+                f"{result.seconds:.1f} s, {result.throughput_rps:.2f} req/s, p50 {result.p50_s:.2f} s, "
+                f"p95 {result.p95_s:.2f} s, mean batch {result.mean_batch:.1f}, "
+                f"statuses {result.statuses}",
+                flush=True,
+            )
+    return results
 
-    print("\n| clients | rounds | serialised req/s | batched req/s | throughput ratio (median) | "
-          "p50 ser / bat (s) | p95 ser / bat (s) | mean batch | 5xx |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+def table_rows(results: list[LevelResult], levels: list[int]) -> list[list[str]]:
+    rows = []
     for clients in levels:
         ser = [r for r in results if r.server == "serialised" and r.clients == clients]
         bat = [r for r in results if r.server == "batched" and r.clients == clients]
         pairs = [(s_, b_) for s_ in ser for b_ in bat if s_.repeat == b_.repeat]
         if not pairs:
             continue
-        ratio = statistics.median(b_.throughput_rps / s_.throughput_rps for s_, b_ in pairs)
+        throughput = statistics.median(ratio(b_.throughput_rps, s_.throughput_rps) for s_, b_ in pairs)
         fivexx = sum(n for r in ser + bat for s, n in r.statuses.items() if s.startswith("5") or s == "-1")
         lat_s = sorted(x for r in ser for x in r.latencies)
         lat_b = sorted(x for r in bat for x in r.latencies)
-        print(
-            f"| {clients} | {len(pairs)} | {statistics.median(r.throughput_rps for r in ser):.2f} | "
-            f"{statistics.median(r.throughput_rps for r in bat):.2f} | {ratio:.2f}x | "
-            f"{percentile(lat_s, 0.5):.2f} / {percentile(lat_b, 0.5):.2f} | "
-            f"{percentile(lat_s, 0.95):.2f} / {percentile(lat_b, 0.95):.2f} | "
-            f"{statistics.fmean(r.mean_batch for r in bat):.1f} | {fivexx} |"
-        )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                    "policy": args.policy,
-                    "reward": args.reward or "strategy default",
-                    "results": [asdict(r) for r in results],
-                },
-                indent=1,
-            )
-        )
+        rows.append([
+            str(clients), str(len(pairs)), f"{statistics.median(r.throughput_rps for r in ser):.2f}",
+            f"{statistics.median(r.throughput_rps for r in bat):.2f}", f"{throughput:.2f}x",
+            f"{percentile(lat_s, 0.5):.2f} / {percentile(lat_b, 0.5):.2f}",
+            f"{percentile(lat_s, 0.95):.2f} / {percentile(lat_b, 0.95):.2f}",
+            f"{statistics.fmean(r.mean_batch for r in bat):.1f}", str(fivexx),
+        ])  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    levels = [int(c) for c in args.levels.split(",")]
+    # a killed benchmark still stops its two servers (the ``finally`` below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    logs = Path(tempfile.mkdtemp(prefix="server-load-"))
+    servers = {name: launch(name, extra, args, logs) for name, extra in SERVERS.items()}
+    try:
+        for name, (process, url) in servers.items():
+            wait_ready(process, url, logs / f"{name}.log")
+            for prompt in PROMPTS[:2]:  # warm-up, untimed
+                one_request(url, prompt)
+        results = run_levels(servers, levels, args)
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+
+    env = machine()
+    header = ["clients", "rounds", "serialised req/s", "batched req/s", "throughput ratio (median)",
+              "p50 ser / bat (s)", "p95 ser / bat (s)", "mean batch", "5xx"]  # fmt: skip
+    print(f"\n{machine_line(env)}\n{markdown_table(header, table_rows(results, levels))}")
+    payload = {"machine": env, "policy": args.policy, "reward": args.reward or "strategy default"}
+    write_json(args.json, payload | {"results": [asdict(r) for r in results]}, indent=1)
 
 
 if __name__ == "__main__":

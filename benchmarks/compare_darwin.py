@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import add_common_options, machine, machine_line, write_json
+
 PROMPTS = [
     "Give me three tips for better sleep.",
     "How do I politely decline a meeting invitation from my manager?",
@@ -117,23 +119,21 @@ def run_worker(code: Path, out: Path, max_tokens: int, seed: int, prompts: int |
     return json.loads(out.read_text())
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--before", default=BEFORE_REV, help="git revision of the 'before' code")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     parser.add_argument("--prompts", type=int, default=None, help="Only the first N prompts.")
     parser.add_argument(
         "--out-dir", type=Path, default=None, help="Keep each job's answers here (default: a temporary dir)."
     )
-    args = parser.parse_args()
-    if args.worker is not None:
-        worker(args.worker, args.max_tokens, args.seed, args.prompts)
-        return
-    prompts = PROMPTS[: args.prompts]
+    add_common_options(parser)
+    return parser
 
+
+def run_before_and_after(args: argparse.Namespace) -> dict[str, Any]:
+    """DARWIN from the 'before' revision (extracted with git archive) and from this tree."""
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out_dir or Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,43 +143,36 @@ def main() -> None:
             ["git", "-C", str(REPO), "archive", args.before, "align_chains"], check=True, capture_output=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-        runs = {
+        return {
             "before": run_worker(old, out_dir / "before.json", args.max_tokens, args.seed, args.prompts),
             "after": run_worker(REPO, out_dir / "after.json", args.max_tokens, args.seed, args.prompts),
         }
 
-    sys.path.insert(0, str(REPO))
-    from align_chains.models.policy import load_policy
-    from align_chains.rewards import load_reward
+
+def best_of_n_job(n: int, prompts: list[str], policy: Any, reward: Any, args: argparse.Namespace) -> dict:
+    """Best-of-n on every prompt (reused from ``--out-dir`` when an earlier run finished it)."""
     from align_chains.strategies.best_of_n import BestOfN
 
-    policy, reward = load_policy(), load_reward("minilm")
-    median_tokens = statistics.median(r["generated_tokens"] for r in runs["after"]["rows"])
-    n = math.ceil(median_tokens / args.max_tokens)
     bon_file = (args.out_dir or Path(tempfile.mkdtemp())) / f"best-of-{n}.json"
     if bon_file.is_file():
         print(f"reusing {bon_file}", flush=True)
-        runs[f"best-of-{n}"] = json.loads(bon_file.read_text())
-    else:
-        BestOfN(n=1).run(prompts[0], policy, reward, sampling(4, args.seed))  # warm-up, untimed
-        start, cpu = time.perf_counter(), time.process_time()
-        bon = BestOfN(n=n).run_batch(prompts, policy, reward, sampling(args.max_tokens, args.seed))
-        runs[f"best-of-{n}"] = {
-            "seconds": time.perf_counter() - start,
-            "cpu_seconds": time.process_time() - cpu,
-            "rows": [
-                {"text": r.text, "reward": r.reward, "generated_tokens": r.counters.generated_tokens}
-                for r in bon
-            ],
-        }
-        bon_file.write_text(json.dumps(runs[f"best-of-{n}"]))
-    judge = load_reward("judge", policy=policy, principle=PRINCIPLE)
-    for run in runs.values():
-        held_out = judge.score(prompts, [row["text"] for row in run["rows"]])
-        for row, value in zip(run["rows"], held_out, strict=True):
-            row["judge"] = value
+        return json.loads(bon_file.read_text())
+    BestOfN(n=1).run(prompts[0], policy, reward, sampling(4, args.seed))  # warm-up, untimed
+    start, cpu = time.perf_counter(), time.process_time()
+    bon = BestOfN(n=n).run_batch(prompts, policy, reward, sampling(args.max_tokens, args.seed))
+    job = {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "rows": [
+            {"text": r.text, "reward": r.reward, "generated_tokens": r.counters.generated_tokens} for r in bon
+        ],
+    }
+    bon_file.write_text(json.dumps(job))
+    return job
 
-    print(f"\n{len(prompts)} prompts, {SETTINGS}, max_tokens={args.max_tokens}, seed={args.seed}")
+
+def summarize(runs: dict[str, Any]) -> dict[str, Any]:
+    """Medians and means per method over prompts (printed as a table too)."""
     header = (
         f"{'method':<14} {'MiniLM med':>10} {'judge med':>10} {'gen tok med':>11} {'wall s':>7} {'CPU s':>7}"
     )
@@ -205,11 +198,38 @@ def main() -> None:
             f"{name:<14} {s['reward_median']:>10.3f} {s['judge_median']:>10.3f} "
             f"{s['generated_tokens_median']:>11.0f} {s['seconds']:>7.1f} {s['cpu_seconds'] or 0:>7.1f}"
         )
+    return summary
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.worker is not None:
+        worker(args.worker, args.max_tokens, args.seed, args.prompts)
+        return
+    prompts = PROMPTS[: args.prompts]
+    runs = run_before_and_after(args)
+
+    sys.path.insert(0, str(REPO))
+    from align_chains.models.policy import load_policy
+    from align_chains.rewards import load_reward
+
+    policy, reward = load_policy(), load_reward("minilm")
+    n = math.ceil(statistics.median(r["generated_tokens"] for r in runs["after"]["rows"]) / args.max_tokens)
+    runs[f"best-of-{n}"] = best_of_n_job(n, prompts, policy, reward, args)
+    judge = load_reward("judge", policy=policy, principle=PRINCIPLE)
+    for run in runs.values():
+        held_out = judge.score(prompts, [row["text"] for row in run["rows"]])
+        for row, value in zip(run["rows"], held_out, strict=True):
+            row["judge"] = value
+
+    env = machine()
+    print(f"\n{len(prompts)} prompts, {SETTINGS}, max_tokens={args.max_tokens}, seed={args.seed}")
+    print(machine_line(env))
+    summary = summarize(runs)
     after, before = runs["after"]["rows"], runs["before"]["rows"]
     wins = sum(a["judge"] > b["judge"] for a, b in zip(after, before, strict=True))
     print(f"after beats before under the judge on {wins}/{len(prompts)} prompts")
-    if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "runs": runs, "prompts": prompts}, indent=1))
+    write_json(args.json, {"machine": env, "summary": summary, "runs": runs, "prompts": prompts}, indent=1)
 
 
 if __name__ == "__main__":

@@ -49,15 +49,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from fidelity_common import EVAL_PROMPTS, IVG_PRINCIPLE, fluency, read_prompts, summary, win_rate
+from common import add_common_options, machine, win_rate, write_json
+from fidelity_common import EVAL_PROMPTS, IVG_PRINCIPLE, fluency, read_prompts, summary
 
 from align_chains import SEA, BestOfN, SamplingParams, ValueGuided, load_policy, load_reward
 from align_chains.models.policy import Policy
@@ -141,7 +140,7 @@ def run_job(args: argparse.Namespace) -> None:
         "row": args.row,
         "prompts": prompts,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+        "machine": machine(),
         "cpu_seconds": cpu,
         "wall_seconds": wall,
         # SEA reports one batch-wide counter to every prompt; the others split tokens per prompt
@@ -160,8 +159,7 @@ def run_job(args: argparse.Namespace) -> None:
         "chosen": [r.best.meta for r in results],
     }
     print(f"[{family.name}] {args.row}: cpu {cpu:.0f} s, wall {wall:.0f} s", flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(job, indent=2, default=str))
+    write_json(args.json, job)
 
 
 def measure(job: dict[str, Any], policy: Policy, family: Family, minilm: RewardModel) -> None:
@@ -215,9 +213,7 @@ def report(args: argparse.Namespace) -> None:
         if "win_rate_vs_before" in mine.get(family.after, {}):
             wins = ", ".join(f"{k} {v:.2f}" for k, v in mine[family.after]["win_rate_vs_before"].items())
             print(f"\n{family.after} vs {family.before}, per-prompt win rate: {wins}", flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2, default=str))
+    write_json(args.json, out)
 
 
 def table(name: str, family: Family, jobs: dict[str, Any]) -> str:
@@ -269,12 +265,13 @@ def main() -> None:
     run.add_argument("--prompts", type=int, default=None, help="Only the first N eval prompts.")
     run.add_argument("--sea-tokens", type=int, default=32)
     run.add_argument("--ivg-tokens", type=int, default=64)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--json", type=Path, required=True)
+    add_common_options(run)
     rep = sub.add_parser("report", help="Score the saved answers and print the tables.")
     rep.add_argument("files", nargs="+")
     rep.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.command == "run" and args.json is None:
+        parser.error("run needs --json PATH (the report reads the saved answers from it)")
     run_job(args) if args.command == "run" else report(args)
 
 

@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import add_common_options, machine, write_json
 from scipy.stats import skew
 
 from align_chains.strategies.allocation import allocate, exploration_size, greedy_allocation
@@ -142,7 +142,7 @@ def load_or_build_pool(args: argparse.Namespace, prompts: list[str]) -> tuple[np
         "settings": settings,
         "generation_seconds": seconds,
         "num_samples": n,
-        "machine": f"{platform.machine()} {platform.system()}, python {platform.python_version()}",
+        "machine": machine(),
         "rewards": rewards,
         "texts": texts,
     }
@@ -372,12 +372,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=2000, help="simulated batches")
     parser.add_argument("--draws", type=int, default=1024, help="Monte Carlo draws in allocate()")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CI")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the simulated batches and allocate()")
     parser.add_argument(
         "--pool-seed", type=int, default=0, help="seeds pool sampling (part of the cache key)"
     )
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="output PNG")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    add_common_options(
+        parser,
+        seed_help="seeds the simulated batches and allocate()",
+        json_help="also write the results as JSON",
+    )
     args = parser.parse_args()
     if args.pool < 2 or args.k < 2 or args.batches < 1 or args.chunk < 1:
         parser.error("need --pool >= 2, --k >= 2, --batches >= 1, --chunk >= 1")
@@ -436,7 +439,6 @@ def main() -> None:
     plot(results, uniform_means, args.plot, title)
     print(f"\nplot: {args.plot}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "generation_seconds": cached["generation_seconds"],
@@ -444,8 +446,7 @@ def main() -> None:
             "results": [asdict(r) for r in results],
             "uniform_mean_by_budget": uniform_means.tolist(),
         }
-        args.json.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        print(f"json: {args.json}")
+        write_json(args.json, payload, indent=1)
 
 
 if __name__ == "__main__":

@@ -81,10 +81,3 @@ def summary(values: Sequence[float | None]) -> dict[str, float | None]:
     if not vals:
         return {"mean": None, "median": None}
     return {"mean": statistics.fmean(vals), "median": statistics.median(vals)}
-
-
-def win_rate(ours: Sequence[float], theirs: Sequence[float]) -> float:
-    """Share of prompts where ``ours`` is higher (ties count half)."""
-    return statistics.fmean(
-        [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ours, theirs, strict=True)]
-    )

@@ -34,7 +34,6 @@ import copy
 import importlib.util
 import inspect
 import json
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from common import machine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -244,10 +245,10 @@ def best_of_n(ctx: dict[str, Any], s: Settings) -> dict[str, Any]:
 def args_section(ctx: dict[str, Any], s: Settings) -> dict[str, Any]:
     from align_chains.engine import ComputeCounters, SamplingParams
     from align_chains.strategies import RewardGuided
-    from align_chains.strategies.naive_args import NaiveClassifierScorer
 
     sys.path.insert(0, str(HERE))
     from bench_guided import PROMPT, smollm_classifier
+    from reference.naive_args import NaiveClassifierScorer
 
     policy, device = ctx["policy"], ctx["device"]
     classifier = smollm_classifier(policy)
@@ -278,10 +279,10 @@ def darwin_section(ctx: dict[str, Any], s: Settings) -> dict[str, Any]:
     from align_chains.engine import SamplingParams
     from align_chains.rewards import CallableReward
     from align_chains.strategies import Darwin
-    from align_chains.strategies.darwin_reference import DarwinReprefill
 
     sys.path.insert(0, str(HERE))
     from bench_darwin import PROMPTS
+    from reference.darwin_reprefill import DarwinReprefill
 
     policy, device = ctx["policy"], ctx["device"]
     reward = CallableReward(lambda p, r: float(len(set(r.split()))), name="distinct-words")
@@ -529,19 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu_bench: {policy.name} on {policy.device} in {policy.model.dtype} ({weights})", flush=True)
     ctx = {"policy": policy, "device": args.device}
     report: dict[str, Any] = {
-        "environment": {
-            "device": args.device,
-            "device_name": torch.cuda.get_device_name()
-            if args.device.startswith("cuda")
-            else platform.processor() or "cpu",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "dtype": str(policy.model.dtype).removeprefix("torch."),
-            "policy": policy.name,
-            "weights": weights,
-            "smoke": args.smoke,
-        },
+        "environment": machine(
+            device=args.device,
+            device_name=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+            transformers=transformers.__version__,
+            dtype=str(policy.model.dtype).removeprefix("torch."),
+            policy=policy.name,
+            weights=weights,
+            smoke=args.smoke,
+        ),
         "settings": asdict(settings),
         "sections": {},
     }

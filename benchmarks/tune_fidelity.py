@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import add_common_options, write_json
 from fidelity_common import DEV_PROMPTS, IVG_PRINCIPLE, fluency, read_prompts, summary
 
 from align_chains import SEA, BestOfN, SamplingParams, ValueGuided, load_policy, load_reward
@@ -144,16 +145,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None, help="Use only the first N dev prompts.")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path)
+    add_common_options(parser)
     args = parser.parse_args()
     if args.what == "ivg-choose":
         report = choose_w(args.files, args.prompts)
     else:
         report = tune_ivg(args) if args.what == "ivg" else tune_sea(args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":

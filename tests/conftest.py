@@ -6,6 +6,9 @@ cache), the weights are random and built from a config in this session.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,6 +17,12 @@ from align_chains.models.policy import Policy
 from align_chains.testing import tiny_llama_config
 
 __all__ = ["tiny_llama_config"]  # imported by test modules that build their own tiny models
+
+# the reference implementations (``benchmarks/reference``, not part of the package) import as
+# ``reference.<module>``, as they do in the benchmark scripts
+BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.append(BENCHMARKS)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from reference.naive_args import NaiveClassifierScorer
 
 from align_chains import BestOfNChatModel
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
@@ -28,7 +29,6 @@ from align_chains.rewards import (
 )
 from align_chains.rewards.incremental import ClassifierBranchScorer
 from align_chains.strategies import SEA, AdaptiveBestOfN, BestOfN, Darwin, RewardGuided, ValueGuided
-from align_chains.strategies.naive_args import NaiveClassifierScorer
 from tests.conftest import tiny_llama_config
 
 BF16 = torch.bfloat16

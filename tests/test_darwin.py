@@ -8,16 +8,18 @@ from collections import Counter
 import pytest
 import torch
 from pydantic import ValidationError
+from reference.darwin_reprefill import DarwinReprefill
 
-import align_chains.strategies.darwin as darwin_module
+import align_chains.strategies.darwin_driver as darwin_module
 from align_chains import DarwinChatModel, cli
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.policy import Policy
 from align_chains.rewards import CallableReward
 from align_chains.strategies import get_strategy
-from align_chains.strategies.darwin import CachedPopulation, Darwin, archive_winners, update_archive
-from align_chains.strategies.darwin_reference import DarwinReprefill
+from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.darwin_archive import archive_winners, update_archive
+from align_chains.strategies.darwin_population import CachedPopulation
 from align_chains.strategies.mutation import (
     ParsedMutations,
     list_complete,
@@ -475,6 +477,29 @@ def test_trace_is_flat_records_with_every_event(tiny_policy, scripted_mutations)
         assert all(isinstance(v, str | int | float | bool | type(None)) for v in record.values())
     best_so_far = [r["best_reward"] for r in events(result, "cycle_end")]
     assert best_so_far == sorted(best_so_far) and best_so_far[-1] == result.reward
+
+
+def test_a_prompt_whose_candidates_all_ended_sits_out_the_others_segments(tiny_policy, scripted_mutations):
+    """As over an API (the same search): a scoring that finds all of a prompt's rows finished is
+    that prompt's last in the cycle, while the batch's other prompts go on."""
+    prompts = [
+        "Name a fruit.",
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        "Tell me a story.",
+    ]
+    results = Darwin(**SMALL).run_batch(prompts, tiny_policy, hash_reward(), STOPPING)
+    last_segments = {}
+    for p, result in enumerate(results):
+        scores = events(result, "score")
+        for cycle in {r["cycle"] for r in scores}:
+            segments = sorted({r["segment"] for r in scores if r["cycle"] == cycle})
+            assert segments == list(range(1, len(segments) + 1))
+            for segment in segments[:-1]:  # every scoring before its last found a row to go on
+                rows = [r for r in scores if (r["cycle"], r["segment"]) == (cycle, segment)]
+                assert not all(r["finished"] for r in rows)
+            last_segments[p, cycle] = segments[-1]
+    for cycle in (1, 2):
+        assert len({last_segments[p, cycle] for p in range(len(prompts))}) > 1, "no prompt ended early"
 
 
 # -- budgets and failures --------------------------------------------------------------

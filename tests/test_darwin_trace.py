@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import align_chains.strategies.darwin as darwin_module
+import align_chains.strategies.darwin_driver as darwin_module
 from align_chains.errors import InvalidInputError
 from align_chains.strategies.darwin import Darwin
 from align_chains.strategies.darwin_trace import EVENTS, Score, Seed, read

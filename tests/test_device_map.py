@@ -35,12 +35,9 @@ CPU_BY_DESIGN = {
     ("value_guided.py", "_chunk_values"),  # reward scores, compared on the CPU
     ("implicit.py", "start"),  # the running implicit reward total; each step is added with .cpu()
     ("implicit.py", "_response_logprob"),  # built on the CPU, then moved with .to(device) at once
-    ("naive_args.py", "score"),  # the naive reference scorer's output, filled with .cpu() values
     ("embedding.py", "soft_scorer"),  # row index, moved to the vectors' device before use
     ("vocab_bridge.py", "_build"),  # the bridge's index vectors, moved to the probs' device per call
-    ("darwin_reference.py", "__init__"),  # the benchmark-only reference's CPU bookkeeping
     ("decoder.py", "dead_end"),  # grammar dead-end flags live beside the CPU matchers; set with .cpu()
-    ("darwin_reference.py", "num_tokens"),
     ("allocation.py", "allocate"),
 }
 

@@ -1,23 +1,20 @@
 """The package's import graph: no cycles, no private names across modules, layers point down.
 
-Read from the source with ``ast`` (nothing is imported), so a lazy import inside a function
-counts as much as one at the top of a file; only ``if TYPE_CHECKING:`` blocks are left out.
+The graph is read from the source with ``ast`` (nothing is imported) by
+``docs/_hooks/import_graph.py``, which the docs also render architecture.md's edge table from:
+a lazy import inside a function counts as much as one at the top of a file; only
+``if TYPE_CHECKING:`` blocks are left out.
 """
 
 from __future__ import annotations
 
-import ast
+import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {
-    "align_chains": ROOT / "align_chains",
-    "align_chains_server": ROOT / "integrations" / "server" / "align_chains_server",
-    "align_chains_llamaindex": ROOT / "integrations" / "llamaindex" / "align_chains_llamaindex",
-    "align_chains_ray": ROOT / "integrations" / "ray" / "align_chains_ray",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "_hooks"))
+from import_graph import GRAPH, MODULES  # the shared graph (the docs render it too)
 
 # Each module of align_chains sits in one layer and may import only its own layer or lower ones.
 LAYERS = [
@@ -29,63 +26,6 @@ LAYERS = [
     ("chat_models", "rerank", "embeddings", "agent_middleware"),
     ("evaluation", "plots", "memory", "testing", "cli"),
 ]
-
-
-def _modules() -> dict[str, Path]:
-    found = {}
-    for package, folder in PACKAGES.items():
-        for path in folder.rglob("*.py"):
-            parts = [package, *path.relative_to(folder).with_suffix("").parts]
-            if parts[-1] == "__init__":
-                parts.pop()
-            found[".".join(parts)] = path
-    return found
-
-
-MODULES = _modules()
-
-
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _imports(module: str, path: Path) -> list[tuple[str, list[str]]]:
-    """(imported module, names taken from it) for every import outside TYPE_CHECKING blocks."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    is_package = path.name == "__init__.py"
-    found: list[tuple[str, list[str]]] = []
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            found.extend((alias.name, []) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = module.split(".") if is_package else module.split(".")[:-1]
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
-            names = [alias.name for alias in node.names]
-            submodules = [n for n in names if f"{base}.{n}" in MODULES]
-            found.extend((f"{base}.{n}", []) for n in submodules)
-            found.append((base, [n for n in names if n not in submodules]))
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return found
-
-
-GRAPH = {
-    module: {target: names for target, names in _imports(module, path) if target in MODULES}
-    for module, path in MODULES.items()
-}
 
 
 def test_there_is_no_import_cycle():

@@ -11,13 +11,13 @@ import math
 import zlib
 
 import pytest
+from reference.darwin_reprefill import DarwinReprefill
 
-import align_chains.strategies.darwin as darwin_module
+import align_chains.strategies.darwin_driver as darwin_module
 from align_chains.engine import SamplingParams
 from align_chains.rewards import CallableReward
 from align_chains.strategies import ValueGuided
 from align_chains.strategies.darwin import Darwin
-from align_chains.strategies.darwin_reference import DarwinReprefill
 from align_chains.strategies.mutation import ParsedMutations
 
 LONG = 200  # five DARWIN segments at the default m=40; seven IVG chunks at the default 30 tokens

@@ -86,3 +86,15 @@ def test_darwin_counts_the_state_transplant_of_a_replacement_round():
     assert replaced.kv_cache == candidates + 2 * (8 - 3) * 512 * SMOLLM2.kv_bytes_per_token
     one_segment = estimate_memory(Darwin(n=8, k=3, m=24), SMOLLM2, None, params, 512)  # L <= m: no round
     assert one_segment.peak_phase != "replacement" and one_segment.total < replaced.total
+
+
+def test_footprint_from_spec_reads_specs_with_the_one_reward_parser():
+    from align_chains.memory import footprint_from_spec
+
+    for weightless in ("python:align_chains.rewards.rules:distinct_bigrams", "rule:distinct", "lexicon:a,b"):
+        assert footprint_from_spec(weightless, SMOLLM2).weights == 0
+        assert footprint_from_spec(weightless, SMOLLM2).shape is None
+    judge = footprint_from_spec("judge-principle:Be brief.", SMOLLM2)
+    assert judge.kind == "judge" and judge.is_policy and judge.shape is SMOLLM2 and judge.weights == 0
+    with pytest.raises(InvalidInputError, match="Unknown rule 'nope'"):
+        footprint_from_spec("rule:nope", SMOLLM2)

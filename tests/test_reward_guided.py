@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
+from reference.naive_args import NaiveClassifierScorer
 
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
 from align_chains.errors import InvalidInputError, RewardError
@@ -13,7 +14,6 @@ from align_chains.rewards import CallableReward, ClassifierReward, ImplicitRewar
 from align_chains.rewards.implicit import ImplicitBranchScorer
 from align_chains.rewards.incremental import ClassifierBranchScorer, TextBranchScorer
 from align_chains.strategies import RewardGuided, get_strategy
-from align_chains.strategies.naive_args import NaiveClassifierScorer
 from align_chains.strategies.reward_guided import branch_scorer
 from tests.conftest import tiny_llama_config
 

@@ -20,9 +20,22 @@ from align_chains.rewards import (
     CallableReward,
     ClassifierReward,
     EmbeddingReward,
+    JudgeReward,
     RewardModel,
     WeightedReward,
     load_reward,
+)
+from align_chains.rewards.rules import distinct_bigrams
+from align_chains.rewards.specs import (
+    EmbeddedSpec,
+    FunctionSpec,
+    GivenSpec,
+    JudgeSpec,
+    LexiconSpec,
+    ModelSpec,
+    RuleSpec,
+    WeightedSpec,
+    parse_reward_spec,
 )
 
 CONVERSATION = [
@@ -596,3 +609,113 @@ class TestLoadReward:
         # generic handlers written for OSError (what transformers raises) keep working
         with pytest.raises(OSError):
             load_reward("./no/such/dir")
+
+
+class TestWeightedRewardPolicy:
+    """A weighted reward passes ``policy=`` to its terms: a "judge" term judges with it."""
+
+    @pytest.fixture
+    def only_given_policy(self, monkeypatch, tiny_policy):
+        """Any judge built from a spec instead of the given policy fails the test at once."""
+        from align_chains.rewards import judge as judge_module
+
+        real = judge_module.load_policy
+
+        def load_policy(spec, **kwargs):
+            assert spec is tiny_policy, f"the judge loaded {spec!r} instead of the given policy"
+            return real(spec, **kwargs)
+
+        monkeypatch.setattr(judge_module, "load_policy", load_policy)
+
+    def test_judge_term_of_a_weighted_reward_uses_the_given_policy(self, tiny_policy, only_given_policy):
+        reward = load_reward([("judge", 0.5), (_const(1.0), 0.5)], policy=tiny_policy, device="cpu")
+        judge = reward.terms[0][0]
+        assert judge.judge is tiny_policy
+        scores = reward.score(["Name a fruit."], ["An apple."])
+        assert len(scores) == 1 and math.isfinite(scores[0])
+
+    def test_chat_model_with_a_weighted_judge_judges_with_its_policy(self, tiny_policy, only_given_policy):
+        from align_chains.chat_models import BestOfNChatModel
+
+        model = BestOfNChatModel(policy=tiny_policy, reward=[("judge", 1.0)], n=2, max_tokens=4)
+        _, reward = model.load()
+        assert reward.terms[0][0].judge is tiny_policy
+
+
+class TestRewardSpecParser:
+    """``parse_reward_spec``: one parser, one syntax for a function, errors before any load."""
+
+    @pytest.mark.parametrize(
+        ("spec", "expected"),
+        [
+            ("minilm", EmbeddedSpec("minilm")),
+            ("All-MiniLM-L6-v2", EmbeddedSpec("All-MiniLM-L6-v2")),
+            ("judge", JudgeSpec()),
+            ("judge:my-org/judge-model", JudgeSpec(model="my-org/judge-model")),
+            ("judge-principle: The answer is concise.", JudgeSpec(principle="The answer is concise.")),
+            ("rule:distinct", RuleSpec("distinct")),
+            ("lexicon:Step, because,step", LexiconSpec(("because", "step"))),
+            ("my-org/reward-model", ModelSpec("my-org/reward-model")),
+            ("./models/rm", ModelSpec("./models/rm")),
+        ],
+    )
+    def test_strings_parse_to_their_kind(self, spec, expected):
+        assert parse_reward_spec(spec) == expected
+
+    def test_python_function_is_imported_and_checked(self):
+        parsed = parse_reward_spec("python:align_chains.rewards.rules:distinct_bigrams")
+        assert isinstance(parsed, FunctionSpec)
+        assert parsed.function is distinct_bigrams
+        assert parsed.text == "python:align_chains.rewards.rules:distinct_bigrams"
+
+    def test_bare_module_function_still_works_but_says_what_to_write(self):
+        with pytest.warns(FutureWarning, match="write 'python:align_chains.rewards.rules:distinct"):
+            parsed = parse_reward_spec("align_chains.rewards.rules:distinct_bigrams")
+        assert parsed == parse_reward_spec("python:align_chains.rewards.rules:distinct_bigrams")
+
+    @pytest.mark.parametrize(
+        ("spec", "message"),
+        [
+            ("python:no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
+            ("python:os.path:nope", "has no callable 'nope'"),
+            ("python:just_a_module", "python: needs package.module:function"),
+            ("rule:nope", r"Unknown rule 'nope'.*distinct"),
+            ("lexicon: , ", "lexicon: needs at least one word"),
+            ("judge-principle:  ", "judge-principle: needs a sentence"),
+            ("  ", "Reward spec is empty"),
+        ],
+    )
+    def test_bad_specs_name_the_bad_part_and_the_fix(self, spec, message):
+        with pytest.raises(InvalidInputError, match=message):
+            parse_reward_spec(spec)
+
+    def test_weighted_pairs_parse_each_term_and_check_weights(self, length_reward):
+        parsed = parse_reward_spec([("rule:distinct", 0.3), (length_reward, 1)])
+        assert parsed == WeightedSpec(((RuleSpec("distinct"), 0.3), (GivenSpec(length_reward), 1.0)))
+        with pytest.raises(InvalidInputError, match="weight 'heavy'"):
+            parse_reward_spec([("minilm", "heavy")])
+        with pytest.raises(InvalidInputError, match="Unknown rule"):
+            parse_reward_spec([("minilm", 0.5), ("rule:nope", 0.5)])
+
+    def test_load_reward_builds_every_spec_kind_the_evaluation_uses(self, tiny_policy):
+        distinct = load_reward("rule:distinct")
+        assert distinct.name == "rule:distinct"
+        assert distinct.score(["p"], ["a b a b"]) == [pytest.approx(2 / 3)]
+        assert load_reward("lexicon:step,because").score(["p"], ["step one"]) == [0.5]
+        function = load_reward("python:align_chains.rewards.rules:distinct_bigrams")
+        assert function.name == "python:align_chains.rewards.rules:distinct_bigrams"
+        judge = load_reward("judge-principle:Be brief.", policy=tiny_policy, device="cpu")
+        assert isinstance(judge, JudgeReward) and judge.judge is tiny_policy
+        assert judge.principle == "Be brief."
+        with pytest.raises(InvalidInputError, match="drop principle="):
+            load_reward("judge-principle:Be brief.", policy=tiny_policy, principle="Be kind.")
+
+    def test_settings_for_a_whole_weighted_reward_are_refused(self):
+        with pytest.raises(InvalidInputError, match="load each term"):
+            load_reward([(_const(1.0), 1.0)], principle="Be kind.")
+
+    def test_a_chat_model_refuses_a_bad_spec_at_construction(self):
+        from align_chains.chat_models import BestOfNChatModel
+
+        with pytest.raises(ValueError, match="Unknown rule 'nope'"):
+            BestOfNChatModel(reward="rule:nope")

@@ -83,3 +83,32 @@ def test_a_batch_only_strategy_has_no_chat_model():
     assert "adaptive-best-of-n" in STRATEGIES and "adaptive-best-of-n" not in CHAT_MODELS
     with pytest.raises(UnknownStrategyError, match="allocation='adaptive'"):
         chat_model_class("adaptive")
+
+
+def test_the_wrapped_model_darwin_takes_darwins_own_settings():
+    """RerankChatModel(strategy="darwin") runs the same search as Darwin, so its DARWIN settings are
+    Darwin's fields: same default, type and constraints; the ones it cannot offer say why."""
+    from langchain_core.language_models import FakeListChatModel
+
+    from align_chains import RerankChatModel
+    from align_chains.chat_models.rerank.darwin import (
+        NOT_OVER_API,
+        SHARED_SETTINGS,
+        DarwinSearch,
+        darwin_settings,
+    )
+
+    fields = RerankChatModel.model_fields
+    assert set(SHARED_SETTINGS) | set(NOT_OVER_API) == set(Darwin.model_fields)
+    assert not set(SHARED_SETTINGS) & set(NOT_OVER_API)
+    for name in SHARED_SETTINGS:
+        info, ours = Darwin.model_fields[name], fields[name]
+        default = DarwinSearch.defaults.get(name, ours.default)  # n is shared with Best-of-N
+        assert default == info.default, f"RerankChatModel's DARWIN default of {name} differs from Darwin's"
+        assert ours.annotation == info.annotation
+        assert repr(ours.metadata) == repr(info.metadata), f"RerankChatModel.{name} constraints differ"
+    for name, reason in NOT_OVER_API.items():
+        assert name not in fields and reason.strip()
+    model = RerankChatModel(chat_model=FakeListChatModel(responses=["a"]), strategy="darwin")
+    assert darwin_settings(model) == Darwin()
+    assert darwin_settings(model.model_copy(update={"m": 7, "cycles": 1})) == Darwin(m=7, cycles=1)

@@ -18,12 +18,12 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from align_chains.cancellation import CancelToken, cancel_scope, holding
-from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
+from align_chains.chat_models.batching import BatchInOneRun, Requests
 from align_chains.chat_models.constraints import request_grammar
 from align_chains.chat_models.output_contract import (
     OutputContract,
@@ -42,6 +42,7 @@ from align_chains.models.messages import to_conversation
 from align_chains.models.policy import Policy, RenderedPrompt, load_policy
 from align_chains.progress import NullProgress, TqdmProgress
 from align_chains.rewards import RewardModel, load_reward
+from align_chains.rewards.specs import parse_reward_spec
 from align_chains.strategies.base import Strategy, StrategyResult
 
 _SAMPLING_KWARGS = {
@@ -60,7 +61,7 @@ _SAMPLING_KWARGS = {
 SHARED_WITH_STRATEGIES = frozenset({"time_budget_s"})
 
 
-class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
+class AlignedChatModel(BatchInOneRun, BaseChatModel):
     """A LangChain chat model that answers with an inference-time alignment strategy.
 
     Construction is cheap: the policy and reward load on first use (or pass loaded objects
@@ -235,6 +236,13 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
             **{k: v for k, v in settings.items() if k in self.strategy_class.model_fields}
         )
 
+    @field_validator("reward")
+    @classmethod
+    def _reward_spec_parses(cls, value: Any) -> Any:
+        """A bad reward spec fails at construction, with the parser's message, not at first call."""
+        parse_reward_spec(value)
+        return value
+
     @model_validator(mode="after")
     def _strategy_accepts_settings(self) -> Self:
         """Rules across settings (e.g. DARWIN's ``k <= n``) are the strategy's: building it
@@ -331,17 +339,15 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
         with cancel_scope(budget, self.cancel_token), holding(policy.lock):
             return strategy.run_batch(list(conversations), policy, reward, params, progress=progress, **extra)
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        kwargs = dict(kwargs)
-        contract = OutputContract.from_kwargs(kwargs)
-        (result,) = self.run_strategy([to_conversation(messages)], stop, contract=contract, **kwargs)
-        return chat_result(result, self.model_name, contract)
+    def _run_requests(
+        self, requests: Requests, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> list[ChatResult | Exception]:
+        """Every request in one strategy run (``_generate`` and ``batch`` both come here)."""
+        conversations = [to_conversation(messages) for messages, _ in requests]
+        call_kwargs = dict(kwargs)
+        contract = OutputContract.from_kwargs(call_kwargs)
+        results = self.run_strategy(conversations, stop, contract=contract, **call_kwargs)
+        return [chat_result(r, self.model_name, contract) for r in results]
 
     def _stream(
         self,
@@ -376,24 +382,6 @@ class AlignedChatModel(AsyncBatchInOneRun, BaseChatModel):
             (result,) = self.run_strategy([conversation], stop, **kwargs)
             pieces, holder = text_pieces(policy, result.best.token_ids, result.text), [result]
         yield from generation_chunks(pieces, holder, self.model_name, contract, run_manager)
-
-    # -- batching: all inputs in one strategy run, callbacks per input ---------------------
-    def batch(
-        self,
-        inputs: list[LanguageModelInput],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[BaseMessage]:
-        def run(requests: Sequence[tuple[list[BaseMessage], Any]], stop: list[str] | None) -> list[Any]:
-            conversations = [to_conversation(messages) for messages, _ in requests]
-            call_kwargs = dict(kwargs)
-            contract = OutputContract.from_kwargs(call_kwargs)
-            results = self.run_strategy(conversations, stop, contract=contract, **call_kwargs)
-            return [chat_result(r, self.model_name, contract) for r in results]
-
-        return batch_with_callbacks(self, inputs, config, return_exceptions, kwargs, run)
 
     # -- tools and structured output -----------------------------------------------------
     def bind_tools(

@@ -1,17 +1,18 @@
 """``batch()`` as ONE underlying run with LangChain callbacks per input.
 
 LangChain's default ``batch`` calls ``invoke`` once per input, which would decode (or sample
-and score) each prompt on its own. Chat models here override ``batch`` with this helper: every
-input gets its own ``on_chat_model_start``/``on_llm_end``/``on_llm_error``, while the work is one
-call of ``run`` over all inputs.
+and score) each prompt on its own. Chat models here take ``BatchInOneRun``, whose ``batch``
+uses ``batch_with_callbacks``: every input gets its own ``on_chat_model_start``/``on_llm_end``/
+``on_llm_error``, while the work is one call of ``run`` over all inputs.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManager
+from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult, LLMResult
@@ -21,10 +22,10 @@ from langchain_core.utils.function_calling import convert_to_json_schema
 
 from align_chains.models.messages import to_conversation
 
+#: the inputs of one run: (messages, LangChain run manager or None) each
+Requests = Sequence[tuple[list[BaseMessage], Any]]
 #: runs every accepted input at once: (messages, run manager) pairs -> one result or error each
-BatchRun = Callable[
-    [Sequence[tuple[list[BaseMessage], Any]], "list[str] | None"], "list[ChatResult | Exception]"
-]
+BatchRun = Callable[[Requests, "list[str] | None"], "list[ChatResult | Exception]"]
 
 
 def _structured_output_option(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -114,9 +115,48 @@ def batch_with_callbacks(
     return outputs
 
 
-class AsyncBatchInOneRun:
-    """Mixin for chat models whose ``batch`` is one underlying run: ``abatch`` runs that ``batch`` in a
-    worker thread (LangChain's default would ``ainvoke`` input by input, losing the shared run)."""
+class BatchInOneRun:
+    """Mixin for chat models whose work over several inputs is ONE underlying run.
+
+    A subclass writes ``_run_requests`` (every (messages, run manager) pair at once -> one
+    ``ChatResult`` or exception each); ``_generate`` is that run on one input, ``batch`` on all
+    inputs with callbacks per input (``batch_with_callbacks``), and ``abatch`` runs that ``batch``
+    in a worker thread (LangChain's default would ``ainvoke`` input by input, losing the shared run).
+    """
+
+    @abstractmethod
+    def _run_requests(
+        self, requests: Requests, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> list[ChatResult | Exception]:
+        """Every request in one run: per request its result, or the error that ended it."""
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        (result,) = self._run_requests([(messages, run_manager)], stop, kwargs)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage]:
+        """Every input in one run; each input keeps its own callbacks."""
+        model: Any = self  # a BaseChatModel: the mixin comes first in its bases
+
+        def run(requests: Requests, stop: list[str] | None) -> list[Any]:
+            return self._run_requests(requests, stop, kwargs)
+
+        return batch_with_callbacks(model, inputs, config, return_exceptions, kwargs, run)
 
     async def abatch(
         self,

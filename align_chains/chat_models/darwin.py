@@ -19,15 +19,10 @@ class DarwinChatModel(settings_base(Darwin)):  # type: ignore[misc]
     names the cap that ran out.
 
     Args:
-        n: Mutated instructions (candidates) per cycle.
-        m: Tokens between two reward-guided replacements.
-        k: Candidates kept at each replacement (``k <= n``).
-        cycles: Mutation cycles after the first answer.
-        mutation_max_tokens: Token cap on the policy's list of rewritten instructions.
-        max_total_tokens: Cap on the tokens one request generates.
-        time_budget_s: Cap on one request's wall seconds.
         top_k: Top-k sampling (paper: 40; 0 disables).
-        **settings: The common settings of ``AlignedChatModel``.
+        **settings: ``Darwin``'s settings under the same names, defaults and rules (``n``, ``m``,
+            ``k``, ``cycles``, ``mutation_max_tokens``, ``max_total_tokens``, ``time_budget_s``;
+            see ``Darwin``), and the common settings of ``AlignedChatModel``.
 
     Examples:
         >>> from align_chains import DarwinChatModel

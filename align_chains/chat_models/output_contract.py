@@ -26,6 +26,7 @@ from align_chains.models.chat import Conversation
 from align_chains.models.policy import RenderedPrompt
 from align_chains.models.tool_calls import ParsedCalls, parse_tool_calls, system_with_tools
 from align_chains.strategies.base import StrategyResult
+from align_chains.strategies.candidates import best_index
 
 CONTRACT_KWARGS = ("tools", "tool_choice", "response_format", "parallel_tool_calls")
 
@@ -199,9 +200,9 @@ class OutputContract:
         errors = [self.check(c.text) for c in result.candidates]
         keepers = [j for j, e in enumerate(errors) if e is None]
         best = result.best_index
-        if errors[best] is not None and keepers:
-            scored = [j for j in keepers if result.candidates[j].reward is not None] or keepers
-            best = max(scored, key=lambda j: (result.candidates[j].reward or 0.0, -j))
+        if errors[best] is not None and keepers:  # the best scored keeper, else the first keeper
+            best = best_index([c.reward for c in result.candidates], among=keepers)
+            best = keepers[0] if best is None else best
         check = {
             "chosen": best,
             "valid_candidates": len(keepers),

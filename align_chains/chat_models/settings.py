@@ -83,6 +83,15 @@ def strategy_fields(*strategy_classes: type[Strategy]) -> dict[str, tuple[Any, F
     return fields
 
 
+def strategy_field(strategy: type[Strategy], name: str, *, prefix: str = "", suffix: str = "") -> Any:
+    """One strategy field (default, constraints, description; differences applied) for a class that
+    declares the field itself, e.g. ``RerankChatModel``'s DARWIN settings: ``m: int =
+    strategy_field(Darwin, "m")``. ``prefix``/``suffix`` frame the strategy's description."""
+    _, info = strategy_fields(strategy)[name]
+    info.description = f"{prefix}{info.description or ''}{suffix}"
+    return info
+
+
 def settings_base(
     *strategy_classes: type[Strategy], name: str | None = None, doc: str | None = None
 ) -> type[AlignedChatModel]:

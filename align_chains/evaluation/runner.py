@@ -21,11 +21,12 @@ from align_chains.chat_models.results import build_message
 from align_chains.errors import AlignChainsError, InvalidInputError
 from align_chains.evaluation.cell_details import CAPS, cell_details
 from align_chains.evaluation.prompts import STARTER_PROMPTS, EvalPrompt, load_prompts
-from align_chains.evaluation.rewards import check_reward_spec, load_eval_reward
+from align_chains.evaluation.rewards import load_eval_reward
 from align_chains.evaluation.specs import StrategySetting, parse_specs, plain_sample
 from align_chains.evaluation.stats import summarise
 from align_chains.models.embedded import EMBEDDED_POLICY
 from align_chains.models.policy import Policy, load_policy
+from align_chains.rewards.specs import parse_reward_spec
 
 FORMAT_VERSION = 1
 # settings that must match for a results file to be resumed
@@ -188,8 +189,7 @@ def evaluate(
     )
     settings = [plain_sample(), *(s for s in parsed if s.key != plain_sample().key)]
     for spec in (reward, holdout):
-        if isinstance(spec, str):
-            check_reward_spec(spec)
+        parse_reward_spec(spec)  # a bad spec fails here, before any model loads
     config = {
         "policy": policy if isinstance(policy, str) else policy.name,
         "reward": reward if isinstance(reward, str) else repr(reward),

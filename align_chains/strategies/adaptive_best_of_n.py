@@ -26,6 +26,7 @@ from align_chains.strategies.base import (
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
+from align_chains.strategies.card import StrategyCard
 from align_chains.strategies.declarations import Bound, Cost
 
 _STAGE2_SEED_OFFSET = 1_000_003  # stage 2 must not replay stage 1's random draws
@@ -53,6 +54,15 @@ class AdaptiveBestOfN(Strategy):
 
     name: ClassVar[str] = "adaptive-best-of-n"
     aliases: ClassVar[tuple[str, ...]] = ("adaptive", "adaptive_best_of_n")
+    card: ClassVar[StrategyCard | None] = StrategyCard(
+        "Prompt-adaptive Best-of-N",
+        "spreads a sample budget over the prompts of a batch by how much another sample is worth",
+        "the same total samples as uniform Best-of-B",
+        "you align batches of prompts of mixed difficulty; on our reward it did not beat uniform "
+        "(measured), so check on yours",
+        page="adaptive_best_of_n.md",
+        usage='BestOfNChatModel(allocation="adaptive", budget=B)',
+    )
     one_prompt_chat_model: ClassVar[bool] = False  # BestOfNChatModel(allocation="adaptive") runs it
 
     budget: int = Field(8, ge=1, description="Average samples per prompt (B).")

@@ -22,6 +22,7 @@ from align_chains.models.chat import Conversation, as_conversation
 from align_chains.models.policy import Policy, RenderedPrompt
 from align_chains.progress import NullProgress, Progress
 from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.strategies.card import StrategyCard
 from align_chains.strategies.declarations import (
     Bound,
     Cost,
@@ -144,6 +145,7 @@ class Strategy(BaseModel, ABC):
     needs_policy_internals: ClassVar[str | None] = None  # e.g. "the policy's next-token logits"
     one_prompt_chat_model: ClassVar[bool] = True  # False: only meaningful across a batch of prompts
     follows_grammar: ClassVar[bool] = True  # False: its search cannot keep to SamplingParams.grammar
+    card: ClassVar[StrategyCard | None] = None  # its row in the docs' strategy tables (``card.py``)
     work_bounds: ClassVar[tuple[Bound, ...]] = ()  # settings that multiply its work, a server's default limit
 
     # -- what it declares about its work (read by the server, the estimator and the docs) -----

@@ -11,14 +11,9 @@ from pydantic import Field
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Completion, Decoder
 from align_chains.engine.sampling import SamplingParams
-from align_chains.strategies.base import (
-    Candidate,
-    SearchRun,
-    Strategy,
-    StrategyResult,
-    register_strategy,
-    score_texts,
-)
+from align_chains.strategies.base import SearchRun, Strategy, StrategyResult, register_strategy, score_texts
+from align_chains.strategies.candidates import best_index, candidate_from, chosen_result
+from align_chains.strategies.card import StrategyCard
 from align_chains.strategies.declarations import Bound, Cost
 
 
@@ -44,6 +39,15 @@ class BestOfN(Strategy):
 
     name: ClassVar[str] = "best-of-n"
     aliases: ClassVar[tuple[str, ...]] = ("bon", "best_of_n", "bestofn")
+    card: ClassVar[StrategyCard | None] = StrategyCard(
+        "Best-of-N",
+        "samples n answers in one batch, keeps the one the reward prefers",
+        "n candidates decoded as one batch, one reward call",
+        "the default: any reward (even a Python function), any policy, scales with n; at equal "
+        "wall-clock it beat SEA here ([benchmarks](benchmarks.md#sea-time-per-iteration-and-reward-"
+        "against-best-of-n-at-equal-wall-clock))",
+        page="best_of_n.md",
+    )
 
     n: int = Field(4, ge=1, description="Candidates sampled per prompt.")
 
@@ -90,19 +94,13 @@ def best_per_prompt(
     for p in range(num_prompts):
         rows = [i for i, c in enumerate(completions) if c.prompt_index == p]
         candidates = [
-            Candidate(
-                text=completions[i].text,
-                reward=None if scores is None else scores[i],
-                token_ids=completions[i].token_ids,
-                logprobs=completions[i].logprobs,
-                finish_reason=completions[i].finish_reason,
-                meta=dict(row_info[i]) if row_info else {},
+            candidate_from(
+                completions[i], None if scores is None else scores[i], row_info[i] if row_info else None
             )
             for i in rows
         ]
-        best = 0
-        if scores is not None:
-            best = max(range(len(candidates)), key=lambda j: (candidates[j].reward, -j))
+        best = best_index([c.reward for c in candidates])
+        best = 0 if best is None else best  # the reward failed: nothing scored, the first stands
         own = replace(
             counters,
             prompt_tokens=completions[rows[0]].prompt_tokens,
@@ -121,12 +119,10 @@ def best_per_prompt(
             for j, c in enumerate(candidates)
         ]
         results.append(
-            StrategyResult(
-                strategy=strategy,
-                text=candidates[best].text,
-                reward=candidates[best].reward,
-                candidates=candidates,
-                best_index=best,
+            chosen_result(
+                strategy,
+                candidates,
+                best,
                 prompt_tokens=completions[rows[0]].prompt_tokens,
                 counters=own,
                 trace=trace,

@@ -1,7 +1,7 @@
 """DARWIN's trace events, typed: one dataclass per event, written and read in one place.
 
-Both searches (``strategies/darwin.py`` on a local policy, ``chat_models/rerank/darwin.py`` over a
-wrapped chat model) record these events, and ``plots.py`` reads them back. A result keeps its
+The DARWIN search (``darwin_driver.py``, on a local policy or over a wrapped chat model) records
+these events, and ``plots.py`` reads them back. A result keeps its
 trace as flat JSON-ready dicts (``record()``: ``{"event": ..., <fields in order>}``), so what a
 user stores or compares stays plain data; ``from_record`` turns such a dict back into its event.
 

@@ -47,6 +47,7 @@ from align_chains.strategies.base import (
     register_strategy,
     score_texts,
 )
+from align_chains.strategies.card import StrategyCard
 from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
 from align_chains.strategies.fluency_guard import FluencyGuard, GuardVerdict, mean_nll, repetition_rate
 
@@ -123,6 +124,13 @@ class SEA(Strategy):
 
     name: ClassVar[str] = "sea"
     aliases: ClassVar[tuple[str, ...]] = ("simple-energy-adaptation",)
+    card: ClassVar[StrategyCard | None] = StrategyCard(
+        "SEA, gradient refinement in logit space",
+        "refines the policy's own answers by gradient descent in logit space",
+        "a policy pass and a decode per iteration per chain; slow on a CPU",
+        "you have a differentiable reward and a GPU, and sampling more does not find better answers",
+        page="sea.md",
+    )
     needs_policy_internals: ClassVar[str | None] = "gradients through the policy's embeddings (SEA)"
     # the relaxed optimisation moves whole logit sequences at once and rounds them at the end:
     # no token-by-token mask can hold it to a grammar (its sample and revise decodes could be)

@@ -36,6 +36,7 @@ from align_chains.strategies.base import (
     score_texts,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
+from align_chains.strategies.card import StrategyCard
 from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
 
 OnCommit = Callable[[int, list[int]], None]
@@ -71,6 +72,14 @@ class ValueGuided(Strategy):
 
     name: ClassVar[str] = "value-guided"
     aliases: ClassVar[tuple[str, ...]] = ("ivg", "value_guided")
+    card: ClassVar[StrategyCard | None] = StrategyCard(
+        "Integrated Value Guidance (IVG)",
+        "adds a guide's logit difference at every token and/or beam-searches chunks by value",
+        "one extra row per token (principle guide) plus chunk scoring",
+        "you have a tuned/untuned model pair, or a principle for the policy to guide itself, with no "
+        "reward model",
+        page="guided_decoding.md",
+    )
     streams: ClassVar[bool] = True
     needs_policy_internals: ClassVar[str | None] = "the policy's next-token logits at every step (IVG)"
 

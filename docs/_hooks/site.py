@@ -9,6 +9,9 @@
 - ``<!-- settings-table: align_chains.BestOfNChatModel -->`` in a page becomes a table of that
   chat model's settings with their defaults and descriptions and the server limits its
   strategies declare, read from the classes at build time, so it never drifts from the code.
+- ``<!-- strategy-table -->``, ``<!-- strategy-table: choosing -->`` and
+  ``<!-- import-graph-table -->`` become the tables ``tables.py`` renders from the strategy
+  registry and the import graph.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 from mkdocs.utils import get_relative_url
+from tables import render as render_tables
 
 log = logging.getLogger("mkdocs.hooks.site")
 
@@ -198,6 +202,7 @@ def settings_table(cls: Any) -> str:
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     markdown = _SETTINGS.sub(lambda match: _settings_table(match.group(1)), markdown)
+    markdown = render_tables(markdown)
     return _rewrite_links(markdown, page.file.src_uri)
 
 

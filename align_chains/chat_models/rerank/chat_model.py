@@ -19,24 +19,25 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from align_chains.chat_models.batching import AsyncBatchInOneRun, batch_with_callbacks
+from align_chains.chat_models.batching import BatchInOneRun, Requests
 from align_chains.chat_models.rerank.adaptive import AdaptiveSearch
 from align_chains.chat_models.rerank.calls import CallPool
 from align_chains.chat_models.rerank.darwin import DarwinSearch
 from align_chains.chat_models.rerank.results import chosen_chunk
-from align_chains.chat_models.rerank.search import Requests, Search
+from align_chains.chat_models.rerank.search import Search
 from align_chains.chat_models.rerank.uniform import UniformSearch
+from align_chains.chat_models.settings import strategy_field
 from align_chains.errors import InvalidInputError
 from align_chains.models.embedded import EMBEDDED_REWARD
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies import canonical_strategy_name, get_strategy
+from align_chains.strategies.darwin import Darwin
 
 #: the strategies a wrapped chat model can run, each by its search class
 SEARCHES: dict[str, type[Search]] = {
@@ -76,7 +77,7 @@ def _misplaced_settings(strategy: str, given: set[str]) -> None:
             )
 
 
-class RerankChatModel(AsyncBatchInOneRun, BaseChatModel):
+class RerankChatModel(BatchInOneRun, BaseChatModel):
     """Best-of-N, adaptive Best-of-N or DARWIN over any LangChain chat model, scored by our reward.
 
     The wrapped model (a ``ChatOpenAI`` pointed at vLLM, SGLang or ``align-chains serve``, a
@@ -149,15 +150,11 @@ class RerankChatModel(AsyncBatchInOneRun, BaseChatModel):
     max_concurrency: int | None = Field(
         default=None, ge=1, description="Calls in flight at once (None: all samples of the call, <= 64)."
     )
-    # DARWIN (strategy="darwin"; paper defaults), see darwin.py
-    m: int = Field(
-        default=40, ge=1, description="DARWIN: tokens per segment between replacements (continuation only)."
-    )
-    k: int = Field(default=3, ge=1, description="DARWIN: candidates kept at each replacement (k <= n).")
-    cycles: int = Field(default=3, ge=1, description="DARWIN: mutation cycles after the first answer.")
-    mutation_max_tokens: int = Field(
-        default=192, ge=16, description="DARWIN: token cap on the wrapped model's list of rewrites."
-    )
+    # DARWIN (strategy="darwin"): the Darwin strategy's own fields (defaults, constraints), see darwin.py
+    m: int = strategy_field(Darwin, "m", prefix="DARWIN: ", suffix=" Continuation only.")
+    k: int = strategy_field(Darwin, "k", prefix="DARWIN: ")
+    cycles: int = strategy_field(Darwin, "cycles", prefix="DARWIN: ")
+    mutation_max_tokens: int = strategy_field(Darwin, "mutation_max_tokens", prefix="DARWIN: ")
     continuation: Literal["none", "final-message", "vllm"] = Field(
         default="none",
         description="DARWIN: 'final-message' continues partial answers in m-token calls (the server must "
@@ -247,23 +244,11 @@ class RerankChatModel(AsyncBatchInOneRun, BaseChatModel):
         )
         return SEARCHES[self.strategy](self, pool)
 
-    # -- running: every prompt of a call in one search -----------------------------------------
-    def _run(
+    # -- running: every prompt of a call (``_generate``, ``batch``) in one search --------------
+    def _run_requests(
         self, requests: Requests, stop: list[str] | None, kwargs: dict[str, Any]
     ) -> list[ChatResult | Exception]:
         return self.search().run(requests, stop, kwargs)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        (result,) = self._run([(messages, run_manager)], stop, kwargs)
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     async def _agenerate(
         self,
@@ -303,22 +288,3 @@ class RerankChatModel(AsyncBatchInOneRun, BaseChatModel):
         if run_manager:
             await run_manager.on_llm_new_token(chunk.message.text, chunk=chunk)
         yield chunk
-
-    # -- batching: every prompt's samples in one pool, all scored in one reward call --------
-    def batch(
-        self,
-        inputs: list[LanguageModelInput],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[BaseMessage]:
-        """Best-of-n for every input; ``max_concurrency`` bounds the calls of the whole batch."""
-        return batch_with_callbacks(
-            self,
-            inputs,
-            config,
-            return_exceptions,
-            kwargs,
-            lambda requests, stop: self._run(requests, stop, kwargs),
-        )

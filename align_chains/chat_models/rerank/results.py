@@ -1,8 +1,9 @@
 """The answer of a search over a wrapped model: the chosen message with how it was chosen.
 
-Shared by every search: the best index (ties: earliest), the usage summed over the calls paid
-for, the ``ChatResult`` around the chosen message, the error when nothing succeeded, and the one
-stream chunk the answer goes out as.
+Shared by every search: the usage summed over the calls paid for, the ``ChatResult`` around the
+chosen message, the error when nothing succeeded, and the one stream chunk the answer goes out
+as. The choice itself is ``strategies/candidates.py``'s ``best_index`` (ties: the earliest), as
+for the local strategies.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from align_chains.chat_models.rerank.calls import Outcome
 from align_chains.errors import SamplingFailedError
 
-
-def best_index(rewards: Sequence[float | None]) -> int | None:
-    """Index of the highest reward (ties: the earliest; unscored ones never win), or None."""
-    scored = [i for i, reward in enumerate(rewards) if reward is not None]
-    if not scored:
-        return None
-    return max(scored, key=lambda i: (rewards[i], -i))
+# what the one stream chunk carries over from the chosen message
+_CHUNK_FIELDS = (
+    "content",
+    "additional_kwargs",
+    "tool_calls",
+    "invalid_tool_calls",
+    "usage_metadata",
+    "response_metadata",
+)
 
 
 def summed_usage(usages: Sequence[UsageMetadata | None]) -> UsageMetadata | None:
@@ -70,14 +73,5 @@ def chosen_chunk(message: BaseMessage) -> ChatGenerationChunk:
     """
     if not isinstance(message, AIMessage):  # a search always answers with the chosen AIMessage
         raise TypeError(f"expected the chosen AIMessage, got a {type(message).__name__}")
-    return ChatGenerationChunk(
-        message=AIMessageChunk(
-            content=message.content,
-            additional_kwargs=message.additional_kwargs,
-            tool_calls=message.tool_calls,
-            invalid_tool_calls=message.invalid_tool_calls,
-            usage_metadata=message.usage_metadata,
-            response_metadata=message.response_metadata,
-            chunk_position="last",
-        )
-    )
+    carried = {key: getattr(message, key) for key in _CHUNK_FIELDS}
+    return ChatGenerationChunk(message=AIMessageChunk(**carried, chunk_position="last"))

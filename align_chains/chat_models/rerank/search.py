@@ -8,7 +8,6 @@ settings and a ``CallPool``. A search instance serves one call (``run`` or ``aru
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
 from langchain_core.language_models import BaseChatModel
@@ -16,11 +15,9 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 from langchain_core.runnables.config import run_in_executor
 
+from align_chains.chat_models.batching import Requests
 from align_chains.chat_models.rerank.calls import CallPool
 from align_chains.rewards import RewardModel
-
-#: the prompts of one call: (messages, LangChain run manager or None) each
-Requests = Sequence[tuple[list[BaseMessage], Any]]
 
 
 class RerankSettings(Protocol):

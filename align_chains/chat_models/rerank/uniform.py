@@ -12,20 +12,15 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatResult
 from langchain_core.runnables.config import run_in_executor
 
+from align_chains.chat_models.batching import Requests
 from align_chains.chat_models.rerank.calls import Outcome, child_config
-from align_chains.chat_models.rerank.results import (
-    all_failed,
-    best_index,
-    chat_result,
-    describe,
-    successes,
-    summed_usage,
-)
-from align_chains.chat_models.rerank.search import Requests, Search
+from align_chains.chat_models.rerank.results import all_failed, chat_result, describe, successes, summed_usage
+from align_chains.chat_models.rerank.search import Search
 from align_chains.errors import RewardError
 from align_chains.models.chat import Conversation
 from align_chains.models.messages import to_conversation
 from align_chains.rewards import RewardModel
+from align_chains.strategies.candidates import best_index
 
 
 @dataclass

@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", default=EMBEDDED_POLICY, help="Model id, directory or embedded name.")
     parser.add_argument(
         "--reward",
-        help="Reward spec: 'minilm', 'judge', a model id or directory, or 'package.module:function' for a "
-        "Python function (prompt, response) -> float (default: the strategy's own).",
+        help="Reward spec: 'minilm', 'judge', a model id or directory, or 'python:package.module:function' "
+        "for a Python function (prompt, response) -> float (default: the strategy's own).",
     )
     parser.add_argument("--model-name", help="The model id clients send (default: the strategy name).")
     parser.add_argument("--host", default="127.0.0.1", help="Bind address (default 127.0.0.1).")

@@ -6,10 +6,8 @@ Nothing here knows about HTTP: ``plan`` turns a parsed request into a validated,
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ from align_chains.memory import MemoryEstimate, ModelShape, RewardFootprint, est
 from align_chains.models.chat import CONTINUE_FINAL, Conversation
 from align_chains.models.policy import Policy, RenderedPrompt, load_policy
 from align_chains.rewards import RewardModel, load_reward
+from align_chains.rewards.specs import FunctionSpec, parse_reward_spec
 from align_chains.strategies import Cost, NoCostModel, Strategy
 from align_chains.strategies.base import StrategyResult
 from align_chains.strategies.declarations import default_limits, missing_cost_message
@@ -54,7 +53,6 @@ SERVER_ONLY = frozenset({"tuned", "untuned"})
 # Upper bounds on request settings that multiply work, as the strategies declare them
 # (``Strategy.work_bounds``); a served model applies those of its strategies that it has.
 DEFAULT_LIMITS = DEFAULT_SETTING_LIMITS
-_MODULE_ATTR = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class RequestError(Exception):
@@ -78,24 +76,10 @@ class RequestError(Exception):
 
 
 def resolve_reward_spec(spec: Any) -> Any:
-    """``package.module:function`` -> that callable; anything else is left for ``load_reward``.
-
-    A command line can only name a reward; this form lets it name a Python function
-    ``fn(prompt, response) -> float`` (``judge:<model>`` keeps its meaning).
-    """
-    if isinstance(spec, str) and _MODULE_ATTR.match(spec) and not spec.lower().startswith("judge:"):
-        module_name, _, attr = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise InvalidInputError(
-                f"Reward {spec!r}: cannot import module {module_name!r} ({exc})."
-            ) from exc
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise InvalidInputError(f"Reward {spec!r}: {module_name} has no callable {attr!r}.")
-        return fn
-    return spec
+    """A ``python:package.module:function`` spec -> that callable; any other spec is returned as
+    is for ``load_reward``. Parsed by the one reward-spec parser, so a bad spec fails here."""
+    parsed = parse_reward_spec(spec)
+    return parsed.function if isinstance(parsed, FunctionSpec) else spec
 
 
 @dataclass
@@ -173,6 +157,8 @@ class ServedModel:
         self._policy: Policy | None = None
         self._reward: RewardModel | None = None
         self._memory: tuple[MemoryBudget, ModelShape, RewardFootprint] | None = None
+        if self.reward_spec is not None:
+            resolve_reward_spec(self.reward_spec)  # a bad reward spec fails before any model loads
         unknown = sorted(set(self.defaults) - self._settable())
         if unknown:
             raise InvalidInputError(

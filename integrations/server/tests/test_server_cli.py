@@ -46,10 +46,23 @@ def test_reward_spec_errors():
     from align_chains.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="cannot import module 'no_such_module_xyz'"):
-        resolve_reward_spec("no_such_module_xyz:fn")
+        resolve_reward_spec("python:no_such_module_xyz:fn")
     with pytest.raises(InvalidInputError, match="has no callable 'nope'"):
+        resolve_reward_spec("python:os.path:nope")
+    assert resolve_reward_spec("python:os.path:join") is __import__("os").path.join
+    # the older bare form still resolves, with a warning naming the one syntax
+    with (
+        pytest.warns(FutureWarning, match="write 'python:no_such_module_xyz:fn'"),
+        pytest.raises(InvalidInputError, match="cannot import module 'no_such_module_xyz'"),
+    ):
+        resolve_reward_spec("no_such_module_xyz:fn")
+    with (
+        pytest.warns(FutureWarning, match="write 'python:os.path:nope'"),
+        pytest.raises(InvalidInputError, match="has no callable 'nope'"),
+    ):
         resolve_reward_spec("os.path:nope")
-    assert resolve_reward_spec("os.path:join") is __import__("os").path.join
+    with pytest.warns(FutureWarning, match="write 'python:os.path:join'"):
+        assert resolve_reward_spec("os.path:join") is __import__("os").path.join
     assert resolve_reward_spec("judge:my-model") == "judge:my-model"  # load_reward's own form
     assert resolve_reward_spec("minilm") == "minilm"
 
@@ -65,7 +78,12 @@ def test_models_that_cannot_load_are_clear_errors(tiny_policy_dir, capsys):
     """Loading happens before the port is bound: a bad --policy or --reward exits 2 with the reason."""
     assert cli.main(["serve", "--policy", "/nonexistent/policy-dir", "--port", "1"]) == 2
     assert "/nonexistent/policy-dir" in capsys.readouterr().err
-    assert cli.main(["serve", "--policy", str(tiny_policy_dir), "--reward", "no_such_module_xyz:fn"]) == 2
+    assert (
+        cli.main(["serve", "--policy", str(tiny_policy_dir), "--reward", "python:no_such_module_xyz:fn"]) == 2
+    )
+    assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
+    with pytest.warns(FutureWarning, match="write 'python:no_such_module_xyz:fn'"):
+        assert cli.main(["serve", "--policy", str(tiny_policy_dir), "--reward", "no_such_module_xyz:fn"]) == 2
     assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
 
 

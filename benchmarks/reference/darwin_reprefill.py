@@ -1,12 +1,12 @@
 """BENCHMARK / TEST ONLY: DARWIN with the authors' re-prefilling, for comparison with ``Darwin``.
 
 Not registered as a strategy and not for users. It runs the very same search as
-``align_chains.strategies.darwin.Darwin`` (same mutations, scoring, replacement and archive
-code), but its candidates keep no KV cache between segments: every ``m`` tokens it re-encodes
-each candidate's prompt plus its partial answer from scratch in one left-padded prefill, as
-the authors' code does with ``model.generate`` on ``augmented_instructions[i] + states[i]``.
-Replacement copies the source's answer tokens into the row, whose own prompt (mutated
-instruction) stays, as the authors' ``random_replacement`` does.
+``align_chains.strategies.darwin.Darwin`` (the same driver: mutations, scoring, replacement and
+archive) with another candidate population, whose candidates keep no KV cache between segments:
+every ``m`` tokens it re-encodes each candidate's prompt plus its partial answer from scratch in
+one left-padded prefill, as the authors' code does with ``model.generate`` on
+``augmented_instructions[i] + states[i]``. Replacement copies the source's answer tokens into the
+row, whose own prompt (mutated instruction) stays, as the authors' ``random_replacement`` does.
 
 It exists for two reasons:
 
@@ -28,7 +28,8 @@ import torch
 
 from align_chains.engine.decoder import Batch, Completion, Decoder
 from align_chains.engine.sampling import SamplingParams
-from align_chains.strategies.darwin import Darwin, Population
+from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.darwin_population import Population
 
 
 def prefill_tokens_by_owner(
@@ -145,13 +146,4 @@ class DarwinReprefill(Darwin):
     """``Darwin`` whose candidates are re-encoded from scratch every ``m`` tokens (benchmark/test only)."""
 
     name: ClassVar[str] = "darwin-reprefill"
-
-    def population(
-        self,
-        decoder: Decoder,
-        prompts: list[list[int]],
-        params: SamplingParams,
-        owners: list[int],
-        num_owners: int,
-    ) -> Population:
-        return RePrefillPopulation(decoder, prompts, params, owners, num_owners)
+    population: ClassVar[Callable[..., Population]] = RePrefillPopulation
