@@ -6,7 +6,7 @@
   let detailsDoc = null;
   const RUN_NAMES = ["A", "B"];
   const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#7f7f7f", "#F0E442", "#332288", "#117733"];
-  const SHAPES = ["circle", "square", "triangle", "diamond", "circle", "square", "triangle", "diamond", "circle", "square"];
+  const SHAPES = ["circle", "square", "triangle", "diamond", "down", "circle", "square", "triangle", "diamond", "down"];
   const COMPUTE = { generated_tokens: "generated tokens per prompt", seconds: "seconds per prompt",
     reward_calls: "reward calls per prompt", reward_items: "reward items per prompt", forward_passes: "forward passes per prompt" };
   const SUMMARY_VALUES = { reward: "optimised reward", holdout: "held-out reward", win_rate: "win rate vs plain",
@@ -198,6 +198,7 @@
     const a = { fill, stroke, "stroke-width": 1.5 };
     if (shape === "square") return svg("rect", { ...a, x: x - size, y: y - size, width: 2 * size, height: 2 * size });
     if (shape === "triangle") return svg("polygon", { ...a, points: [x, y - size * 1.2, x - size * 1.1, y + size * 0.9, x + size * 1.1, y + size * 0.9].join(" ") });
+    if (shape === "down") return svg("polygon", { ...a, points: [x, y + size * 1.2, x - size * 1.1, y - size * 0.9, x + size * 1.1, y - size * 0.9].join(" ") });
     if (shape === "diamond") return svg("polygon", { ...a, points: [x, y - size * 1.3, x - size * 1.1, y, x, y + size * 1.3, x + size * 1.1, y].join(" ") });
     return svg("circle", { ...a, cx: x, cy: y, r: size });
   }
@@ -219,13 +220,16 @@
     const X = (v) => L + (tx(Math.max(v, 1e-3)) - x0) / (x1 - x0) * (W - L - R);
     const Y = (v) => T + (1 - (v - y0) / (y1 - y0)) * (H - T - B);
     const chart = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "group", "aria-label": "Reward per compute chart", id: "curve-svg" });
-    for (let i = 0; i <= 5; i++) {
-      const yv = y0 + (y1 - y0) * i / 5;
+    const yticks = niceTicks(y0, y1);
+    for (const yv of yticks) {
       chart.appendChild(svg("line", { class: "grid", x1: L, x2: W - R, y1: Y(yv), y2: Y(yv) }));
-      chart.appendChild(svg("text", { x: L - 6, y: Y(yv) + 4, "text-anchor": "end", text: fmt(yv, 2) }));
-      const xv = x0 + (x1 - x0) * i / 5;
-      const label = logx ? Math.pow(10, xv) : xv;
-      chart.appendChild(svg("text", { x: L + (xv - x0) / (x1 - x0) * (W - L - R), y: H - B + 18, "text-anchor": "middle", text: fmt(label, label >= 10 ? 0 : 2) }));
+      chart.appendChild(svg("text", { x: L - 6, y: Y(yv) + 4, "text-anchor": "end", text: tickText(yv, yticks.step) }));
+    }
+    const xticks = logx ? logTicks(Math.pow(10, x0), Math.pow(10, x1)) : niceTicks(x0, x1);
+    for (const xv of xticks) {
+      const px = L + (tx(xv) - x0) / (x1 - x0) * (W - L - R);
+      chart.appendChild(svg("line", { class: "grid", x1: px, x2: px, y1: T, y2: H - B }));
+      chart.appendChild(svg("text", { x: px, y: H - B + 18, "text-anchor": "middle", text: tickText(xv, logx ? xv : xticks.step) }));
     }
     chart.appendChild(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
     chart.appendChild(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
@@ -263,6 +267,26 @@
     box.appendChild(el("div", { class: "legend" }, strategies.map((name, i) => el("span", {},
       svgLegend(SHAPES[i % 10], PALETTE[i % 10]), name)),
       el("span", {}, "◯ ring: Pareto front (dotted)"), runs.length > 1 ? el("span", {}, "run A solid, run B dashed / hollow") : null));
+  }
+  function niceTicks(lo, hi) {
+    const raw = (hi - lo) / 5, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 2.5, 5, 10].map((f) => f * mag).find((st) => st >= raw) || raw;
+    const out = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    out.step = step;
+    return out;
+  }
+  function logTicks(lo, hi) {
+    const out = [];
+    for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) {
+      for (const f of [1, 2, 5]) { const v = f * Math.pow(10, e); if (v >= lo && v <= hi) out.push(v); }
+    }
+    return out;
+  }
+  function tickText(v, step) {
+    if (Math.abs(v) >= 10000 && step >= 1000) return (v / 1000).toFixed(0) + "k";
+    const decimals = Math.max(0, Math.ceil(-Math.log10(step) - 1e-9) + (Math.abs(step / Math.pow(10, Math.floor(Math.log10(step))) - 2.5) < 1e-9 ? 1 : 0));
+    return v.toFixed(Math.min(decimals, 6));
   }
   function svgLegend(shape, col) {
     const s = svg("svg", { width: 26, height: 14, viewBox: "0 0 26 14", "aria-hidden": "true", style: "display:inline-block;vertical-align:middle;margin-right:4px" });
@@ -320,7 +344,7 @@
     const W = 900, H = 170, L = 60, T = 10, Bm = 26;
     const span = Math.max(1e-9, ...diffs.map((x) => Math.abs(x.d)));
     const Y = (v) => T + (1 - (v + span) / (2 * span)) * (H - T - Bm);
-    const bw = (W - L - 10) / diffs.length;
+    const bw = Math.min(40, (W - L - 10) / diffs.length);
     const s = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": "Per-prompt differences " + A + " minus " + B + ", sorted: " + st.wins + " above zero, " + st.losses + " below" });
     s.appendChild(svg("line", { class: "axis", x1: L, x2: W - 10, y1: Y(0), y2: Y(0) }));
     s.appendChild(svg("text", { x: L - 6, y: Y(span) + 8, "text-anchor": "end", text: fmtSigned(span, 2) }));
@@ -647,7 +671,10 @@
     s.appendChild(svg("line", { class: "axis", x1: L, x2: W - R, y1: 34, y2: 34 }));
     rewards.forEach((v, i) => { if (isNum(v)) s.appendChild(svg("circle", { cx: X(v), cy: 34, r: i === chosenIndex ? 7 : 4, fill: i === chosenIndex ? "var(--good)" : "var(--accent)", "fill-opacity": i === chosenIndex ? 1 : 0.5 })); });
     s.appendChild(svg("text", { x: L, y: 58, text: fmt(lo) })); s.appendChild(svg("text", { x: W - R, y: 58, "text-anchor": "end", text: fmt(hi) }));
-    if (chosenIndex >= 0 && isNum(rewards[chosenIndex])) s.appendChild(svg("text", { x: X(rewards[chosenIndex]), y: 16, "text-anchor": "middle", text: "chosen " + fmt(rewards[chosenIndex]) }));
+    if (chosenIndex >= 0 && isNum(rewards[chosenIndex])) {
+      const x = X(rewards[chosenIndex]);
+      s.appendChild(svg("text", { x, y: 16, "text-anchor": x > W - 80 ? "end" : x < 80 ? "start" : "middle", text: "chosen " + fmt(rewards[chosenIndex]) }));
+    }
     return s;
   }
 
