@@ -74,7 +74,12 @@ def runs(tmp_path_factory, tiny_policy):
     (folder / "tasks.json").write_text(json.dumps(with_task_fields(a)))
     old = {**a, "cells": [{k: c[k] for k in V1_KEYS} for c in a["cells"]]}
     (folder / "v1.json").write_text(json.dumps(old))
+    last = a["config"]["strategies"][-1]  # as written while the last setting still runs
+    partial = {**a, "cells": [c for c in a["cells"] if c["key"] != last or c["prompt"] == "p0"]}
+    partial["summary"] = [row for row in a["summary"] if row["key"] != last]
+    (folder / "partial.json").write_text(json.dumps(partial))
     pages = {
+        "partial": write_report([folder / "partial.json"], folder / "partial.html"),
         "a": write_report([folder / "a.json"], folder / "a.html"),
         "ab": write_report([folder / "a.json", folder / "b.json"], folder / "ab.html"),
         "tasks": write_report([folder / "tasks.json"], folder / "tasks.html"),
@@ -157,12 +162,16 @@ def choose_filter(page, name: str) -> None:
 
 # -- the page ---------------------------------------------------------------------------------
 def test_every_page_loads_offline_without_console_errors(runs, open_page):
-    pages, _ = runs
+    pages, data = runs
     for name, path in pages.items():
         page = open_page(path)
         assert page.title().startswith("align-chains eval report")
         assert page.locator("#grid tbody tr[data-prompt]").count() == len(PROMPTS), name
     assert "complete" in open_page(pages["a"]).text_content("#status-0")
+    partial = open_page(pages["partial"])
+    total = len(PROMPTS) * len(data["a"]["config"]["strategies"])
+    assert f"{total - len(PROMPTS) + 1} of {total} answers" in partial.text_content("#status-0")
+    assert partial.locator("#grid td.missing").count() == len(PROMPTS) - 1
 
 
 def test_summary_numbers_are_the_json_numbers(runs, open_page):

@@ -235,7 +235,7 @@
     chart.appendChild(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
     chart.appendChild(svg("text", { x: (L + W - R) / 2, y: H - 10, "text-anchor": "middle", text: COMPUTE[state.curveX] + (logx ? " (log scale)" : "") }));
     chart.appendChild(svg("text", { x: 14, y: (T + H - B) / 2, "text-anchor": "middle", transform: "rotate(-90 14 " + (T + H - B) / 2 + ")", text: SUMMARY_VALUES[state.curveY] }));
-    const strategies = [...new Set(runs.flatMap((run) => run.settings.map((s) => s.strategy)))];
+    const strategies = [...new Set(pts.map((p) => p.setting.strategy))];
     const front = pareto(pts);
     for (const r of runs.keys()) {
       const own = [...front].filter((p) => p.run === r).sort((a, b) => a.x - b.x);
@@ -534,7 +534,7 @@
     const attrs = { role: "gridcell", tabindex: -1, "data-row": r, "data-col": c, "data-key": col.key, class: "cell" };
     if (!a || !b) return el("td", { ...attrs, class: "cell missing", text: !a ? "not in run A" : "not in run B" });
     const d = colValue(p, col, state.metric);
-    const span = Math.max(1e-9, Math.abs(scale(0, state.metric)[1] - scale(0, state.metric)[0]));
+    const span = deltaSpan(state.metric);
     attrs.style = "background:" + deltaColour(d, span);
     attrs["data-delta"] = d;
     attrs["aria-label"] = col.key + ", B minus A " + fmtSigned(d);
@@ -542,6 +542,16 @@
     return el("td", attrs, el("div", { class: "nums" }, el("strong", { class: "delta", text: "Δ " + fmtSigned(d) }), " ",
       el("span", { text: "A " + fmt(value(a, state.metric)) + " → B " + fmt(value(b, state.metric)) })),
       el("div", { class: "answer", text: "B: " + short(b.text, 160) }));
+  }
+  const spans = {};
+  function deltaSpan(metric) {  // the 90th percentile of |B − A| over every shared cell: the colour scale
+    if (spans[metric] === undefined) {
+      const all = [];
+      for (const p of rowPrompts()) for (const col of columns()) { const d = colValue(p, col, metric); if (isNum(d)) all.push(Math.abs(d)); }
+      all.sort((a, b) => a - b);
+      spans[metric] = Math.max(1e-9, all.length ? all[Math.floor(0.9 * (all.length - 1))] : 1);
+    }
+    return spans[metric];
   }
   function renderPager(box, n, pages) {
     clear(box);
@@ -656,7 +666,7 @@
         el("td", { class: "num", text: "#" + x.index + (x.chosen ? " ✓ chosen" : "") }), el("td", { class: "num", text: fmt(x.reward) }),
         el("td", { class: "num", text: String(x.tokens) }), el("td", { text: x.finish_reason }),
         el("td", { class: "text", text: x.text + (x.text_chars ? " … (" + x.text_chars + " characters, cut)" : "") }),
-        el("td", { class: "text", text: x.meta ? short(JSON.stringify(x.meta), 160) : "" })));
+        el("td", { class: "text", text: x.meta ? short(Object.entries(x.meta).map(([k, v]) => k.replace(/_/g, " ") + ": " + (typeof v === "object" && v !== null ? JSON.stringify(v) : String(v))).join(" · "), 240) : "" })));
     }
     box.appendChild(el("div", { class: "table-scroll" }, el("table", { class: "plain", id: "candidate-table" }, el("thead", {}, el("tr", {},
       ["#", "reward", "tokens", "finish", "text", "notes"].map((h) => el("th", { scope: "col", text: h })))), body)));
