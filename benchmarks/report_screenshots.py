@@ -58,7 +58,7 @@ def main() -> None:
         dark = open_page(browser, args.report, "dark")
         dark.select_option("#pair-b", label="plain")
         between(dark, "#matrix-h", "#pager-bottom", args.out / "report_answers_dark.png")
-        details = open_page(browser, args.report, "light", height=1000)
+        details = open_page(browser, args.report, "light", height=1500)
         details.locator(f'#grid td.cell[data-row="0"][data-key="{args.details_key}"]').click()
         details.screenshot(path=str(args.out / "report_details.png"))
         print(f"wrote {args.out / 'report_details.png'}")

@@ -43,6 +43,11 @@
     if (Array.isArray(child)) { for (const c of child) add(node, c); return; }
     node.appendChild(child instanceof Node ? child : document.createTextNode(String(child)));
   }
+  function keyNode(key) {  // a setting key that may wrap after its ':' and ',' (never inside a value)
+    const span = el("span", { class: "key" });
+    String(key).split(/(?<=[:,])/).forEach((part, i) => { if (i) span.appendChild(el("wbr")); span.appendChild(document.createTextNode(part)); });
+    return span;
+  }
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
   const $ = (id) => document.getElementById(id);
   function isNum(x) { return typeof x === "number" && isFinite(x); }
@@ -157,7 +162,7 @@
       run.settings.forEach((setting, s) => {
         const row = rows[s];
         const tr = el("tr", { "data-key": setting.key, class: setting.key === "plain" ? "baseline" : null },
-          el("th", { scope: "row", text: setting.key }));
+          el("th", { scope: "row" }, keyNode(setting.key)));
         if (!row) {
           tr.appendChild(el("td", { colspan: cols.length + 4, class: "missing", text: "no answers yet" }));
         } else {
@@ -486,8 +491,9 @@
     cols.forEach((col, i) => {
       const pressed = state.sort === "col:" + i;
       head.appendChild(el("th", { scope: "col", "data-key": col.key }, el("button", { type: "button", "aria-pressed": pressed ? "true" : "false",
-        title: "Sort by this column's " + metricName(state.metric) + " (again: reverse)", text: (deltaView() ? "Δ " : "") + col.key + (pressed ? (state.reversed ? " ↑" : " ↓") : ""),
-        onclick: () => { if (state.sort === "col:" + i) state.reversed = !state.reversed; else { state.sort = "col:" + i; state.reversed = false; } syncSort(); renderMatrix(); } })));
+        title: "Sort by this column's " + metricName(state.metric) + " (again: reverse)",
+        onclick: () => { if (state.sort === "col:" + i) state.reversed = !state.reversed; else { state.sort = "col:" + i; state.reversed = false; } syncSort(); renderMatrix(); } },
+        deltaView() ? "Δ " : "", keyNode(col.key), pressed ? (state.reversed ? " ↑" : " ↓") : "")));
     });
     const body = el("tbody");
     pageRows.forEach((p, r) => body.appendChild(matrixRow(p, r, cols)));
@@ -712,7 +718,7 @@
     const keys = [...new Set(records.flatMap((r) => Object.keys(r)))].filter((k) => k !== "prompt");
     const body = el("tbody");
     for (const r of records) body.appendChild(el("tr", {}, keys.map((k) => el("td", { class: typeof r[k] === "number" ? "num" : "text",
-      text: r[k] === undefined || r[k] === null ? "" : typeof r[k] === "number" ? fmt(r[k]) : typeof r[k] === "object" ? short(JSON.stringify(r[k]), 120) : short(String(r[k]), 160) }))));
+      text: r[k] === undefined || r[k] === null ? "" : typeof r[k] === "number" ? (Number.isInteger(r[k]) ? String(r[k]) : fmt(r[k])) : typeof r[k] === "object" ? short(JSON.stringify(r[k]), 120) : short(String(r[k]), 160) }))));
     return el("div", { class: "table-scroll" }, el("table", { class: "plain" }, el("thead", {}, el("tr", {}, keys.map((k) => el("th", { scope: "col", text: k })))), body));
   }
   function lineChart(series, xLabel, yLabel, label) {
