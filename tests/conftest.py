@@ -21,8 +21,11 @@ __all__ = ["tiny_llama_config"]  # imported by test modules that build their own
 # the reference implementations (``benchmarks/reference``, not part of the package) import as
 # ``reference.<module>``, as they do in the benchmark scripts
 BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.append(BENCHMARKS)
+# the mkdocs hooks (``docs/_hooks``, not a package) import their siblings by name, as mkdocs lets them
+DOCS_HOOKS = str(Path(__file__).resolve().parents[1] / "docs" / "_hooks")
+for _folder in (BENCHMARKS, DOCS_HOOKS):
+    if _folder not in sys.path:
+        sys.path.append(_folder)
 
 
 @pytest.fixture(scope="session")
