@@ -37,8 +37,8 @@ def start_reward_server(spec: str, port: int, threads: int) -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), str(ROOT / "integrations/server"), env.get("PYTHONPATH", "")]
     )
-    command = [sys.executable, "-m", "align_chains_server.reward_server", "--reward", spec, "--port", str(port),
-               "--log-level", "warning"]  # fmt: skip
+    module = "align_chains_server.reward_server"
+    command = [sys.executable, "-m", module, "--reward", spec, "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -70,7 +70,8 @@ def main() -> None:
         texts: dict[str, list[str]] = {way: [] for way in ways}
         for repeat, way in interleaved(args.repeats, ways):
             params = SamplingParams(max_new_tokens=args.max_tokens, temperature=1.0, seed=args.seed + repeat)
-            results, took = timed(lambda: BestOfN(n=args.n).run_batch(PROMPTS, policy, ways[way], params))
+            reward = ways[way]
+            results, took = timed(lambda: BestOfN(n=args.n).run_batch(PROMPTS, policy, reward, params))  # noqa: B023
             if repeat >= 0:
                 seconds[way].append(took / len(PROMPTS))
                 texts[way] += [r.text for r in results]
