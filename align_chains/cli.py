@@ -201,7 +201,7 @@ COMMANDS_GROUP = "align_chains.commands"
 """Entry-point group through which installed packages add subcommands (the server adds ``serve``)."""
 
 SERVER_INSTALL_HINT = (
-    "'align-chains serve' needs the server package: from a checkout run "
+    "'align-chains serve' and 'serve-reward' need the server package: from a checkout run "
     "python -m pip install -e integrations/server (or pip install align-chains-server)."
 )
 

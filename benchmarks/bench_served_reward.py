@@ -51,6 +51,18 @@ def start_reward_server(spec: str, port: int, threads: int) -> subprocess.Popen:
     raise SystemExit("serve-reward did not start within 300 s")
 
 
+def score_calls(ways: dict, results: list, repeats: int) -> dict[str, dict[str, float]]:
+    """The reward call alone: one prompt's candidates scored in-process and over HTTP, interleaved."""
+    prompts = [PROMPTS[0]] * len(results[0].candidates)
+    answers = [c.text for c in results[0].candidates]
+    took: dict[str, list[float]] = {way: [] for way in ways}
+    for repeat, way in interleaved(repeats, ways):
+        _, seconds = timed(lambda: ways[way].score(prompts, answers))  # noqa: B023
+        if repeat >= 0:
+            took[way].append(seconds)
+    return {way: spread(values) for way, values in took.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reward", default="minilm", help="reward spec served and loaded in-process")
@@ -75,6 +87,7 @@ def main() -> None:
             if repeat >= 0:
                 seconds[way].append(took / len(PROMPTS))
                 texts[way] += [r.text for r in results]
+        scoring = score_calls(ways, results, args.repeats * 4)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -87,12 +100,16 @@ def main() -> None:
         "overhead_s_per_request": served - local,
         "ratio_served_over_in_process": ratio(served, local),
         "same_answers": texts["served"] == texts["in-process"],
+        "score_call_seconds": scoring,
     }
     print(machine_line(report["machine"]))
     print(f"Best-of-{args.n}, {args.max_tokens} tokens, reward {args.reward!r}, {args.repeats} rounds:")
     print(f"  in-process {local:.3f} s/request, served {served:.3f} s/request (median)")
     print(f"  overhead {served - local:+.3f} s/request ({ratio(served, local):.3f}x); same answers: "
           f"{report['same_answers']}")  # fmt: skip
+    alone = {way: values["median_s"] for way, values in scoring.items()}
+    print(f"  one score call of {args.n} answers alone: in-process {alone['in-process']:.4f} s, "
+          f"served {alone['served']:.4f} s (median)")  # fmt: skip
     write_json(args.json, report)
 
 
