@@ -32,6 +32,7 @@ from align_chains.rewards import (
     ImplicitReward,
     JudgeReward,
     RewardModel,
+    ServedReward,
     WeightedReward,
     load_reward,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "RewardModel",
     "SEAChatModel",
     "SamplingParams",
+    "ServedReward",
     "Strategy",
     "StrategyResult",
     "UnknownStrategyError",

@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "'align-chains serve --help' for its options).",
     )
     serve.add_argument("serve_args", nargs=argparse.REMAINDER)
+    serve_reward = commands.add_parser(
+        "serve-reward",
+        add_help=False,
+        help="Serve a reward model over vLLM's /score and TEI's /rerank APIs (needs align-chains-server; "
+        "'align-chains serve-reward --help' for its options).",
+    )
+    serve_reward.add_argument("serve_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -194,21 +201,25 @@ COMMANDS_GROUP = "align_chains.commands"
 """Entry-point group through which installed packages add subcommands (the server adds ``serve``)."""
 
 SERVER_INSTALL_HINT = (
-    "'align-chains serve' needs the server package: from a checkout run "
+    "'align-chains serve' and 'serve-reward' need the server package: from a checkout run "
     "python -m pip install -e integrations/server (or pip install align-chains-server)."
 )
 
 
-def _serve(argv: list[str]) -> int:
-    """Hand the arguments to the ``serve`` command an installed package registers (align-chains-server).
+SERVER_COMMANDS = ("serve", "serve-reward")
+"""Subcommands whose options belong to the server package."""
+
+
+def _serve(argv: list[str], name: str = "serve") -> int:
+    """Hand the arguments to the ``name`` command an installed package registers (align-chains-server).
 
     The core never imports an integration: the command is found through the ``align_chains.commands``
     entry point and loaded only now.
     """
-    found = entry_points(group=COMMANDS_GROUP, name="serve")
+    found = entry_points(group=COMMANDS_GROUP, name=name)
     if not found:
         print(
-            f"align-chains: error: {SERVER_INSTALL_HINT} (no {COMMANDS_GROUP!r} entry point 'serve')",
+            f"align-chains: error: {SERVER_INSTALL_HINT} (no {COMMANDS_GROUP!r} entry point {name!r})",
             file=sys.stderr,
         )
         return 2
@@ -309,8 +320,8 @@ def _estimate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:  # its options belong to the server package
-        return _serve(argv[1:])
+    if argv[:1] and argv[0] in SERVER_COMMANDS:  # their options belong to the server package
+        return _serve(argv[1:], argv[0])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -23,6 +23,7 @@ from align_chains.rewards.function import CallableReward
 from align_chains.rewards.implicit import ImplicitReward
 from align_chains.rewards.judge import JudgeReward
 from align_chains.rewards.rules import RULES, lexicon_reward
+from align_chains.rewards.served import ServedReward
 from align_chains.rewards.specs import (
     EmbeddedSpec,
     FunctionSpec,
@@ -31,6 +32,7 @@ from align_chains.rewards.specs import (
     LexiconSpec,
     ParsedReward,
     RuleSpec,
+    ServedSpec,
     WeightedSpec,
     parse_reward_spec,
 )
@@ -61,6 +63,9 @@ def load_reward(
     - ``"rule:distinct"`` (repetition) and ``"lexicon:w1,w2"`` (words used): rule rewards;
     - a local directory or Hub id: a sentence-transformers model becomes an EmbeddingReward,
       anything else a sequence-classification ClassifierReward;
+    - ``"http://host:port/score"`` (``/classify``, ``/rerank``): a ServedReward calling a reward
+      model served by vLLM, TEI or ``align-chains serve-reward``; ``api=``, ``timeout=``,
+      ``retries=``, ``batch_size=`` go to it;
     - a callable ``fn(prompt, response) -> float``: a CallableReward;
     - a list of ``(spec, weight)`` pairs: a WeightedReward of each loaded spec (each term
       judges with the same ``policy=``).
@@ -127,6 +132,8 @@ def _build(
         return lexicon_reward(parsed.words, **kwargs)
     if isinstance(parsed, EmbeddedSpec):
         return EmbeddingReward(parsed.alias, device=device, **kwargs)
+    if isinstance(parsed, ServedSpec):
+        return ServedReward(parsed.url, **kwargs)
     from align_chains.models.hub import resolve_model_dir
 
     path = resolve_model_dir(parsed.source, what="reward model")
@@ -144,6 +151,7 @@ __all__ = [
     "Prompt",
     "RewardModel",
     "RewardSpec",
+    "ServedReward",
     "WeightedReward",
     "load_reward",
     "parse_reward_spec",

@@ -15,6 +15,9 @@ Strings:
   a ``FutureWarning`` saying what to write instead);
 - ``"rule:distinct"``: distinct word bigrams (penalises repetition);
 - ``"lexicon:w1,w2,..."``: the fraction of the listed words the answer uses;
+- ``"http://host:port/score"`` (``/classify``, ``/rerank``): a reward model served on its own,
+  through vLLM's score or classify API or TEI's rerank API, read from the path
+  (``align_chains.rewards.served``);
 - anything else: a local directory or Hub id (a sentence-transformers model becomes an
   embedding reward, anything else a sequence-classification reward).
 
@@ -37,12 +40,14 @@ from align_chains.errors import InvalidInputError
 from align_chains.models.embedded import REWARD_ALIASES
 from align_chains.rewards.base import RewardModel
 from align_chains.rewards.rules import RULES, lexicon_words
+from align_chains.rewards.served import api_for_url
 
 FUNCTION_PREFIX = "python:"
 _MODULE_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _KINDS = (
     "'minilm', 'judge', 'judge:<model>', 'judge-principle:<sentence>', "
-    "'python:package.module:function', 'rule:distinct', 'lexicon:w1,w2', a model directory or Hub id"
+    "'python:package.module:function', 'rule:distinct', 'lexicon:w1,w2', "
+    "'http://host:port/score' (a served reward), a model directory or Hub id"
 )
 
 
@@ -95,6 +100,14 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ServedSpec:
+    """A reward model behind an HTTP endpoint; ``api`` read from the URL's path when None."""
+
+    url: str
+    api: str | None = None
+
+
+@dataclass(frozen=True)
 class GivenSpec:
     """A RewardModel or a callable passed as an object."""
 
@@ -109,7 +122,15 @@ class WeightedSpec:
 
 
 ParsedReward = (
-    EmbeddedSpec | JudgeSpec | FunctionSpec | RuleSpec | LexiconSpec | ModelSpec | GivenSpec | WeightedSpec
+    EmbeddedSpec
+    | JudgeSpec
+    | FunctionSpec
+    | RuleSpec
+    | LexiconSpec
+    | ModelSpec
+    | ServedSpec
+    | GivenSpec
+    | WeightedSpec
 )
 
 
@@ -145,6 +166,9 @@ def _parse_text(spec: str) -> ParsedReward:
     text = spec.strip()
     if not text:
         raise InvalidInputError(f"Reward spec is empty: pass one of {_KINDS}.")
+    if text.lower().startswith(("http://", "https://")):
+        api_for_url(text)  # fails here, naming the fix, when the path names no API
+        return ServedSpec(text)
     kind, colon, rest = text.partition(":")
     kind = kind.lower()
     if kind == "judge":
@@ -213,6 +237,8 @@ def describe(parsed: ParsedReward) -> str:
         return f"lexicon:{','.join(parsed.words)}"
     if isinstance(parsed, ModelSpec):
         return parsed.source
+    if isinstance(parsed, ServedSpec):
+        return parsed.url
     if isinstance(parsed, WeightedSpec):
         return " + ".join(f"{w:g} * {describe(term)}" for term, w in parsed.terms)
     return repr(parsed.value)
