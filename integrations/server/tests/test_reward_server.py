@@ -134,3 +134,11 @@ def test_a_failing_reward_is_a_500_that_the_client_reports_with_the_endpoint() -
     transport = httpx.MockTransport(lambda request: httpx.Response(500, json=reply.json()))
     with pytest.raises(RewardError, match=r"http://rm/score answered 500.*GPU fell off"):
         ServedReward("http://rm/score", retries=0, transport=transport).score(["q"], ["a"])
+
+
+def test_the_cli_entry_point_refuses_a_public_host_without_a_key_before_loading() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ALIGN_CHAINS_API_KEY"}
+    command = [sys.executable, "-m", "align_chains.cli", "serve-reward", "--host", "0.0.0.0"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 2
+    assert "serve-reward: error: --host 0.0.0.0 is reachable from other machines" in done.stderr
