@@ -281,8 +281,8 @@ class ValueGuided(Strategy):
     ) -> None:
         """Stream the tokens every surviving beam of a prompt agrees on."""
         batch = lock.base
-        tokens = lock._rows(batch.tokens, 0).view(num, width, -1)
-        counts = lock._rows(batch.num_tokens, 0).view(num, width).min(-1).values
+        tokens = lock.rows_of(batch.tokens, 0).view(num, width, -1)
+        counts = lock.rows_of(batch.num_tokens, 0).view(num, width).min(-1).values
         same = (tokens == tokens[:, :1]).all(1).long().cumprod(-1).sum(-1)
         shared = torch.minimum(same, counts).tolist()
         for p in range(num):
