@@ -207,7 +207,7 @@ def test_sea_keeps_its_variable_and_adam_state_in_fp32_on_a_bf16_policy(policies
                     seen.extend([p.dtype, p.grad.dtype, *(v.dtype for v in self.state[p].values() if v.ndim)])
             return loss
 
-    monkeypatch.setattr("align_chains.strategies.sea.torch.optim.Adam", RecordingAdam)
+    monkeypatch.setattr("align_chains.strategies.sea_run.torch.optim.Adam", RecordingAdam)
     result = SEA(chains=2, iterations=3, revise=False).run(
         "Tell me about the sea.", bf16, classifiers[1], PARAMS
     )

@@ -13,6 +13,7 @@ from reference.darwin_reprefill import DarwinReprefill
 import align_chains.strategies.darwin_driver as darwin_module
 from align_chains import DarwinChatModel, cli
 from align_chains.engine import ComputeCounters, Decoder, SamplingParams
+from align_chains.engine.prefix_prefill import common_prefix_length, start_sharing_prefix
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.policy import Policy
 from align_chains.rewards import CallableReward
@@ -27,7 +28,6 @@ from align_chains.strategies.mutation import (
     parse_mutations,
     with_instruction,
 )
-from align_chains.strategies.prefix_prefill import common_prefix_length, start_sharing_prefix
 
 PARAMS = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
 # a one-character stop string makes the random model's rows end at scattered steps

@@ -262,3 +262,26 @@ def test_restart_samples_again_from_the_cached_prompts(tiny_policy):
         torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(InvalidInputError, match="one non-negative count per prompt"):
         decoder.restart(again, [1])
+
+
+def test_forward_run_over_a_left_padded_cache_matches_unpadded_passes(tiny_policy):
+    """engine/forward.py: a block of new tokens (one of them padding) over a left-padded cache
+    sees exactly its own row, as a plain pass over the unpadded sequence does."""
+    from align_chains.engine.forward import prefill_left_padded, run
+
+    short, long = tiny_policy.render(OTHER), tiny_policy.render(USER)
+    prefill = prefill_left_padded(
+        tiny_policy.model, [short, long], tiny_policy.pad_token_id, tiny_policy.device
+    )
+    assert prefill.mask.sum(-1).tolist() == [len(short), len(long)]
+    new = torch.tensor([[tiny_policy.pad_token_id, 11, 12], [13, 14, 15]])
+    new_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    out = run(tiny_policy.model, new, cache=prefill.cache, past_mask=prefill.mask, new_mask=new_mask)
+    assert (
+        out.mask.shape == (2, prefill.mask.shape[1] + 3) and out.cache.get_seq_length() == out.mask.shape[1]
+    )
+    for row, ids in enumerate([[*short, 11, 12], [*long, 13, 14, 15]]):
+        expected = full_forward_logits(tiny_policy, ids)[-2:]
+        torch.testing.assert_close(out.logits[row, -2:].float(), expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="exactly one of tokens and embeds"):
+        run(tiny_policy.model)

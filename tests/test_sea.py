@@ -285,21 +285,18 @@ def test_revise_rewrites_each_chain_best_text_greedily(tiny_policy):
 
 def test_restricted_decode_equals_a_sequential_top_k_decode(tiny_policy):
     from align_chains.engine import ComputeCounters, Decoder
-    from align_chains.progress import NullProgress
-    from align_chains.strategies.base import SearchRun
-    from align_chains.strategies.sea import _Run
+    from align_chains.strategies.sea_passes import PolicyPasses
 
     sea = SEA(chains=2, decode_top_k=3)
     ids = [tiny_policy.render([{"role": "user", "content": PROMPT}])]
-    reward = ConstantSoftReward(tiny_policy, [5])
-    run = _Run(sea, SearchRun([[]], ids, tiny_policy, reward, PARAMS, NullProgress(), ComputeCounters()))
+    passes = PolicyPasses(tiny_policy, ComputeCounters(), sea.decode_top_k, PARAMS.max_new_tokens)
     decoder = Decoder(tiny_policy)
     batch = decoder.start(ids, 2, PARAMS)
     torch.manual_seed(0)
     variable = torch.randn(2, PARAMS.max_new_tokens, tiny_policy.vocab_size)
     hard = variable.argmax(-1)
-    step_logits = run._policy_logits(batch, hard, keep_cache=True)
-    tokens, _ = run._restricted_decode(batch, variable, hard, step_logits)
+    step_logits = passes.logits(batch, hard, keep_cache=True)
+    tokens, _ = passes.restricted_decode(batch, variable, hard, step_logits)
     # reference: one token at a time, the top-k recomputed from the decoded prefix
     for row in range(2):
         prefix = list(ids[0])

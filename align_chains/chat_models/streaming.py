@@ -23,11 +23,10 @@ from langchain_core.outputs import ChatGenerationChunk
 from align_chains.chat_models.output_contract import OutputContract
 from align_chains.chat_models.results import build_message
 from align_chains.models.policy import Policy
-from align_chains.strategies.base import StrategyResult
+from align_chains.strategies.base import OnCommit, StrategyResult
 
 logger = logging.getLogger(__name__)
 
-OnCommit = Callable[[int, list[int]], None]
 """``on_commit(prompt_index, token_ids)``: called by a streaming strategy as it commits tokens."""
 
 

@@ -20,7 +20,6 @@ that ends never pays for a forward pass whose output nobody reads.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import torch
 
 from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.forward import prefill_left_padded, run
 from align_chains.engine.grammar import CompiledGrammar, GrammarRows, compile_grammar
 from align_chains.engine.kv_cache import expand_into_preallocated
 from align_chains.engine.sampling import SamplingParams, make_generator, sample_tokens
@@ -180,8 +180,6 @@ class Decoder:
     def __init__(self, policy: Policy, counters: ComputeCounters | None = None) -> None:
         self.policy = policy
         self.counters = counters if counters is not None else ComputeCounters()
-        forward_params = inspect.signature(policy.model.forward).parameters
-        self._logits_to_keep = "logits_to_keep" in forward_params
         self._eos = torch.tensor(policy.eos_token_ids or (-1,), device=policy.device)
 
     # -- grammar ------------------------------------------------------------------------
@@ -226,23 +224,10 @@ class Decoder:
         row_of_prompt = [unique.setdefault(tuple(ids), len(unique)) for ids in prompts]
         distinct = list(unique)
         device = self.policy.device
-        width = max(len(ids) for ids in distinct)
-        pad = self.policy.pad_token_id
-        input_ids = torch.full((len(distinct), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(distinct), width), dtype=torch.long, device=device)
-        for r, ids in enumerate(distinct):  # builds the padded prompt tensor, not a decode step
-            input_ids[r, width - len(ids) :] = torch.tensor(ids, device=device)
-            mask[r, width - len(ids) :] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        with torch.inference_mode():
-            out = self.policy.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                use_cache=True,
-                **kwargs,
-            )
+        out = prefill_left_padded(
+            self.policy.model, distinct, self.policy.pad_token_id, device, logits_to_keep=1
+        )
+        mask, width = out.mask, out.mask.shape[1]
         self.counters.forward_passes += 1
         self.counters.prompt_tokens += sum(len(ids) for ids in distinct)
 
@@ -262,7 +247,7 @@ class Decoder:
             prompt_width=width,
             prompt_logits=out.logits[:, -1, :].float()[source],
             params=params,
-            stop_criteria=self._stop_criteria(params.stop),
+            stop_criteria=self.stop_criteria(params.stop),
             grammar=self.grammar_rows(params, int(source.numel())),
         )
 
@@ -299,11 +284,12 @@ class Decoder:
             prompt_width=batch.prompt_width,
             prompt_logits=batch.prompt_logits[source],
             params=params,
-            stop_criteria=self._stop_criteria(params.stop),
+            stop_criteria=self.stop_criteria(params.stop),
             grammar=self.grammar_rows(params, int(source.numel())),
         )
 
-    def _stop_criteria(self, stop: Sequence[str]) -> Any:
+    def stop_criteria(self, stop: Sequence[str]) -> Any:
+        """The criteria ``append`` checks for the stop strings (None without any)."""
         if not stop:
             return None
         from transformers import StopStringCriteria
@@ -351,21 +337,16 @@ class Decoder:
     def _feed_pending(self, batch: Batch) -> None:
         assert batch.pending is not None
         self._check_cancelled()
-        ones = torch.ones(
-            (batch.size, 1), dtype=batch.attention_mask.dtype, device=batch.attention_mask.device
+        out = run(
+            self.policy.model,
+            batch.pending[:, None],
+            cache=batch.cache,
+            past_mask=batch.attention_mask,
+            positions=batch.positions[:, None],
         )
-        mask = torch.cat([batch.attention_mask, ones], dim=1)
-        with torch.inference_mode():
-            out = self.policy.model(
-                input_ids=batch.pending[:, None],
-                attention_mask=mask,
-                position_ids=batch.positions[:, None],
-                cache=batch.cache,
-                use_cache=True,
-            )
         self.counters.forward_passes += 1
         batch.cache = out.cache
-        batch.attention_mask = mask
+        batch.attention_mask = out.mask
         batch.positions = batch.positions + 1
         batch.next_logits = out.logits[:, -1, :].float()
         batch.pending = None

@@ -9,7 +9,6 @@ every future token; a step then writes one column, and row selection indexes the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -74,6 +73,18 @@ class PreallocatedLayer(DynamicLayer):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
 
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` columns as the filled part (later ones stay in the buffer)."""
+        self._length = length
+        self._refresh_views()
+
+    def keep_column(self, at: int, column: torch.Tensor) -> None:
+        """Copy each row's column ``column[row]`` (``[rows, 1, 1, 1]`` indices into the buffer)
+        to column ``at``, keys and values."""
+        for buf in (self._key_buf, self._value_buf):
+            index = column.to(buf.device).expand(-1, buf.shape[1], 1, buf.shape[3])
+            buf[:, :, at : at + 1] = buf.gather(2, index)
+
 
 def expand_into_preallocated(cache: Any, rows: torch.Tensor, extra_tokens: int) -> bool:
     """Select ``rows`` of a freshly prefilled cache into preallocated layers, in place.
@@ -91,22 +102,21 @@ def expand_into_preallocated(cache: Any, rows: torch.Tensor, extra_tokens: int) 
     return True
 
 
-def prefill_left_padded(
-    model: Any, prefixes: Sequence[Sequence[int]], pad_token_id: int, device: torch.device
-) -> tuple[Any, torch.Tensor]:
-    """One batched forward of ``model`` over token prefixes of unequal length, left-padded.
+def truncate(cache: Any, length: int) -> None:
+    """Set every preallocated layer's filled length to ``length`` (its buffers keep their contents)."""
+    for layer in cache.layers:
+        if not isinstance(layer, PreallocatedLayer):
+            raise TypeError("truncate() needs a cache of preallocated layers (expand_into_preallocated)")
+        layer.truncate(length)
 
-    Real tokens are right-aligned so every row's next token lands in the same column; positions
-    count real tokens only. ``model`` is usually a base model (no vocabulary projection over the
-    prefix). Returns the KV cache and the attention mask (1 on real tokens), one row per prefix.
-    """
-    width = max(len(p) for p in prefixes)
-    ids = torch.full((len(prefixes), width), pad_token_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=device)
-    for r, p in enumerate(prefixes):  # builds the padded prefix tensor, not a decode step
-        ids[r, width - len(p) :] = torch.tensor(list(p), dtype=torch.long, device=device)
-        mask[r, width - len(p) :] = 1
-    with torch.inference_mode():
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    return out.cache, mask
+
+def keep_branch(cache: Any, filled: int, column: torch.Tensor) -> None:
+    """After a tree-masked pass of k branches (``forward.run_branches``) on a cache holding
+    ``filled`` columns, make each row's chosen branch (``column[row]`` in 0..k-1) the
+    ``filled``-th column and cut the other branches off: no forward pass is repeated."""
+    column = (filled + column.long())[:, None, None, None]
+    for layer in cache.layers:
+        if not isinstance(layer, PreallocatedLayer):
+            raise TypeError("keep_branch() needs a cache of preallocated layers (expand_into_preallocated)")
+        layer.keep_column(filled, column)
+    truncate(cache, filled + 1)

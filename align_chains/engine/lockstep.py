@@ -80,21 +80,22 @@ class Lockstep:
 
     @property
     def finished(self) -> torch.Tensor:
-        return self._rows(self.base.finished, 0)
+        return self.rows_of(self.base.finished, 0)
 
-    def _rows(self, value: torch.Tensor, view: int) -> torch.Tensor:
+    def rows_of(self, value: torch.Tensor, view: int) -> torch.Tensor:
+        """``view``'s rows of a tensor laid out like its decoder's batch (views may share one)."""
         _, s = self.slot_of_view[view]
         return value[s * self.size : (s + 1) * self.size]
 
     def logits(self, view: int) -> torch.Tensor:
         """Next-token logits ``[B, V]`` of every row under ``view``."""
         g, _ = self.slot_of_view[view]
-        return self._rows(self.decoders[g].logits(self.batches[g]), view)
+        return self.rows_of(self.decoders[g].logits(self.batches[g]), view)
 
     def logprobs(self, view: int) -> torch.Tensor:
         """``[B, T]`` log-probabilities (temperature 1) of each committed token under ``view``."""
         g, _ = self.slot_of_view[view]
-        return self._rows(self.batches[g].logprobs, view)
+        return self.rows_of(self.batches[g].logprobs, view)
 
     def completions(self) -> list[Completion]:
         """View 0's rows decoded to text."""

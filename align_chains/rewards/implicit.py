@@ -16,12 +16,12 @@ incremental scorer that needs no forward pass for the k candidates at all.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
 
 from align_chains.engine.counters import ComputeCounters
+from align_chains.engine.forward import left_pad, run
 from align_chains.engine.lockstep import Lockstep, View
 from align_chains.engine.sampling import SamplingParams
 from align_chains.errors import InvalidInputError
@@ -139,28 +139,17 @@ def _response_logprob(view: View, answers: list[list[int]]) -> torch.Tensor:
     policy = view.policy
     device = policy.device
     sequences = [[*p, *a] for p, a in zip(view.prompts, answers, strict=True)]
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), policy.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    scored = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for r, (seq, answer) in enumerate(zip(sequences, answers, strict=True)):  # builds tensors
-        ids[r, width - len(seq) :] = torch.tensor(seq)
-        mask[r, width - len(seq) :] = 1
-        if answer:
-            scored[r, width - len(answer) :] = True
-    ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
     # Responses are right-aligned: only the last (longest answer + 1) positions predict answer
     # tokens, so only their logits are computed and read in fp32, not [rows, width, V].
     tail = max(len(a) for a in answers) + 1
-    kwargs = (
-        {"logits_to_keep": tail}
-        if "logits_to_keep" in inspect.signature(policy.model.forward).parameters
-        else {}
-    )
-    with torch.inference_mode():
-        logits = policy.model(
-            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), **kwargs
-        ).logits[:, -tail:]
+    ids, mask = left_pad(sequences, policy.pad_token_id, device)
+    logits = run(policy.model, ids, new_mask=mask, logits_to_keep=tail).logits
+    assert logits is not None
+    logits = logits[:, -tail:]
+    scored = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+    for r, answer in enumerate(answers):  # marks the answer columns, not a decode step
+        if answer:
+            scored[r, ids.shape[1] - len(answer) :] = True
     ids, scored = ids[:, -tail:], scored[:, -tail:]
     logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     return (logprobs * scored[:, 1:]).sum(-1).cpu()

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from align_chains.engine.counters import ComputeCounters
-from align_chains.engine.kv_cache import PreallocatedLayer, expand_into_preallocated, prefill_left_padded
+from align_chains.engine.forward import prefill_left_padded, run_branches
+from align_chains.engine.kv_cache import expand_into_preallocated, keep_branch, truncate
 from align_chains.models.chat import Conversation
 from align_chains.models.policy import Policy
 from align_chains.rewards.base import RewardModel
@@ -75,9 +76,9 @@ class ClassifierBranchScorer(BranchScorer):
         self.base = getattr(self.model, self.model.base_model_prefix)
         self.head = self.model.score
         self.cache: Any = None
-        self.mask: torch.Tensor | None = None  # [B, S] 1 for real tokens of the prefix
-        self.positions: torch.Tensor | None = None  # [B] position of the next token
-        self.filled = 0  # cache length before the candidates of the current step
+        # [B, S] 1 for real tokens of the prefix and response; S: the cache's length before the
+        # candidates of the current step
+        self.mask: torch.Tensor | None = None
         self.scored = False
 
     @staticmethod
@@ -103,7 +104,8 @@ class ClassifierBranchScorer(BranchScorer):
     ) -> None:
         prefixes = [self.reward.prefix_ids(c) for c in conversations]
         pad = self.reward.tokenizer.pad_token_id or 0
-        self.cache, mask = prefill_left_padded(self.base, prefixes, pad, self.device)
+        prefill = prefill_left_padded(self.base, prefixes, pad, self.device)
+        self.cache, mask = prefill.cache, prefill.mask
         self.counters.reward_calls += 1
         self.counters.reward_items += len(prefixes)
         rows = torch.as_tensor(list(prompt_of_row), dtype=torch.long, device=self.device)
@@ -111,54 +113,25 @@ class ClassifierBranchScorer(BranchScorer):
         if not expand_into_preallocated(self.cache, rows, max_new_tokens + 64):
             raise TypeError("incremental branch scoring needs a plain (non-sliding) KV cache")
         self.mask = mask[rows]
-        self.positions = self.mask.sum(-1)
-        self.filled = mask.shape[1]
 
     def score(self, candidates: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        assert self.mask is not None and self.positions is not None
-        rows, k = candidates.shape
-        dtype = self.model.dtype
-        blocked = torch.finfo(dtype).min
-        # candidate j of a row sees the row's prefix (real tokens only) and itself
-        prefix = (self.mask[:, None, None, :] == 0).expand(rows, 1, k, self.filled)
-        own = ~torch.eye(k, dtype=torch.bool, device=self.device)[None, None].expand(rows, 1, k, k)
-        attn = torch.zeros((rows, 1, k, self.filled + k), dtype=dtype, device=self.device)
-        attn.masked_fill_(torch.cat([prefix, own], dim=-1), blocked)
-        self._truncate(self.filled)  # drop the columns of a scored-but-uncommitted step
+        assert self.mask is not None
+        truncate(self.cache, self.mask.shape[1])  # drop the columns of a scored-but-uncommitted step
+        hidden = run_branches(self.base, candidates, self.cache, self.mask)
         with torch.inference_mode():
-            out = self.base(
-                input_ids=candidates.to(self.device),
-                attention_mask=attn,
-                position_ids=self.positions[:, None].expand(rows, k),
-                cache=self.cache,
-                use_cache=True,
-            )
-            values = self.head(out.last_hidden_state)[..., self.reward.label_index].float()
+            values = self.head(hidden)[..., self.reward.label_index].float()
         self.counters.reward_calls += 1
-        self.counters.reward_items += rows * k
+        self.counters.reward_items += candidates.numel()
         self.scored = True
         return values
 
     def commit(self, column: torch.Tensor, tokens: torch.Tensor) -> None:
         """Keep the chosen candidate's keys/values as the next cache column (no forward pass)."""
-        assert self.scored and self.mask is not None and self.positions is not None
-        column = (self.filled + column.to(self.device).long())[:, None, None, None]
-        for layer in self.cache.layers:
-            assert isinstance(layer, PreallocatedLayer)
-            for buf in (layer._key_buf, layer._value_buf):
-                index = column.expand(-1, buf.shape[1], 1, buf.shape[3])
-                buf[:, :, self.filled : self.filled + 1] = buf.gather(2, index)
-        self._truncate(self.filled + 1)
-        self.filled += 1
+        assert self.scored and self.mask is not None
+        keep_branch(self.cache, self.mask.shape[1], column.to(self.device))
         ones = torch.ones((self.mask.shape[0], 1), dtype=self.mask.dtype, device=self.device)
         self.mask = torch.cat([self.mask, ones], dim=1)
-        self.positions = self.positions + 1
         self.scored = False
-
-    def _truncate(self, length: int) -> None:
-        for layer in self.cache.layers:
-            layer._length = length
-            layer._refresh_views()
 
 
 class TextBranchScorer(BranchScorer):

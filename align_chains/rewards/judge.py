@@ -8,12 +8,12 @@ with no vocabulary bridge.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from align_chains.engine.forward import prefill_left_padded
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation, as_conversation, last_user_text
 from align_chains.models.embedded import EMBEDDED_POLICY
@@ -90,8 +90,6 @@ class JudgeReward(RewardModel):
                 "use another judge model."
             )
         self.name = f"judge:{self.judge.name}"
-        forward = inspect.signature(self.judge.model.forward).parameters
-        self._logits_to_keep = "logits_to_keep" in forward
 
     def judge_text(self, conversation: Conversation, response: str) -> str:
         """The judge's full input: its chat template around the question, response and principle."""
@@ -125,20 +123,7 @@ class JudgeReward(RewardModel):
         scores: list[float] = []
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start : start + self.batch_size]
-            width = max(len(ids) for ids in chunk)
-            ids = torch.full((len(chunk), width), self.judge.pad_token_id, dtype=torch.long, device=device)
-            mask = torch.zeros_like(ids)
-            for i, row in enumerate(chunk):  # left-pads the chunk, not a decode step
-                ids[i, width - len(row) :] = torch.tensor(row, device=device)
-                mask[i, width - len(row) :] = 1
-            kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
-            with torch.inference_mode():
-                out = model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    **kwargs,
-                )
+            out = prefill_left_padded(model, chunk, self.judge.pad_token_id, device, logits_to_keep=1)
             scores.extend(self._log_odds(out.logits[:, -1]).tolist())
         return scores
 

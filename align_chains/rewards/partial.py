@@ -27,7 +27,8 @@ import torch
 
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Batch
-from align_chains.engine.kv_cache import expand_into_preallocated, prefill_left_padded
+from align_chains.engine.forward import prefill_left_padded, run
+from align_chains.engine.kv_cache import expand_into_preallocated
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation
 from align_chains.models.policy import Policy
@@ -88,7 +89,6 @@ class JudgePartialScorer(PartialScorer):
         self.suffix: torch.Tensor | None = None
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # [rows, S]: 1 for real judge-prompt and answer tokens
-        self.positions: torch.Tensor | None = None  # [rows]: position id of the next token
         self.fed = 0  # answer steps already in the cache
 
     @staticmethod
@@ -108,20 +108,20 @@ class JudgePartialScorer(PartialScorer):
         self.suffix = torch.tensor(self._encode(suffixes.pop()), device=self.device)
         prefixes = [self._encode(before) for before, _ in parts]
         # the base model: no vocabulary projection over the prefix
-        self.cache, mask = prefill_left_padded(
+        prefill = prefill_left_padded(
             self.model.base_model, prefixes, self.reward.judge.pad_token_id, self.device
         )
+        self.cache, mask = prefill.cache, prefill.mask
         self.counters.reward_calls += 1
         self.counters.reward_items += len(prefixes)
         rows = torch.as_tensor(list(prompt_of_row), dtype=torch.long, device=self.device)
         if not expand_into_preallocated(self.cache, rows, max_new_tokens + len(self.suffix)):
             self.cache.batch_select_indices(rows)
         self.mask = mask[rows]
-        self.positions = self.mask.sum(-1)
         self.fed = 0
 
     def score(self, batch: Batch) -> list[float]:
-        assert self.suffix is not None and self.mask is not None and self.positions is not None
+        assert self.suffix is not None and self.mask is not None
         rows = batch.size
         new = batch.tokens[:, self.fed : batch.steps].to(self.device)
         steps = torch.arange(self.fed, batch.steps, device=self.device)
@@ -130,19 +130,15 @@ class JudgePartialScorer(PartialScorer):
         suffix = self.suffix[None, :].expand(rows, -1)
         block = torch.cat([new, suffix], dim=1)
         block_mask = torch.cat([valid.long(), torch.ones_like(suffix)], dim=1)
-        mask = torch.cat([self.mask, block_mask], dim=1)
-        positions = self.positions[:, None] + (block_mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs = {"logits_to_keep": 1} if self.reward._logits_to_keep else {}
         try:
-            with torch.inference_mode():
-                out = self.model(
-                    input_ids=block,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=self.cache,
-                    use_cache=True,
-                    **kwargs,
-                )
+            out = run(
+                self.model,
+                block,
+                cache=self.cache,
+                past_mask=self.mask,
+                new_mask=block_mask,
+                logits_to_keep=1,
+            )
         except Exception as exc:
             raise RewardError(
                 f"Reward {self.reward.name!r} raised {type(exc).__name__} while scoring {rows} partial "
@@ -151,17 +147,16 @@ class JudgePartialScorer(PartialScorer):
         self.cache = out.cache
         self.cache.crop(-int(self.suffix.shape[0]))  # drop the closing question, keep the answer
         self.mask = torch.cat([self.mask, valid.long()], dim=1)
-        self.positions = self.positions + valid.sum(-1)
         self.fed = batch.steps
         self.counters.reward_calls += 1
         self.counters.reward_items += rows
         return self.reward._log_odds(out.logits[:, -1]).tolist()
 
     def select(self, rows: torch.Tensor) -> None:
-        assert self.mask is not None and self.positions is not None
+        assert self.mask is not None
         index = rows.to(self.device)
         self.cache.batch_select_indices(index)
-        self.mask, self.positions = self.mask[index], self.positions[index]
+        self.mask = self.mask[index]
 
 
 def partial_scorer(

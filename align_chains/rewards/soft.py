@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from align_chains.engine.forward import prefill_left_padded, run
 from align_chains.rewards.vocab_bridge import VocabularyBridge
 
 SENTINEL = "ALIGNCHAINSRESPONSESLOT"
@@ -90,19 +91,11 @@ class CausalSoftScorer(SoftScorer):
         embeddings = model.get_input_embeddings().weight
         self.embedding_weight = embeddings
         device = embeddings.device
-        width = max(len(p) for p in prefixes)
-        ids = torch.full((len(prefixes), width), pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=device)
-        for i, prefix in enumerate(prefixes):  # builds the padded prefix tensor once
-            ids[i, width - len(prefix) :] = torch.tensor(list(prefix), device=device)
-            mask[i, width - len(prefix) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            out = self.base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        prefill = prefill_left_padded(self.base, prefixes, pad_token_id, device, mode="no_grad")
+        mask = prefill.mask
         index = torch.as_tensor(list(rows), dtype=torch.long, device=device)
-        self._prefix_kv = [(layer.keys[index], layer.values[index]) for layer in out.cache.layers]
+        self._prefix_kv = [(layer.keys[index], layer.values[index]) for layer in prefill.cache.layers]
         self._prefix_mask = mask[index]
-        self._prefix_lengths = mask.sum(-1)[index]
         self._suffix = torch.as_tensor(list(suffix), dtype=torch.long, device=device)
         self.prefix_tokens = int(mask.sum())
 
@@ -114,18 +107,7 @@ class CausalSoftScorer(SoftScorer):
         soft = self.bridge.embed(probs, weight)  # [rows, L, d]
         suffix = weight[self._suffix].unsqueeze(0).expand(rows, -1, -1)
         inputs = torch.cat([soft, suffix], dim=1)
-        new = inputs.shape[1]
-        mask = torch.cat(
-            [self._prefix_mask, torch.ones((rows, new), dtype=self._prefix_mask.dtype, device=weight.device)],
-            dim=1,
-        )
-        positions = self._prefix_lengths[:, None] + torch.arange(new, device=weight.device)[None, :]
         cache = DynamicCache(ddp_cache_data=self._prefix_kv)
-        out = self.base(
-            inputs_embeds=inputs,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-        )
-        return self.head(out.last_hidden_state[:, -1]).float()
+        out = run(self.base, embeds=inputs, cache=cache, past_mask=self._prefix_mask, mode="grad")
+        assert out.hidden is not None
+        return self.head(out.hidden[:, -1]).float()

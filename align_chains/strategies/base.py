@@ -32,6 +32,9 @@ from align_chains.strategies.declarations import (
     missing_cost_message,
 )
 
+#: a streaming strategy's callback: (prompt index, the tokens it just committed for it)
+OnCommit = Callable[[int, list[int]], None]
+
 
 @dataclass
 class Candidate:

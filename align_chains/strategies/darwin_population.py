@@ -16,10 +16,10 @@ from typing import Any, Protocol
 import torch
 
 from align_chains.engine.decoder import Batch, Completion, Decoder
+from align_chains.engine.prefix_prefill import start_sharing_prefix
 from align_chains.engine.sampling import SamplingParams
+from align_chains.engine.state_transplant import supports_transplant, transplant_states
 from align_chains.errors import InvalidInputError
-from align_chains.strategies.prefix_prefill import start_sharing_prefix
-from align_chains.strategies.state_transplant import supports_transplant, transplant_states
 
 
 class Population(Protocol):

@@ -13,7 +13,6 @@ for every candidate at every token.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -27,6 +26,7 @@ from align_chains.models.policy import Policy
 from align_chains.rewards.base import RewardModel
 from align_chains.rewards.incremental import BranchScorer, ClassifierBranchScorer, TextBranchScorer
 from align_chains.strategies.base import (
+    OnCommit,
     SearchRun,
     Strategy,
     StrategyResult,
@@ -37,7 +37,6 @@ from align_chains.strategies.best_of_n import best_per_prompt
 from align_chains.strategies.card import StrategyCard
 from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
 
-OnCommit = Callable[[int, list[int]], None]
 # ClassifierBranchScorer's cache reserves room for the k candidate columns (rewards/incremental.py)
 _CANDIDATE_COLUMNS = 64
 

@@ -16,7 +16,6 @@ Either signal works alone; both together are IVG.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -29,6 +28,7 @@ from align_chains.errors import InvalidInputError
 from align_chains.rewards.base import RewardModel
 from align_chains.rewards.implicit import ImplicitReward, check_shared_vocabulary
 from align_chains.strategies.base import (
+    OnCommit,
     SearchRun,
     Strategy,
     StrategyResult,
@@ -38,8 +38,6 @@ from align_chains.strategies.base import (
 from align_chains.strategies.best_of_n import best_per_prompt
 from align_chains.strategies.card import StrategyCard
 from align_chains.strategies.declarations import Bound, Cost, MemoryPlan, MemoryRequest
-
-OnCommit = Callable[[int, list[int]], None]
 
 # Token-level guidance weight per guide. A real tuned/untuned pair: the paper's w = 1. The
 # principle guide: untuned = the base view, so base + w (tuned - base) at w = 1 is just the
@@ -154,8 +152,7 @@ class ValueGuided(Strategy):
     def _search(
         self, run: SearchRun, *, on_commit: OnCommit | None = None, guide: ImplicitReward | None = None
     ) -> list[StrategyResult]:
-        policy, params, progress, counters = run.policy, run.params, run.progress, run.counters
-        conversations = run.conversations
+        policy, params, counters = run.policy, run.params, run.counters
         if guide is None and self.principle is not None:
             guide = ImplicitReward(policy, principle=self.principle)
         token, chunk = self.resolved(guide)
@@ -163,14 +160,51 @@ class ValueGuided(Strategy):
         if guide is not None:
             check_shared_vocabulary(policy, guide.tuned, "Value guidance (IVG)")
             check_shared_vocabulary(policy, guide.untuned, "Value guidance (IVG)")
-        num = len(conversations)
+        num = len(run.conversations)
         width = self.beams * self.samples if chunk != "none" else 1
         views = [View(policy, run.token_ids)]
         if guide is not None:
-            views.extend(guide.views(conversations))
+            views.extend(guide.views(run.conversations))
         lock = Lockstep(views, [width] * num, params, counters)
         run.partial = lambda: best_per_prompt(self.name, lock.completions(), None, counters, num)
-        generator = make_generator(params.seed, policy.device)
+        values, trace = self._decode(run, lock, guide, (token, chunk, w), on_commit)
+        completions = lock.completions()
+        if values is None:  # token-level only: score the answer with the reward model
+            scores = score_texts(run.reward, run.conversations, [c.text for c in completions], counters)
+        else:
+            scores = values.tolist()
+        details = {
+            "token_guidance": token,
+            "w": w if token else 0.0,
+            "chunk_value": chunk,
+            "beams": self.beams if chunk != "none" else 1,
+            "samples": self.samples if chunk != "none" else 1,
+            "chunk_tokens": self.chunk_tokens if chunk != "none" else None,
+            "guide": guide.name if guide is not None else None,
+            "value": "reward" if values is None else chunk,
+        }
+        results = best_per_prompt(self.name, completions, scores, counters, num, details=[details] * num)
+        for p, result in enumerate(results):
+            result.counters.reward_items = counters.reward_items
+            result.counters.prompt_tokens = lock.prompt_tokens[p]  # the guides' prefills included
+            result.trace = [r for r in trace if r["prompt"] == p] or result.trace
+        return results
+
+    def _decode(
+        self,
+        run: SearchRun,
+        lock: Lockstep,
+        guide: ImplicitReward | None,
+        guidance: tuple[bool, str, float],
+        on_commit: OnCommit | None,
+    ) -> tuple[torch.Tensor | None, list[dict]]:
+        """Decode chunk by chunk (or in one go without a chunk value), keeping the ``beams`` best
+        rows per prompt after each chunk. Returns the last chunk's values (None without) and the trace."""
+        params, progress, counters = run.params, run.progress, run.counters
+        token, chunk, w = guidance
+        num = len(run.conversations)
+        width = self.beams * self.samples if chunk != "none" else 1
+        generator = make_generator(params.seed, run.policy.device)
         prompt_of_row = torch.arange(num).repeat_interleave(width)
         copy = torch.zeros(num * width, dtype=torch.long)  # index of a row among its beam's K copies
         emitted = [0] * num
@@ -193,7 +227,7 @@ class ValueGuided(Strategy):
             if chunk == "none":
                 break
             values = self._chunk_values(
-                lock, chunk, guide, run.reward, conversations, prompt_of_row, counters
+                lock, chunk, guide, run.reward, run.conversations, prompt_of_row, counters
             )
             # a finished beam's K copies are identical: only its first copy competes
             ranked = values.masked_fill(start_finished & (copy > 0), float("-inf")).view(num, width)
@@ -210,36 +244,7 @@ class ValueGuided(Strategy):
             copy = torch.arange(self.samples).repeat(num * self.beams)
             if on_commit is not None:
                 self._emit_shared_prefix(lock, num, width, emitted, on_commit)
-        completions = lock.completions()
-        if values is None:  # token-level only: score the answer with the reward model
-            scores = score_texts(run.reward, conversations, [c.text for c in completions], counters)
-        else:
-            scores = values.tolist()
-        results = best_per_prompt(
-            self.name,
-            completions,
-            scores,
-            counters,
-            num,
-            details=[
-                {
-                    "token_guidance": token,
-                    "w": w if token else 0.0,
-                    "chunk_value": chunk,
-                    "beams": self.beams if chunk != "none" else 1,
-                    "samples": self.samples if chunk != "none" else 1,
-                    "chunk_tokens": self.chunk_tokens if chunk != "none" else None,
-                    "guide": guide.name if guide is not None else None,
-                    "value": "reward" if values is None else chunk,
-                }
-            ]
-            * num,
-        )
-        for p, result in enumerate(results):
-            result.counters.reward_items = counters.reward_items
-            result.counters.prompt_tokens = lock.prompt_tokens[p]  # the guides' prefills included
-            result.trace = [r for r in trace if r["prompt"] == p] or result.trace
-        return results
+        return values, trace
 
     @staticmethod
     def _guided_logits(lock: Lockstep, token: bool, w: float) -> torch.Tensor:
@@ -281,8 +286,8 @@ class ValueGuided(Strategy):
     ) -> None:
         """Stream the tokens every surviving beam of a prompt agrees on."""
         batch = lock.base
-        tokens = lock._rows(batch.tokens, 0).view(num, width, -1)
-        counts = lock._rows(batch.num_tokens, 0).view(num, width).min(-1).values
+        tokens = lock.rows_of(batch.tokens, 0).view(num, width, -1)
+        counts = lock.rows_of(batch.num_tokens, 0).view(num, width).min(-1).values
         same = (tokens == tokens[:, :1]).all(1).long().cumprod(-1).sum(-1)
         shared = torch.minimum(same, counts).tolist()
         for p in range(num):

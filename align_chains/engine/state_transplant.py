@@ -19,6 +19,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from align_chains.engine.decoder import Batch, Decoder
+from align_chains.engine.forward import run
 from align_chains.engine.kv_cache import PreallocatedLayer
 from align_chains.errors import InvalidInputError
 
@@ -91,26 +92,15 @@ def _prefill_answers(
     cache rows (inside ``transplant_states``'s inference mode). Returns the last position's
     logits (the next-token logits when no token is pending)."""
     width = batch.prompt_width
-    cache_device = batch.attention_mask.device
     own = DynamicCache(
         [(layer.keys[t, :, :width], layer.values[t, :, :width]) for layer in batch.cache.layers]
     )
-    mask = torch.cat(
-        [
-            batch.attention_mask[t, :width],
-            torch.ones((t.numel(), fed), dtype=batch.attention_mask.dtype, device=cache_device),
-        ],
-        dim=1,
-    )
-    positions = batch.prompt_lengths[t, None] + torch.arange(fed, device=t.device)[None, :]
-    kwargs = {"logits_to_keep": 1} if decoder._logits_to_keep else {}
-    out = decoder.policy.model(
-        input_ids=batch.tokens[s, :fed],
-        attention_mask=mask,
-        position_ids=positions,
+    out = run(
+        decoder.policy.model,
+        batch.tokens[s, :fed],
         cache=own,
-        use_cache=True,
-        **kwargs,
+        past_mask=batch.attention_mask[t, :width],
+        logits_to_keep=1,
     )
     decoder.counters.forward_passes += 1
     decoder.counters.prompt_tokens += int(t.numel()) * fed

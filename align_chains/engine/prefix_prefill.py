@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from align_chains.engine.decoder import Batch, Decoder
+from align_chains.engine.forward import left_pad, run
 from align_chains.engine.kv_cache import expand_into_preallocated
 from align_chains.engine.sampling import SamplingParams
 
@@ -56,35 +57,19 @@ def start_sharing_prefix(
     device = policy.device
     suffixes = [ids[shared:] for ids in distinct]
     width = max(len(s) for s in suffixes)
-    with torch.inference_mode():
-        out = policy.model(input_ids=torch.tensor([distinct[0][:shared]], device=device), use_cache=True)
-        counters.forward_passes += 1
-        counters.prompt_tokens += shared
-        cache = out.cache
-        if not expand_into_preallocated(
-            cache, torch.zeros(len(distinct), dtype=torch.long, device=device), width + params.max_new_tokens
-        ):
-            charged[0] += shared  # the prefix pass is wasted, but the fallback is correct
-            return decoder.start(prompts, 1, params), charged
-
-        pad = policy.pad_token_id
-        input_ids = torch.full((len(distinct), width), pad, dtype=torch.long, device=device)
-        suffix_mask = torch.zeros((len(distinct), width), dtype=torch.long, device=device)
-        for r, suffix in enumerate(suffixes):  # builds the padded suffix tensor, not a decode step
-            input_ids[r, width - len(suffix) :] = torch.tensor(suffix, device=device)
-            suffix_mask[r, width - len(suffix) :] = 1
-        mask = torch.cat(
-            [torch.ones((len(distinct), shared), dtype=torch.long, device=device), suffix_mask], 1
-        )
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-        out = policy.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            **({"logits_to_keep": 1} if decoder._logits_to_keep else {}),
-        )
+    out = run(policy.model, torch.tensor([distinct[0][:shared]], device=device))
+    counters.forward_passes += 1
+    counters.prompt_tokens += shared
+    cache = out.cache
+    if not expand_into_preallocated(
+        cache, torch.zeros(len(distinct), dtype=torch.long, device=device), width + params.max_new_tokens
+    ):
+        charged[0] += shared  # the prefix pass is wasted, but the fallback is correct
+        return decoder.start(prompts, 1, params), charged
+    # the padding sits between prefix and suffix, masked out; positions skip it
+    suffix_ids, suffix_mask = left_pad(suffixes, policy.pad_token_id, device)
+    out = run(policy.model, suffix_ids, cache=cache, new_mask=suffix_mask, logits_to_keep=1)
+    mask = out.mask
     counters.forward_passes += 1
     counters.prompt_tokens += sum(len(s) for s in suffixes)
     source = torch.tensor(row_of_prompt, device=device)
@@ -101,7 +86,7 @@ def start_sharing_prefix(
         prompt_width=shared + width,
         prompt_logits=out.logits[:, -1, :].float()[source],
         params=params,
-        stop_criteria=decoder._stop_criteria(params.stop),
+        stop_criteria=decoder.stop_criteria(params.stop),
         grammar=decoder.grammar_rows(params, len(prompts)),
     )
     return batch, charged
