@@ -18,7 +18,7 @@ from import_graph import GRAPH, MODULES  # the shared graph (the docs render it 
 
 # Each module of align_chains sits in one layer and may import only its own layer or lower ones.
 LAYERS = [
-    ("errors", "progress", "settings", "cli_options", "cancellation"),
+    ("errors", "progress", "settings", "cli_options", "cancellation", "scheduling"),
     ("models",),
     ("engine",),
     ("rewards",),
