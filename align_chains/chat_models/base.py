@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_vali
 
 from align_chains.cancellation import CancelToken, cancel_scope, holding
 from align_chains.chat_models.batching import BatchInOneRun, Requests
+from align_chains.chat_models.concurrent_calls import ConcurrentCalls
 from align_chains.chat_models.constraints import request_grammar
 from align_chains.chat_models.output_contract import (
     OutputContract,
@@ -61,7 +62,7 @@ _SAMPLING_KWARGS = {
 SHARED_WITH_STRATEGIES = frozenset({"time_budget_s"})
 
 
-class AlignedChatModel(BatchInOneRun, BaseChatModel):
+class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
     """A LangChain chat model that answers with an inference-time alignment strategy.
 
     Construction is cheap: the policy and reward load on first use (or pass loaded objects
@@ -142,6 +143,11 @@ class AlignedChatModel(BatchInOneRun, BaseChatModel):
         exclude=True,
         description="A cancel hook: call cancel_token.cancel() from any thread to stop a running call at "
         "its next step (also honoured: a token made active with `with token.active():`).",
+    )
+    concurrent_batching: bool = Field(
+        default=True,
+        description="Decode concurrent invoke/ainvoke calls (threads, coroutines) with the same settings "
+        "as one batch, as batch() does; False runs each call on its own, one after another.",
     )
     output_retries: int = Field(
         default=1,

@@ -33,6 +33,8 @@ class Policy:
         chat_template: A Jinja chat template overriding the tokenizer's (default: the
             tokenizer's own; a policy without any fails with a clear error).
         lock: The lock that serialises generation (one per policy).
+        scheduler: The worker that batches concurrent chat-model calls on this policy (set on
+            first use by ``chat_models.concurrent_calls``).
 
     Examples:
         >>> from align_chains import BestOfNChatModel, load_policy
@@ -46,6 +48,7 @@ class Policy:
     name: str
     chat_template: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    scheduler: Any = field(default=None, repr=False)  # chat_models.concurrent_calls, on first use
 
     def __post_init__(self) -> None:
         self.model.eval()

@@ -2,7 +2,7 @@
 
 Guards, in the order a request meets them: bearer auth, the body-size limit (413), the
 concurrency limit (429), strict parsing and validation (400/404), admission control on the
-request's estimated cost and prompt length (400), then the scheduler (``scheduler.py``), which
+request's estimated cost and prompt length (400), then the scheduler (``align_chains.scheduling``), which
 batches compatible requests. Every request carries a cancellation token: it is cancelled at
 the timeout (504), when the client disconnects, and on shutdown (503), and the strategy stops
 at its next step, freeing the policy for the next request. Every error has the OpenAI error
@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from align_chains.cancellation import Cancelled, CancelToken
 from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
-from align_chains_server.scheduler import SHUTDOWN_REASON, BatchingSettings, Job, Scheduler
+from align_chains.scheduling import SHUTDOWN_REASON, BatchingSettings, Job, Scheduler
 from align_chains_server.schemas import ChatCompletionRequest, describe_validation_error, error_body
 from align_chains_server.service import PreparedRequest, RequestError, ServedModel
 from align_chains_server.tools import Reply

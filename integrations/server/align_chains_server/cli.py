@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from align_chains.cli_options import parse_option
 from align_chains.errors import AlignChainsError
 from align_chains.models.embedded import EMBEDDED_POLICY
+from align_chains.scheduling import BatchingSettings
 from align_chains_server.admission import AUTO_MEMORY_FRACTION, CostLimits, parse_memory_size
 from align_chains_server.app import ServerLimits, create_app
-from align_chains_server.scheduler import BatchingSettings
 from align_chains_server.service import DEFAULT_LIMITS, ServedModel
 
 API_KEY_ENV = "ALIGN_CHAINS_API_KEY"

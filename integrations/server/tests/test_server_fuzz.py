@@ -17,7 +17,6 @@ from collections import Counter
 
 import pytest
 from align_chains_server.app import ServerLimits, create_app
-from align_chains_server.scheduler import BatchingSettings
 from align_chains_server.service import ServedModel
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +24,7 @@ from hypothesis import strategies as st
 
 from align_chains.chat_models import CHAT_MODELS
 from align_chains.rewards import CallableReward
+from align_chains.scheduling import BatchingSettings
 from align_chains.testing import tiny_policy
 
 EXAMPLES = int(os.environ.get("ALIGN_CHAINS_FUZZ_EXAMPLES", "60"))

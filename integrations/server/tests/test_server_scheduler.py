@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-from align_chains_server.scheduler import BatchingSettings, Scheduler
+from align_chains.scheduling import BatchingSettings, Scheduler
 
 
 def _recording_scheduler(

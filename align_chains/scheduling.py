@@ -1,5 +1,7 @@
-"""One worker thread that runs admitted requests, gathering compatible ones into batches.
+"""One worker thread that runs requests on a policy, gathering compatible ones into batches.
 
+Used by the server (admitted HTTP requests) and by the chat models (concurrent ``invoke`` /
+``ainvoke`` calls from several threads or coroutines, ``chat_models.concurrent_calls``).
 Calls on one policy run one at a time under its lock anyway, so a single worker loses nothing
 and gains a queue it can look into: when it takes a request it also takes every queued request
 with the same batch key (same strategy settings and stop strings, unseeded), waiting at most
@@ -10,9 +12,10 @@ that the run just answered usually send their next request within milliseconds, 
 the next batch instead of splitting it into two half-full ones. A failing batch is retried
 request by request, so one bad request (a reward that raises on its prompt, say) fails alone.
 
-Every request carries a ``CancelToken`` (deadline = the server's timeout; cancelled on client
-disconnect and on shutdown). A batch runs under a token that is cancelled only when *all* its
-requests are (or on shutdown), so one client leaving never cancels its neighbours' work.
+Every request carries a ``CancelToken`` (on the server: deadline = the server's timeout;
+cancelled on client disconnect and on shutdown). A batch runs under a token that is cancelled
+only when *all* its requests are (or on shutdown), so one client leaving never cancels its
+neighbours' work.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from align_chains.cancellation import Cancelled, CancelToken
 
-log = logging.getLogger("align_chains_server")
+log = logging.getLogger("align_chains")
 
 SHUTDOWN_REASON = "server shutting down"
 
@@ -124,6 +127,11 @@ class Scheduler:
             self._pending.append(job)
             self._cond.notify_all()
         return job
+
+    @property
+    def worker(self) -> threading.Thread:
+        """The thread that runs the jobs."""
+        return self._worker
 
     @property
     def queued(self) -> int:
