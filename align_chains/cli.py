@@ -81,20 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--json", action="store_true", help="Print the estimate as JSON.")
     _add_eval_parser(commands)
     _add_view_parser(commands)
-    serve = commands.add_parser(
-        "serve",
-        add_help=False,
-        help="Serve a strategy over the OpenAI chat-completions API (needs align-chains-server; "
-        "'align-chains serve --help' for its options).",
-    )
-    serve.add_argument("serve_args", nargs=argparse.REMAINDER)
-    serve_reward = commands.add_parser(
-        "serve-reward",
-        add_help=False,
-        help="Serve a reward model over vLLM's /score and TEI's /rerank APIs (needs align-chains-server; "
-        "'align-chains serve-reward --help' for its options).",
-    )
-    serve_reward.add_argument("serve_args", nargs=argparse.REMAINDER)
+    for name, what in SERVER_COMMANDS.items():  # their options belong to the server package
+        server = commands.add_parser(
+            name, add_help=False, help=f"{what} (needs align-chains-server; 'align-chains {name} --help')."
+        )
+        server.add_argument("serve_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -206,8 +197,11 @@ SERVER_INSTALL_HINT = (
 )
 
 
-SERVER_COMMANDS = ("serve", "serve-reward")
-"""Subcommands whose options belong to the server package."""
+SERVER_COMMANDS = {
+    "serve": "Serve a strategy over the OpenAI chat-completions API",
+    "serve-reward": "Serve a reward model over vLLM's /score and TEI's /rerank APIs",
+}
+"""Subcommands whose options belong to the server package, with their help lines."""
 
 
 def _serve(argv: list[str], name: str = "serve") -> int:

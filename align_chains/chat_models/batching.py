@@ -130,6 +130,12 @@ class BatchInOneRun:
     ) -> list[ChatResult | Exception]:
         """Every request in one run: per request its result, or the error that ended it."""
 
+    def _queued(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> Callable[[], ChatResult] | None:
+        """How to run this call together with concurrent ones, or None to run it on its own here."""
+        return None
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -137,6 +143,9 @@ class BatchInOneRun:
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        queued = self._queued(messages, stop, run_manager, kwargs)
+        if queued is not None:
+            return queued()
         (result,) = self._run_requests([(messages, run_manager)], stop, kwargs)
         if isinstance(result, Exception):
             raise result

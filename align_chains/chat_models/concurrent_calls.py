@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 from langchain_core.runnables.config import run_in_executor
@@ -131,19 +131,15 @@ class ConcurrentCalls:
             return None
         return Call(self._run_requests, messages, run_manager, stop, dict(kwargs), key, self.cancel_token)
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        """One call; concurrent calls with the same settings are decoded as one batch."""
+    def _queued(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> Callable[[], ChatResult] | None:
+        """``_generate``'s hook: concurrent calls with the same settings are decoded as one batch."""
         self.load()
         call = self._concurrent_call(messages, stop, run_manager, kwargs)
         if call is None:
-            return super()._generate(messages, stop, run_manager, **kwargs)
-        return wait(self._policy, call)
+            return None
+        return lambda: wait(self._policy, call)
 
     async def _agenerate(
         self,
@@ -156,5 +152,5 @@ class ConcurrentCalls:
         await run_in_executor(None, self.load)
         call = self._concurrent_call(messages, stop, run_manager, kwargs)
         if call is None:
-            return await run_in_executor(None, super()._generate, messages, stop, run_manager, **kwargs)
+            return await run_in_executor(None, self._generate, messages, stop, run_manager, **kwargs)
         return await await_call(self._policy, call)

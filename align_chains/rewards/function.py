@@ -13,6 +13,17 @@ from align_chains.models.chat import Conversation, last_user_text
 from align_chains.rewards.base import RewardModel
 
 
+def retrying(retries: int, retry: Any) -> Retrying:
+    """Tenacity's loop for a reward call: ``retries`` more attempts with exponential back-off
+    (0.2 s doubling, at most 5 s), re-raising the last error."""
+    return Retrying(
+        stop=stop_after_attempt(retries + 1),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        retry=retry,
+        reraise=True,
+    )
+
+
 class CallableReward(RewardModel):
     """Wrap ``fn(prompt: str, response: str) -> float`` (or a batched version) as a reward.
 
@@ -62,12 +73,7 @@ class CallableReward(RewardModel):
 
     def _score(self, prompts: list[Conversation], responses: list[str]) -> Sequence[float]:
         texts = [last_user_text(p) for p in prompts]
-        for attempt in Retrying(
-            stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception_type(Exception),
-            reraise=True,
-        ):
+        for attempt in retrying(self.retries, retry_if_exception_type(Exception)):
             with attempt:
                 if self.batched:
                     return self.fn(texts, responses)

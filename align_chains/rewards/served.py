@@ -27,11 +27,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import retry_if_exception
 
 from align_chains.errors import InvalidInputError, RewardError
 from align_chains.models.chat import Conversation
 from align_chains.rewards.base import RewardModel
+from align_chains.rewards.function import retrying
 
 API_PATHS = {"vllm-score": "/score", "vllm-classify": "/classify", "tei-rerank": "/rerank"}
 """Each supported API and the path its endpoint is served at."""
@@ -168,12 +169,7 @@ class ServedReward(RewardModel):
 
     def _post(self, payload: dict[str, Any]) -> Any:
         try:
-            for attempt in Retrying(
-                stop=stop_after_attempt(self.retries + 1),
-                wait=wait_exponential(multiplier=0.2, max=5),
-                retry=retry_if_exception(_retryable),
-                reraise=True,
-            ):
+            for attempt in retrying(self.retries, retry_if_exception(_retryable)):
                 with attempt:
                     response = self._client.post(self.url, json=payload)
                     self.requests_sent += 1
