@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from align_chains.cancellation import Cancelled, CancelToken
+from align_chains.chat_models.results import TokenUsage
 from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
 from align_chains_server.scheduler import SHUTDOWN_REASON, BatchingSettings, Job, Scheduler
 from align_chains_server.schemas import (
@@ -376,11 +377,7 @@ def _respond(
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     extension = {**served.extension(planned.model, result), **reply.extension}
-    usage = {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.best.num_tokens,
-        "total_tokens": result.prompt_tokens + result.best.num_tokens,
-    }
+    usage = TokenUsage.of(result).openai()  # every token spent; the chosen answer's is a detail
     if not parsed.stream:
         return {
             "id": completion_id,
