@@ -20,7 +20,7 @@ from align_chains.strategies.base import StrategyResult
 
 @dataclass(frozen=True)
 class TokenUsage:
-    """What a request spent, in tokens (the convention of docs/chat_models.md#usage-what-a-request-spent).
+    """What a request spent, in tokens (the convention: docs/getting_started.md#usage-every-token-spent).
 
     ``output`` is every token the policy generated for the request: the chosen ``answer`` and
     the ``search`` (other candidates, rejected rows, mutations, end-of-turn tokens). ``input``
