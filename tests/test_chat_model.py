@@ -69,7 +69,10 @@ def test_invoke_returns_message_with_reward_and_compute(chat, tiny_policy):
     usage = message.usage_metadata
     assert usage["input_tokens"] == prompt_len == compute["prompt_tokens"]
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
-    assert 0 < usage["output_tokens"] <= 10
+    # every token the policy generated (the convention of docs/getting_started.md#usage-every-token-spent)
+    assert usage["output_tokens"] == compute["generated_tokens"]
+    details = usage["output_token_details"]
+    assert 0 < details["answer"] <= 10 and details["answer"] + details["reasoning"] == usage["output_tokens"]
     assert compute["reward_calls"] == 1 and compute["seconds"] > 0
 
 
@@ -140,7 +143,8 @@ def test_in_a_chain(chat):
 def test_per_call_settings_override_the_defaults(chat):
     message = chat.invoke("Name a fruit.", n=5, max_tokens=4)
     assert len(message.response_metadata["candidates"]) == 5
-    assert message.usage_metadata["output_tokens"] <= 4
+    assert message.usage_metadata["output_token_details"]["answer"] <= 4
+    assert message.usage_metadata["output_tokens"] <= 5 * (4 + 1)  # five candidates, each up to an EOS
     with pytest.raises(InvalidInputError, match="does not take"):
         chat.invoke("Name a fruit.", beams=3)
 

@@ -22,9 +22,9 @@ def test_reward_guided_on_embedded_defaults():
     meta = message.response_metadata
     assert meta["scoring"] == "TextBranchScorer"  # MiniLM does not share SmolLM2's vocabulary
     assert math.isfinite(meta["reward"]) and meta["reward"] > 0.2  # relevant to the question
-    assert meta["compute"]["reward_calls"] == message.usage_metadata["output_tokens"] + 1 + (
-        meta["finish_reason"] == "stop"
-    )
+    # one branch scoring per generated token (the EOS included: output_tokens counts it), one final
+    assert meta["compute"]["reward_calls"] == message.usage_metadata["output_tokens"] + 1
+    assert message.usage_metadata["output_token_details"]["reasoning"] == (meta["finish_reason"] == "stop")
 
 
 def test_value_guided_with_a_principle_on_embedded_defaults():

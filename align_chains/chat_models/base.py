@@ -35,7 +35,7 @@ from align_chains.chat_models.results import build_message, chat_result
 from align_chains.chat_models.streaming import generation_chunks, live_pieces, text_pieces
 from align_chains.chat_models.structured import structured_output_runnable
 from align_chains.engine.decoder import Decoder
-from align_chains.engine.sampling import SamplingParams
+from align_chains.engine.sampling import SEED_MAX, SamplingParams
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
 from align_chains.models.embedded import EMBEDDED_POLICY, EMBEDDED_REWARD
@@ -126,7 +126,7 @@ class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
     stop: list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX, description="0 to 2**63 - 1.")
     device: str | None = Field(default=None, description="'cpu', 'cuda', ... (automatic if None).")
     dtype: str | None = Field(default=None, description="'bf16', 'fp32', ... (automatic if None).")
     device_map: str | None = Field(default=None, description="'auto' to shard a large policy.")

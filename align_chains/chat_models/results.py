@@ -6,6 +6,7 @@ server) reports it the same way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage
@@ -17,13 +18,70 @@ from align_chains.chat_models.output_contract import OutputContract
 from align_chains.strategies.base import StrategyResult
 
 
+@dataclass(frozen=True)
+class TokenUsage:
+    """What a request spent, in tokens (the convention: docs/getting_started.md#usage-every-token-spent).
+
+    ``output`` is every token the policy generated for the request: the chosen ``answer`` and
+    the ``search`` (other candidates, rejected rows, mutations, end-of-turn tokens). ``input``
+    is every prompt token the policy prefilled: the rendered ``prompt`` and the ``extra_prefill``
+    beyond it (DARWIN's mutation prompts, re-prefills). ``reward_model`` counts the tokens the
+    reward model read, where it reports them (classifier and judge rewards); it is another
+    model's work, so it is a detail and in neither total.
+    """
+
+    prompt: int
+    extra_prefill: int
+    answer: int
+    search: int
+    reward_model: int
+
+    @classmethod
+    def of(cls, result: StrategyResult) -> TokenUsage:
+        counters = result.counters
+        answer = result.best.num_tokens
+        return cls(
+            prompt=result.prompt_tokens,
+            extra_prefill=max(counters.prompt_tokens - result.prompt_tokens, 0),
+            answer=answer,
+            search=max(counters.generated_tokens - answer, 0),
+            reward_model=counters.reward_tokens,
+        )
+
+    @property
+    def input(self) -> int:
+        return self.prompt + self.extra_prefill
+
+    @property
+    def output(self) -> int:
+        return self.answer + self.search
+
+    def openai(self) -> dict[str, Any]:
+        """As OpenAI's ``usage``: search tokens are ``reasoning_tokens`` (generated, not returned)."""
+        return {
+            "prompt_tokens": self.input,
+            "completion_tokens": self.output,
+            "total_tokens": self.input + self.output,
+            "prompt_tokens_details": {
+                "cached_tokens": 0,
+                "extra_prefill_tokens": self.extra_prefill,
+                "reward_model_tokens": self.reward_model,
+            },
+            "completion_tokens_details": {"reasoning_tokens": self.search, "answer_tokens": self.answer},
+        }
+
+
 def usage_metadata(result: StrategyResult) -> UsageMetadata:
-    """Tokens of the prompt and of the chosen answer (the compute of the whole search is in
-    ``response_metadata["compute"]``)."""
+    """Every token the request spent (``TokenUsage``): search tokens are LangChain's ``reasoning``
+    output tokens, the chosen answer's are ``answer``; ``input_token_details`` has the extra
+    prefill and the reward model's tokens. The rest of the work is in ``response_metadata["compute"]``."""
+    usage = TokenUsage.of(result)
     return UsageMetadata(
-        input_tokens=result.prompt_tokens,
-        output_tokens=result.best.num_tokens,
-        total_tokens=result.prompt_tokens + result.best.num_tokens,
+        input_tokens=usage.input,
+        output_tokens=usage.output,
+        total_tokens=usage.input + usage.output,
+        input_token_details={"extra_prefill": usage.extra_prefill, "reward_model": usage.reward_model},  # type: ignore[typeddict-unknown-key]
+        output_token_details={"reasoning": usage.search, "answer": usage.answer},  # type: ignore[typeddict-unknown-key]
     )
 
 

@@ -23,6 +23,9 @@ class ComputeCounters:
         seconds: Wall-clock seconds of the strategy run.
         batch_size: Prompts that shared this run's forward passes, reward calls and seconds.
         grammar_mask_seconds: Seconds spent computing grammar token masks (part of ``seconds``).
+        reward_tokens: Tokens the reward model read to score this prompt's answers, counted by
+            rewards that run a model over token ids (classifier, judge) where a strategy scores
+            through the common path (Best-of-N, early rejection, ARGS); 0 otherwise.
 
     Examples:
         >>> from align_chains import ComputeCounters
@@ -39,6 +42,7 @@ class ComputeCounters:
     seconds: float = 0.0  # wall-clock seconds of the strategy run
     batch_size: int = 1  # prompts that shared this run's forward passes, reward calls and seconds
     grammar_mask_seconds: float = 0.0  # of ``seconds``: computing and applying grammar token masks
+    reward_tokens: int = 0  # tokens the reward model read for this prompt's answers (where counted)
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -63,4 +67,5 @@ class ComputeCounters:
             seconds=self.seconds + other.seconds,
             batch_size=max(self.batch_size, other.batch_size),
             grammar_mask_seconds=self.grammar_mask_seconds + other.grammar_mask_seconds,
+            reward_tokens=self.reward_tokens + other.reward_tokens,
         )

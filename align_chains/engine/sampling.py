@@ -7,6 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from align_chains.engine.grammar import Grammar
 
+#: the largest seed: every generator a strategy seeds takes it, with the small offsets some add
+SEED_MAX = 2**63 - 1
+
 
 class SamplingParams(BaseModel):
     """How the policy samples. Validated on construction, so bad values fail before any work.
@@ -21,7 +24,7 @@ class SamplingParams(BaseModel):
         top_p: Nucleus sampling mass, in (0, 1] (default 1: off).
         top_k: Keep the k most likely tokens; 0 disables top-k filtering (default 0).
         stop: Strings that end a response (not included in it).
-        seed: Makes sampling reproducible (default None: not seeded).
+        seed: Makes sampling reproducible, 0 to ``SEED_MAX`` = 2**63 - 1 (default None: not seeded).
         grammar: A compiled-on-use ``Grammar`` every row must follow (default None: free text).
 
     Examples:
@@ -37,7 +40,7 @@ class SamplingParams(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 disables top-k filtering.")
     stop: tuple[str, ...] = Field((), description="Strings that end a response (not included).")
-    seed: int | None = Field(None, description="Makes sampling reproducible.")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Makes sampling reproducible.")
     grammar: Grammar | None = Field(
         None, exclude=True, description="Every response must match it (decoding is masked token by token)."
     )

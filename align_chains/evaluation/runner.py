@@ -108,6 +108,13 @@ class EvalReport:
         return "\n".join(lines)
 
 
+def rendered_prompt_tokens(message: Any) -> int:
+    """The rendered prompt's length: the usage's input tokens less the extra prefill they include."""
+    usage = message.usage_metadata or {}
+    extra = (usage.get("input_token_details") or {}).get("extra_prefill", 0)
+    return int(usage.get("input_tokens", 0)) - int(extra)
+
+
 def per_prompt_compute(compute: dict[str, Any], input_tokens: int) -> dict[str, float]:
     """One prompt's share of a batched run's work.
 
@@ -293,7 +300,7 @@ def _run(
                             "holdout": h,
                             "strategy_reward": meta.get("reward"),
                             "compute": compute,
-                            "per_prompt": per_prompt_compute(compute, message.usage_metadata["input_tokens"]),
+                            "per_prompt": per_prompt_compute(compute, rendered_prompt_tokens(message)),
                             **cell_details(result),  # candidates and trace, capped
                         }
                     )

@@ -14,6 +14,7 @@ from align_chains.errors import InvalidInputError, ModelLoadError
 from align_chains.models.chat import CONTINUE_FINAL, Conversation, validate_conversation
 from align_chains.models.embedded import EMBEDDED_POLICY, POLICY_ALIASES, converted_policy_dir
 from align_chains.models.hub import resolve_model_dir
+from align_chains.models.rendering import ContentTokenizer
 from align_chains.models.tool_calls import for_template, template_takes_tools
 from align_chains.settings import resolve_device, resolve_dtype
 
@@ -32,6 +33,9 @@ class Policy:
         name: The spec it was loaded from (reported as ``model_name``).
         chat_template: A Jinja chat template overriding the tokenizer's (default: the
             tokenizer's own; a policy without any fails with a clear error).
+        content_special_tokens: Read special-token strings inside message content as control
+            tokens (default False: content is always tokenised as text, so a message cannot
+            forge a turn; see docs/tool_calling.md). Only for trusted input that needs raw tokens.
         lock: The lock that serialises generation (one per policy).
         scheduler: The worker that batches concurrent chat-model calls on this policy (set on
             first use by ``chat_models.concurrent_calls``).
@@ -47,6 +51,7 @@ class Policy:
     tokenizer: Any  # transformers PreTrainedTokenizerBase
     name: str
     chat_template: str | None = None
+    content_special_tokens: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     scheduler: Any = field(default=None, repr=False)  # chat_models.concurrent_calls, on first use
 
@@ -112,22 +117,34 @@ class Policy:
         # a final assistant message marked CONTINUE_FINAL is left open for the model to go on writing
         # (vLLM's continue_final_message), instead of being closed and followed by a new turn
         extend = bool(templated[-1].pop(CONTINUE_FINAL, False)) and templated[-1]["role"] == "assistant"
-        try:
-            text = self.tokenizer.apply_chat_template(
-                templated,
-                tools=tools,
+
+        def render_text(conversation: list[dict[str, Any]], tool_specs: list | None) -> str:
+            return self.tokenizer.apply_chat_template(
+                conversation,
+                tools=tool_specs,
                 chat_template=self.chat_template,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt and not extend,
                 **({"continue_final_message": True} if extend else {}),
             )
+
+        try:
+            if self.content_special_tokens:  # the documented opt-out: content may hold control tokens
+                return self.tokenizer(render_text(templated, tools), add_special_tokens=False)["input_ids"]
+            return self._content_tokenizer().tokenize(render_text, templated, tools)
         except TemplateError as exc:
             roles = sorted({m["role"] for m in messages})
             raise InvalidInputError(
                 f"The chat template of {self.name!r} rejected this conversation (roles {roles}): "
                 f"{exc}. Remove or merge the messages with roles it cannot take."
             ) from exc
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _content_tokenizer(self) -> ContentTokenizer:
+        """The tokenizer's special tokens, read once per policy (and again if the tokenizer changes)."""
+        cached = self.__dict__.get("_content_tokens")
+        if cached is None or cached.tokenizer is not self.tokenizer:
+            cached = self.__dict__["_content_tokens"] = ContentTokenizer(self.tokenizer)
+        return cached
 
     def render_prompt(self, messages: Conversation, *, prepared_for: Any = None) -> RenderedPrompt:
         """``render`` kept with its conversation, so a run on this policy does not render it again."""
@@ -173,6 +190,7 @@ def load_policy(
     *,
     device_map: str | dict | None = None,
     chat_template: str | None = None,
+    content_special_tokens: bool = False,
 ) -> Policy:
     """Load a policy from a Hugging Face id, a local directory or the embedded default name.
 
@@ -189,6 +207,8 @@ def load_policy(
             that supports it, else fp32).
         device_map: ``"auto"`` or an accelerate device map, to shard a large model.
         chat_template: A Jinja chat template for models whose tokenizer has none.
+        content_special_tokens: Tokenise special-token strings inside message content as
+            control tokens (the opt-out of the default, which reads all content as text).
 
     Returns:
         The loaded ``Policy``.
@@ -207,12 +227,20 @@ def load_policy(
         )
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
-    key = (spec, str(resolved_device), str(resolved_dtype), repr(device_map), chat_template)
+    key = (
+        spec,
+        str(resolved_device),
+        str(resolved_dtype),
+        repr(device_map),
+        chat_template,
+        content_special_tokens,
+    )
     with _LOAD_LOCK:
         cached = _LOADED.get(key)
         if cached is not None:
             return cached
         policy = _load(spec, resolved_device, resolved_dtype, device_map, chat_template)
+        policy.content_special_tokens = content_special_tokens
         _LOADED[key] = policy
         return policy
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -28,6 +29,20 @@ from align_chains.models.messages import to_conversation
 from align_chains.rewards.soft import SoftScorer, WeightedSoftScorer
 
 Prompt = str | Sequence[Mapping[str, Any]]
+
+# per response of the ``score`` call in progress: tokens the reward models read (``score_counted``)
+_TOKENS_READ: ContextVar[list[int] | None] = ContextVar("align_chains_reward_tokens", default=None)
+
+
+def count_tokens_read(per_response: Sequence[int], offset: int = 0) -> None:
+    """Called by a reward that runs a model over token ids: the tokens it read for responses
+    ``offset``, ``offset + 1``, ... of the current call (a no-op unless ``score_counted`` asked)."""
+    tally = _TOKENS_READ.get()
+    if tally is None:
+        return
+    for i, n in enumerate(per_response, start=offset):
+        if i < len(tally):
+            tally[i] += int(n)
 
 
 class RewardModel(Runnable[Mapping[str, Any], float], ABC):
@@ -79,6 +94,19 @@ class RewardModel(Runnable[Mapping[str, Any], float], ABC):
                 f"{len(responses)} responses: {exc}"
             ) from exc
         return self._check(raw, len(responses))
+
+    def score_counted(
+        self, prompts: Sequence[Prompt], responses: Sequence[str]
+    ) -> tuple[list[float], list[int]]:
+        """``score``, plus the tokens the reward model read for each response (0 for rewards that
+        read none: rules, Python functions, embeddings; a weighted sum adds its parts')."""
+        tally = [0] * len(responses)
+        reset = _TOKENS_READ.set(tally)
+        try:
+            scores = self.score(prompts, responses)
+        finally:
+            _TOKENS_READ.reset(reset)
+        return scores, tally
 
     def _check(self, raw: Any, expected: int) -> list[float]:
         if isinstance(raw, str | bytes | Mapping):

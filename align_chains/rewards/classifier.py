@@ -9,7 +9,7 @@ import torch
 
 from align_chains.errors import InvalidInputError, ModelLoadError
 from align_chains.models.chat import Conversation, as_conversation
-from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.base import Prompt, RewardModel, count_tokens_read
 from align_chains.rewards.soft import CausalSoftScorer, SoftScorer, split_template
 from align_chains.rewards.vocab_bridge import vocabulary_bridge
 from align_chains.settings import resolve_device, resolve_dtype
@@ -122,6 +122,7 @@ class ClassifierReward(RewardModel):
             ).to(device)
             with torch.inference_mode():
                 out = self.model(**enc)
+            count_tokens_read(enc["attention_mask"].sum(dim=1).tolist(), offset=start)
             values = getattr(out, "score", None)
             if values is None:
                 values = out.logits[:, self.label_index]

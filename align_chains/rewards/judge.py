@@ -18,7 +18,7 @@ from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation, as_conversation, last_user_text
 from align_chains.models.embedded import EMBEDDED_POLICY
 from align_chains.models.policy import Policy, load_policy
-from align_chains.rewards.base import Prompt, RewardModel
+from align_chains.rewards.base import Prompt, RewardModel, count_tokens_read
 from align_chains.rewards.soft import CausalSoftScorer, SoftScorer, split_template
 from align_chains.rewards.vocab_bridge import vocabulary_bridge
 
@@ -120,6 +120,7 @@ class JudgeReward(RewardModel):
             tokenizer(self.judge_text(c, r), add_special_tokens=False)["input_ids"]
             for c, r in zip(prompts, responses, strict=True)
         ]
+        count_tokens_read([len(ids) for ids in encoded])
         scores: list[float] = []
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start : start + self.batch_size]

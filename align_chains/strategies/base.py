@@ -327,12 +327,16 @@ def score_texts(
     texts: Sequence[str],
     counters: ComputeCounters,
     progress: Progress | None = None,
+    tokens_read: list[int] | None = None,
 ) -> list[float]:
-    """One batched reward call, counted."""
+    """One batched reward call, counted; ``tokens_read``, if given, is extended with the tokens the
+    reward model read for each text (per text, so a batch's strategy can give each prompt its own)."""
     (progress or NullProgress()).stage("scoring", total=len(texts))
     counters.reward_calls += 1
     counters.reward_items += len(texts)
-    scores = reward.score(list(conversations), list(texts))
+    scores, read = reward.score_counted(list(conversations), list(texts))
+    if tokens_read is not None:
+        tokens_read.extend(read)
     (progress or NullProgress()).advance(len(texts))
     return scores
 

@@ -65,14 +65,16 @@ class BestOfN(Strategy):
             run.token_ids, self.n, run.params, on_step=lambda _batch: run.progress.advance()
         )
         run.partial = lambda: best_per_prompt(self.name, completions, None, run.counters, num)
+        read: list[int] = []
         scores = score_texts(
             run.reward,
             [run.conversations[c.prompt_index] for c in completions],
             [c.text for c in completions],
             run.counters,
             run.progress,
+            tokens_read=read,
         )
-        return best_per_prompt(self.name, completions, scores, run.counters, num)
+        return best_per_prompt(self.name, completions, scores, run.counters, num, reward_tokens=read)
 
 
 def best_per_prompt(
@@ -83,12 +85,14 @@ def best_per_prompt(
     num_prompts: int,
     row_info: Sequence[dict[str, Any]] | None = None,
     details: Sequence[dict[str, Any]] | None = None,
+    reward_tokens: Sequence[int] | None = None,
 ) -> list[StrategyResult]:
     """Group scored completions by prompt and pick each prompt's best (ties: earliest).
 
     ``scores=None`` means the reward failed: candidates keep ``reward=None`` and the result is
     flagged. ``row_info`` adds fields to each candidate's trace record; ``details`` adds
-    per-prompt entries to the result.
+    per-prompt entries to the result; ``reward_tokens`` (per completion) the tokens the reward
+    model read, summed per prompt.
     """
     results = []
     for p in range(num_prompts):
@@ -106,6 +110,7 @@ def best_per_prompt(
             prompt_tokens=completions[rows[0]].prompt_tokens,
             generated_tokens=sum(completions[i].generated_tokens for i in rows),
             reward_items=len(rows) if scores is not None else 0,
+            reward_tokens=sum(reward_tokens[i] for i in rows) if reward_tokens else 0,
         )
         trace = [
             {

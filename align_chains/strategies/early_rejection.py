@@ -64,11 +64,13 @@ class _Pool:
     rejected_tokens: list[int] = field(default_factory=list)  # per prompt: tokens of dropped rows
     rejected_rows: list[int] = field(default_factory=list)
     scored_items: list[int] = field(default_factory=list)  # per prompt: partial + final scorings
+    reward_tokens: list[int] = field(default_factory=list)  # per prompt: tokens the final scoring read
 
     def __post_init__(self) -> None:
         self.rejected_tokens = [0] * self.num_prompts
         self.rejected_rows = [0] * self.num_prompts
         self.scored_items = [0] * self.num_prompts
+        self.reward_tokens = [0] * self.num_prompts
 
     def add(self, completion: Completion, score: float | None, info: dict[str, Any]) -> None:
         self.completions.append(completion)
@@ -277,15 +279,18 @@ class _Run:
         if not todo:
             return
         completions = [self.pool.completions[i] for i in todo]
+        read: list[int] = []
         scores = score_texts(
             self.reward,
             [self.conversations[c.prompt_index] for c in completions],
             [c.text for c in completions],
             self.counters,
+            tokens_read=read,
         )
-        for i, score in zip(todo, scores, strict=True):
+        for i, score, tokens in zip(todo, scores, read, strict=True):
             self.pool.scores[i] = score
             self.pool.scored_items[self.pool.completions[i].prompt_index] += 1
+            self.pool.reward_tokens[self.pool.completions[i].prompt_index] += tokens
 
     def results(self, scored: bool) -> list[StrategyResult]:
         """Each prompt's best finished candidate, with its own share of the work."""
@@ -326,6 +331,7 @@ class _Run:
                 result.counters,
                 generated_tokens=result.counters.generated_tokens + pool.rejected_tokens[p],
                 reward_items=pool.scored_items[p],
+                reward_tokens=pool.reward_tokens[p],
             )
             trace = [d for d in self.decisions if d["prompt"] == p] + [
                 {"event": "candidate", **record} for record in result.trace

@@ -161,7 +161,10 @@ class RewardGuided(Strategy):
                     on_commit(p, [int(tokens[p])])
             progress.advance()
         completions = decoder.completions(batch)
-        scores = score_texts(run.reward, conversations, [c.text for c in completions], counters)
+        read: list[int] = []
+        scores = score_texts(
+            run.reward, conversations, [c.text for c in completions], counters, tokens_read=read
+        )
         results = best_per_prompt(
             self.name,
             completions,
@@ -170,6 +173,7 @@ class RewardGuided(Strategy):
             len(conversations),
             details=[{"k": k, "w": self.w, "mode": self.mode, "scoring": type(scorer).__name__}]
             * len(conversations),
+            reward_tokens=read,
         )
         for p, result in enumerate(results):
             result.counters.reward_items = counters.reward_items  # branch scoring is shared by the batch

@@ -30,7 +30,8 @@ def test_complete_returns_the_best_candidate_with_reward_and_compute(llm):
         extra["reward"] == float(len(response.text)) == max(c["reward"] for c in response.raw["candidates"])
     )
     assert extra["compute"]["reward_items"] == 3
-    assert extra["usage"]["output_tokens"] <= 6
+    assert extra["usage"]["output_token_details"]["answer"] <= 6
+    assert extra["usage"]["output_tokens"] == extra["compute"]["generated_tokens"]
 
 
 def test_chat_keeps_roles_and_matches_the_chat_model(llm):

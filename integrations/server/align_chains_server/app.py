@@ -33,9 +33,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from align_chains.cancellation import Cancelled, CancelToken
+from align_chains.chat_models.results import TokenUsage
 from align_chains.errors import AlignChainsError, InvalidInputError, RewardError
 from align_chains.scheduling import SHUTDOWN_REASON, BatchingSettings, Job, Scheduler
-from align_chains_server.schemas import ChatCompletionRequest, describe_validation_error, error_body
+from align_chains_server.schemas import (
+    REQUEST_BODY_DOC,
+    ChatCompletionRequest,
+    describe_validation_error,
+    error_body,
+    openapi_schemas,
+)
 from align_chains_server.service import PreparedRequest, RequestError, ServedModel
 from align_chains_server.tools import Reply
 
@@ -157,7 +164,19 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the request body's schemas (the route reads its body by hand)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        spec.setdefault("components", {}).setdefault("schemas", {}).update(openapi_schemas())
+        app.openapi_schema = spec
+    return app.openapi_schema
 
 
 @asynccontextmanager
@@ -230,7 +249,7 @@ async def models(state: State) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=REQUEST_BODY_DOC)
 async def chat_completions(request: Request, state: State) -> Any:
     try:
         return await _chat(request, state)
@@ -297,6 +316,15 @@ async def _run(request: Request, state: ServerState, planned: PreparedRequest) -
     try:
         return await _wait(request, job, token)
     except Cancelled as exc:
+        budget = getattr(planned.model, "time_budget_s", None)
+        if exc.reason == "deadline" and budget is not None and not token.cancelled:
+            # the request's own time_budget_s ran out, not the server's timeout: the client's setting
+            raise RequestError(
+                400,
+                f"time_budget_s={budget:g} ran out before any answer was ready; raise it or leave it unset.",
+                param="time_budget_s",
+                code="time_budget_exceeded",
+            ) from exc
         raise _cancelled_error(exc.reason, state.limits.timeout_s) from exc
     except InvalidInputError as exc:
         raise RequestError(400, str(exc)) from exc
@@ -349,11 +377,7 @@ def _respond(
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     extension = {**served.extension(planned.model, result), **reply.extension}
-    usage = {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.best.num_tokens,
-        "total_tokens": result.prompt_tokens + result.best.num_tokens,
-    }
+    usage = TokenUsage.of(result).openai()  # every token spent; the chosen answer's is a detail
     if not parsed.stream:
         return {
             "id": completion_id,

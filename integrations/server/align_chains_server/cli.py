@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-key-file", type=Path, help="A file holding the bearer token (overrides the env)."
     )
+    parser.add_argument(
+        "--content-special-tokens",
+        action="store_true",
+        help="Read special-token strings in message content as control tokens (off by default: content "
+        "is always text, so a client cannot forge a turn). Only for trusted clients that need raw tokens.",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -254,6 +260,7 @@ def served_model(args: argparse.Namespace) -> ServedModel:
             reward_items=args.max_reward_items,
         ),
         memory_budget=args.max_request_memory,
+        content_special_tokens=args.content_special_tokens,
     )
 
 

@@ -6,12 +6,28 @@ client's ``extra_body`` adds) is a strategy setting, validated later against the
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from align_chains.engine.sampling import SEED_MAX
+
 # OpenAI fields we accept and ignore because they do not change the answer.
 IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier"})
+#: the largest token count a request may name (a context is far shorter; admission checks the real fit)
+MAX_TOKENS = 2**31 - 1
+
+
+def _documented(low: float, high: float) -> Callable[[dict[str, Any]], None]:
+    """A JSON-schema edit: the numeric branch shows the served range ``[low, high]``."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        for option in schema.get("anyOf", [schema]):
+            if option.get("type") in ("integer", "number"):
+                option.update(minimum=low, maximum=high)
+
+    return edit
 
 
 class TextPart(BaseModel):
@@ -96,18 +112,30 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(
+        default=None, ge=0, le=SEED_MAX, description="Reproducible sampling: 0 to 2**63-1."
+    )
     stop: str | list[str] | None = None
-    n: int | None = Field(default=None, description="OpenAI's number of choices: only 1 is served.")
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    # OpenAI's ranges are parsed; the document shows what is served (n=1, no penalties), and the
+    # values in between get ``unsupported``'s message, which says what to send instead
+    n: int | None = Field(
+        default=None,
+        ge=1,
+        le=128,
+        description="OpenAI's number of choices: only 1 is served.",
+        json_schema_extra=_documented(1, 1),
+    )
+    frequency_penalty: float | None = Field(
+        default=None, ge=-2.0, le=2.0, json_schema_extra=_documented(0, 0)
+    )
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, json_schema_extra=_documented(0, 0))
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ToolSpec] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -164,6 +192,25 @@ class ChatCompletionRequest(BaseModel):
         if self.stop is None:
             return None
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def openapi_schemas() -> dict[str, Any]:
+    """The request body's JSON schemas, for the OpenAPI document's components (what clients and
+    schema-driven fuzzers such as Schemathesis read); the body itself is parsed by hand (``_parse``)."""
+    schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    # strategy settings go under ``align_chains`` here (extra top-level fields are accepted too, but
+    # which ones depends on the served strategy): the document lists the OpenAI fields only
+    schema["additionalProperties"] = False
+    return {**defs, "ChatCompletionRequest": schema}
+
+
+REQUEST_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+    }
+}
 
 
 def error_body(

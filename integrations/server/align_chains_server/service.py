@@ -146,6 +146,7 @@ class ServedModel:
     dtype: str | None = None  # 'bf16', 'fp32', ... (automatic: bf16 on a CUDA GPU that has it)
     cost_limits: CostLimits = field(default_factory=CostLimits)
     memory_budget: int | None = None  # bytes one request's estimated peak may need; None: from the device
+    content_special_tokens: bool = False  # opt-out: special-token strings in content act as control tokens
 
     def __post_init__(self) -> None:
         self.cls: type[AlignedChatModel] = chat_model_class(self.strategy)
@@ -180,7 +181,12 @@ class ServedModel:
         """Load the policy and the reward (once); requests share them."""
         if self._policy is not None:
             return
-        policy = load_policy(self.policy_spec, device=self.device, dtype=self.dtype)
+        policy = load_policy(
+            self.policy_spec,
+            device=self.device,
+            dtype=self.dtype,
+            content_special_tokens=self.content_special_tokens,
+        )
         spec = self.reward_spec if self.reward_spec is not None else self.cls.model_fields["reward"].default
         self._reward = load_reward(
             resolve_reward_spec(spec), device=self.device, dtype=self.dtype, policy=policy

@@ -26,6 +26,7 @@ def test_serve_embedded_defaults_streams(tmp_path):
         assert text.strip()
         ext = chunks[-1].model_extra["align_chains"]
         assert isinstance(ext["reward"], float)  # the MiniLM reward
-        assert len(ext["candidates"]) == 2 and 0 < chunks[-1].usage.completion_tokens <= 16
+        assert len(ext["candidates"]) == 2 and 0 < chunks[-1].usage.completion_tokens <= 2 * (16 + 1)
+        assert chunks[-1].usage.completion_tokens == ext["compute"]["generated_tokens"]
     finally:
         server.stop()
