@@ -31,7 +31,7 @@ FACTORIES = {
 }  # fmt: skip
 # (file, function) of deliberate CPU tensors: each meets only CPU data or is moved explicitly
 CPU_BY_DESIGN = {
-    ("value_guided.py", "_search"),  # the beam bookkeeping index (rows of prompt_of_row on CPU)
+    ("value_guided.py", "_decode"),  # the beam bookkeeping index (rows of prompt_of_row on CPU)
     ("value_guided.py", "_chunk_values"),  # reward scores, compared on the CPU
     ("implicit.py", "start"),  # the running implicit reward total; each step is added with .cpu()
     ("implicit.py", "_response_logprob"),  # built on the CPU, then moved with .to(device) at once
