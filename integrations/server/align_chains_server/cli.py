@@ -159,7 +159,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key-file", type=Path, help="A file holding the bearer token (overrides the env)."
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_ray_options(parser)
     return parser
+
+
+def add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """``--ray`` and what it takes: replicas of the same app on Ray Serve (ray_serve.py)."""
+    ray = parser.add_argument_group("Ray Serve (pip install 'align-chains-server[ray]')")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="Serve through Ray Serve: --replicas copies of this server, each with its own policy and "
+        "reward, behind Serve's proxy at --host:--port.",
+    )
+    ray.add_argument("--replicas", type=int, default=1, help="Replicas (the minimum when autoscaling).")
+    ray.add_argument(
+        "--max-replicas",
+        type=int,
+        help="Autoscale between --replicas and this many replicas on the requests in flight.",
+    )
+    ray.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=4,
+        help="Autoscaling's target of requests in flight per replica (default 4: enough to batch).",
+    )
+    ray.add_argument(
+        "--threads-per-replica",
+        type=int,
+        default=1,
+        help="CPUs Ray reserves and torch threads each replica uses (default 1; on CUDA each replica "
+        "also takes one GPU).",
+    )
+    ray.add_argument(
+        "--health-check-period",
+        type=float,
+        default=10.0,
+        help="Seconds between Serve's health checks of a replica (default 10).",
+    )
+    ray.add_argument(
+        "--ray-address",
+        help="A running cluster to join (e.g. ray://head:10001 or auto); default: start a local one.",
+    )
 
 
 def memory_size(text: str) -> int | None:
@@ -182,7 +223,7 @@ def read_api_key(env_name: str, file: Path | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    problem = _bad_numbers(args)
+    problem = bad_numbers(args)
     if problem:
         return _fail(problem)
     try:
@@ -202,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "environment variable), bind 127.0.0.1, or pass --allow-unauthenticated if the network "
             "is trusted."
         )
+    if args.ray:  # each replica loads its own policy and reward
+        from align_chains_server.ray_serve import serve_on_ray
+
+        return serve_on_ray(args)
     print(f"align-chains serve: loading {args.policy} and the reward…", file=sys.stderr)
     try:
         served.load()  # before binding the port: a bad policy or reward is a clear error, not a traceback
@@ -216,7 +261,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _bad_numbers(args: argparse.Namespace) -> str | None:
+def bad_numbers(args: argparse.Namespace) -> str | None:
     """What is wrong with the numeric options, if anything."""
     for name, value in (
         ("max-concurrency", args.max_concurrency),
@@ -227,6 +272,10 @@ def _bad_numbers(args: argparse.Namespace) -> str | None:
         ("max-reward-items", args.max_reward_items),
         ("max-batch", args.max_batch),
         ("shutdown-timeout", args.shutdown_timeout),
+        ("replicas", args.replicas),
+        ("threads-per-replica", args.threads_per_replica),
+        ("target-ongoing-requests", args.target_ongoing_requests),
+        ("health-check-period", args.health_check_period),
     ):
         if value <= 0:
             return f"--{name} must be positive, got {value}"
@@ -234,6 +283,8 @@ def _bad_numbers(args: argparse.Namespace) -> str | None:
         return "--batch-delay-factor must be >= 0"
     if args.batch_window_ms < 0:
         return "--batch-window-ms must be >= 0"
+    if args.max_replicas is not None and args.max_replicas < args.replicas:
+        return f"--max-replicas ({args.max_replicas}) must be at least --replicas ({args.replicas})"
     return None
 
 
@@ -257,21 +308,35 @@ def served_model(args: argparse.Namespace) -> ServedModel:
     )
 
 
-def run_server(args: argparse.Namespace, served: ServedModel, api_key: str | None) -> None:
-    """Serve the loaded model with uvicorn until a signal stops it."""
-    import uvicorn
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    limits = ServerLimits(
+def server_limits(args: argparse.Namespace) -> ServerLimits:
+    """The app's operational limits from the options."""
+    return ServerLimits(
         max_concurrency=args.max_concurrency,
         timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes,
         shutdown_timeout_s=args.shutdown_timeout,
     )
-    batching = BatchingSettings(
+
+
+def batching_settings(args: argparse.Namespace) -> BatchingSettings:
+    """The scheduler's batching settings from the options."""
+    return BatchingSettings(
         window_s=args.batch_window_ms / 1000, max_batch=args.max_batch, delay_factor=args.batch_delay_factor
     )
-    app = create_app(served, limits=limits, api_key=api_key, batching=batching, log_content=args.log_content)
+
+
+def run_server(args: argparse.Namespace, served: ServedModel, api_key: str | None) -> None:
+    """Serve the loaded model with uvicorn until a signal stops it."""
+    import uvicorn
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(
+        served,
+        limits=server_limits(args),
+        api_key=api_key,
+        batching=batching_settings(args),
+        log_content=args.log_content,
+    )
     budget = served.memory_plan()[0]
     print(
         f"align-chains serve: {served.model_id!r} ({args.strategy} on {args.policy}) at "
