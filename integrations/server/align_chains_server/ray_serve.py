@@ -152,7 +152,7 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     wait for SIGINT/SIGTERM; then shut Serve down (replicas drain) and leave the cluster."""
     import ray
 
-    ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
+    ray.init(address=args.ray_address)  # replicas' logs reach this terminal
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

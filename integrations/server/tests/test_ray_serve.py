@@ -5,13 +5,16 @@ torch thread, an 8 s timeout. Requests go over HTTP through Serve's proxy, as a 
 plain, streamed, with tools; a request past its timeout (504) and a client that leaves, both
 cancelling the work on their replica; a killed replica, whose requests move to the other one
 while Serve starts a replacement. Each replica's /health names its process, so the tests can
-tell them apart through the proxy.
+tell them apart through the proxy. Before it, without a cluster: the documented ``serve run``
+config, the deployment options the CLI options make, and bad options refused before any replica.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -19,15 +22,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+import ray
+import yaml
+from align_chains_server import ray_serve
+from align_chains_server.cli import build_parser
+from align_chains_server.cli import main as serve_main
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
 from server_test_helpers import HERE, REPO, free_port
 from test_server_tools import CALL, QUESTION, TOOLS, served_prompt
 
+from align_chains.errors import AlignChainsError
 from align_chains.testing import taught_policy, tiny_policy
 
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
-ray_serve = pytest.importorskip("align_chains_server.ray_serve")
-
+CONFIG = REPO / "integrations" / "server" / "serve_config.yaml"
 MODEL = "best-of-n"
 HELLO = [{"role": "user", "content": "Hello there"}]
 ESSAY = "Write an essay."
@@ -98,6 +106,64 @@ def replica_actors() -> list[str]:
         for a in ray.util.list_named_actors(all_namespaces=True)
         if a["name"].startswith("SERVE_REPLICA::") and f"#{ray_serve.DEPLOYMENT}#" in a["name"]
     ]
+
+
+def parsed(*options: str) -> argparse.Namespace:
+    return build_parser().parse_args(["--ray", *options])
+
+
+def test_the_documented_serve_run_config_is_valid_and_its_builder_takes_its_options():
+    config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    (application,) = config.applications
+    assert application.import_path == "align_chains_server.ray_serve:app_builder"
+    (deployment,) = application.deployments
+    assert deployment.name == ray_serve.DEPLOYMENT  # the override reaches our deployment
+    assert deployment.autoscaling_config["max_replicas"] > deployment.autoscaling_config["min_replicas"]
+    assert isinstance(ray_serve.app_builder(ray_serve.BuilderArgs(**application.args)), serve.Application)
+
+
+def test_replicas_autoscaling_resources_and_drain_follow_the_options():
+    fixed = ray_serve.deployment_options(parsed("--replicas", "3", "--device", "cpu", "--timeout", "60"))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"]["num_cpus"] == 1 and "num_gpus" not in fixed["ray_actor_options"]
+    assert fixed["graceful_shutdown_timeout_s"] == 60 + 10  # a request's timeout, then its cancellation
+    scaled = ray_serve.deployment_options(
+        parsed("--replicas", "1", "--max-replicas", "4", "--device", "cuda", "--threads-per-replica", "2")
+    )
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"] == {
+        "min_replicas": 1,
+        "initial_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 4,
+    }
+    assert scaled["ray_actor_options"]["num_gpus"] == 1
+    assert scaled["ray_actor_options"]["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--replicas", "0"], "--replicas must be positive"),
+        (["--replicas", "3", "--max-replicas", "2"], "--max-replicas (2) must be at least --replicas (3)"),
+        (["--strategy", "no-such-strategy"], "no-such-strategy"),
+    ],
+)
+def test_bad_options_fail_before_any_replica_starts(options, message):
+    with pytest.raises((ValueError, AlignChainsError), match=re.escape(message)):
+        ray_serve.app_builder(ray_serve.BuilderArgs(options=options))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--threads-per-replica", "0"], "--threads-per-replica must be positive"),
+        (["--host", "0.0.0.0"], "no API key is set"),
+    ],
+)
+def test_align_chains_serve_ray_refuses_bad_options_before_starting_ray(options, message, capsys):
+    assert serve_main(["--ray", *options]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_plain_and_streamed_completions_are_answered_by_both_replicas(app_url):
