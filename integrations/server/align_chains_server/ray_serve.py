@@ -30,7 +30,7 @@ from ray import serve
 from ray.serve import Application
 
 from align_chains_server.app import create_app
-from align_chains_server.cli import (
+from align_chains_server.options import (
     bad_numbers,
     batching_settings,
     build_parser,
