@@ -116,6 +116,15 @@ def _add_eval_parser(commands: Any) -> None:
     ev.add_argument("--html", help="Also write the report page (one self-contained HTML file) to this path.")
     ev.add_argument("--device")
     ev.add_argument("--quiet", action="store_true")
+    ev.add_argument(
+        "--ray",
+        action="store_true",
+        help="Run the cells on Ray Data workers (needs integrations/ray); same results file, resumable.",
+    )
+    ev.add_argument(
+        "--ray-actors", type=int, default=1, help="With --ray: workers, each with its own models."
+    )
+    ev.add_argument("--ray-address", help="With --ray: a running cluster (default: start a local one).")
 
 
 def _add_view_parser(commands: Any) -> None:
@@ -175,6 +184,7 @@ def _eval(args: argparse.Namespace) -> int:
         plot_path=args.plot,
         device=args.device,
         show_progress=not args.quiet,
+        runner=_eval_runner(args) if args.ray else None,
     )
     print(report.table())
     for error in report.errors:
@@ -186,6 +196,22 @@ def _eval(args: argparse.Namespace) -> int:
     extras = (f", plot: {args.plot}" if args.plot else "") + (f", report: {args.html}" if args.html else "")
     print(f"\nresults: {args.json}{extras}")
     return 0
+
+
+EVAL_RUNNERS_GROUP = "align_chains.eval_runners"
+"""Entry-point group through which an installed package runs eval cells elsewhere (``--ray``)."""
+
+
+def _eval_runner(args: argparse.Namespace) -> Any:
+    """``eval --ray``'s runner, from the Ray integration's ``align_chains.eval_runners`` entry point
+    (the core never imports an integration)."""
+    found = entry_points(group=EVAL_RUNNERS_GROUP, name="ray")
+    if not found:
+        raise InvalidInputError(
+            "align-chains eval --ray needs the Ray integration: from a checkout run "
+            "python -m pip install -e integrations/ray (or pip install align-chains-ray)."
+        )
+    return next(iter(found)).load()(actors=args.ray_actors, address=args.ray_address)
 
 
 COMMANDS_GROUP = "align_chains.commands"

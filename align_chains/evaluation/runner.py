@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from align_chains.evaluation.specs import StrategySetting, parse_specs, plain_sa
 from align_chains.evaluation.stats import summarise
 from align_chains.models.embedded import EMBEDDED_POLICY
 from align_chains.models.policy import Policy, load_policy
+from align_chains.rewards import RewardModel
 from align_chains.rewards.specs import parse_reward_spec
 
 FORMAT_VERSION = 1
@@ -172,6 +173,7 @@ def evaluate(
     plot_path: str | Path | None = None,
     device: str | None = None,
     show_progress: bool = True,
+    runner: CellRunner | None = None,
 ) -> EvalReport:
     """Run every strategy setting on every prompt and summarise reward per compute.
 
@@ -180,7 +182,9 @@ def evaluate(
     ``evaluation.rewards``). Every answer is also compared with the policy's plain sample (one
     sample, always run first). With ``json_path`` the results are saved after every batch and an
     existing file of the same evaluation is resumed. ``temperature=None`` keeps each
-    strategy's own default.
+    strategy's own default. ``runner`` runs the cells elsewhere (``align-chains eval --ray``:
+    Ray Data workers): given the settings' pending prompts and the ``EvalJob``, it yields each
+    chunk's ``ChunkOutcome`` (built by ``run_cells``, so the file is the same as a local run's).
     """
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1; got {batch_size}.")
@@ -215,20 +219,11 @@ def evaluate(
     todo = [(s, [p for p in loaded if not report.done(s.key, p.id)]) for s in settings]
     todo = [(s, ps) for s, ps in todo if ps]
     if todo:
-        _run(
-            report,
-            todo,
-            policy,
-            reward,
-            holdout,
-            max_tokens,
-            temperature,
-            seed,
-            batch_size,
-            device,
-            json_path,
-            show_progress,
-        )
+        job = EvalJob(policy, reward, holdout, max_tokens, temperature, seed, batch_size, device)
+        if runner is None:
+            _run(report, todo, job, json_path, show_progress)
+        else:  # e.g. align_chains_ray.evaluation.run_on_ray: the cells come back here, saved as they come
+            _collect(report, runner(todo, job), json_path)
     if json_path is not None:
         report.save(json_path)
     if plot_path is not None:
@@ -238,28 +233,65 @@ def evaluate(
     return report
 
 
+@dataclass(frozen=True)
+class EvalJob:
+    """What every cell of one evaluation shares; a worker process loads its models from it."""
+
+    policy: str | Policy
+    reward: Any
+    holdout: Any
+    max_tokens: int
+    temperature: float | None
+    seed: int
+    batch_size: int
+    device: str | None
+
+    def load(self) -> tuple[dict[str, Any], RewardModel, RewardModel]:
+        """The policy and both rewards, loaded once: (the chat models' common settings, the
+        optimised reward, the held-out reward)."""
+        policy = load_policy(self.policy, device=self.device)
+        reward = load_eval_reward(self.reward, policy, self.device)
+        holdout = load_eval_reward(self.holdout, policy, self.device)
+        common: dict[str, Any] = {"policy": policy, "reward": reward, "max_tokens": self.max_tokens}
+        common["seed"] = self.seed
+        if self.temperature is not None:
+            common["temperature"] = self.temperature
+        return common, reward, holdout
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """One chunk's cells, or the ``errors`` entry of its failed run; ``size`` prompts."""
+
+    cells: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    size: int
+
+
+CellRunner = Callable[[list[tuple[StrategySetting, list[EvalPrompt]]], EvalJob], Iterable[ChunkOutcome]]
+
+
+def _collect(report: EvalReport, outcomes: Iterable[ChunkOutcome], json_path: str | Path | None) -> None:
+    """Add each chunk's cells (or error) as it arrives, saving after each (so a run resumes)."""
+    for outcome in outcomes:
+        report.cells.extend(outcome.cells)
+        if outcome.error is not None:
+            report.errors.append(outcome.error)
+        if json_path is not None:
+            report.save(json_path)
+
+
 def _run(
     report: EvalReport,
     todo: list[tuple[StrategySetting, list[EvalPrompt]]],
-    policy_spec: str | Policy,
-    reward_spec: Any,
-    holdout_spec: Any,
-    max_tokens: int,
-    temperature: float | None,
-    seed: int,
-    batch_size: int,
-    device: str | None,
+    job: EvalJob,
     json_path: str | Path | None,
     show_progress: bool,
 ) -> None:
     from tqdm.auto import tqdm
 
-    policy = load_policy(policy_spec, device=device)
-    reward = load_eval_reward(reward_spec, policy, device)
-    holdout = load_eval_reward(holdout_spec, policy, device)
-    common: dict[str, Any] = {"policy": policy, "reward": reward, "max_tokens": max_tokens, "seed": seed}
-    if temperature is not None:
-        common["temperature"] = temperature
+    common, reward, holdout = job.load()
+    batch_size = job.batch_size
     bar = tqdm(total=sum(len(ps) for _, ps in todo), disable=not show_progress, unit="answer")
     try:
         for setting, pending in todo:
@@ -268,44 +300,56 @@ def _run(
             for start in range(0, len(pending), batch_size):
                 chunk = pending[start : start + batch_size]
                 try:
-                    results = model.run_strategy([p.messages for p in chunk])  # what model.batch runs
+                    cells = run_cells(setting, model, chunk, reward, holdout)
                 except AlignChainsError as exc:  # one setting failing does not stop the others
-                    report.errors.append(
-                        {
-                            "key": setting.key,
-                            "prompts": [p.id for p in chunk],
-                            "error": f"{type(exc).__name__}: {exc}",
-                        }
-                    )
+                    report.errors.append(chunk_error(setting, chunk, exc))
                     bar.update(len(chunk))
                     continue
-                messages = [build_message(result, model.model_name) for result in results]
-                texts = [m.text for m in messages]
-                conversations = [p.messages for p in chunk]
-                rewards = reward.score(conversations, texts)
-                held = holdout.score(conversations, texts)
-                for prompt, message, result, r, h in zip(
-                    chunk, messages, results, rewards, held, strict=True
-                ):
-                    meta = message.response_metadata
-                    compute = meta["compute"]
-                    report.cells.append(
-                        {
-                            "key": setting.key,
-                            "strategy": setting.strategy,
-                            "settings": setting.settings,
-                            "prompt": prompt.id,
-                            "text": message.text,
-                            "reward": r,
-                            "holdout": h,
-                            "strategy_reward": meta.get("reward"),
-                            "compute": compute,
-                            "per_prompt": per_prompt_compute(compute, rendered_prompt_tokens(message)),
-                            **cell_details(result),  # candidates and trace, capped
-                        }
-                    )
+                report.cells.extend(cells)
                 bar.update(len(chunk))
                 if json_path is not None:
                     report.save(json_path)
     finally:
         bar.close()
+
+
+def run_cells(
+    setting: StrategySetting,
+    model: Any,
+    chunk: list[EvalPrompt],
+    reward: RewardModel,
+    holdout: RewardModel,
+) -> list[dict[str, Any]]:
+    """One strategy run over ``chunk`` (what ``model.batch`` runs), scored by both rewards: the
+    chunk's cells. Raises the strategy's AlignChainsError (the caller records it)."""
+    results = model.run_strategy([p.messages for p in chunk])
+    messages = [build_message(result, model.model_name) for result in results]
+    texts = [m.text for m in messages]
+    conversations = [p.messages for p in chunk]
+    rewards = reward.score(conversations, texts)
+    held = holdout.score(conversations, texts)
+    cells = []
+    for prompt, message, result, r, h in zip(chunk, messages, results, rewards, held, strict=True):
+        meta = message.response_metadata
+        compute = meta["compute"]
+        cells.append(
+            {
+                "key": setting.key,
+                "strategy": setting.strategy,
+                "settings": setting.settings,
+                "prompt": prompt.id,
+                "text": message.text,
+                "reward": r,
+                "holdout": h,
+                "strategy_reward": meta.get("reward"),
+                "compute": compute,
+                "per_prompt": per_prompt_compute(compute, rendered_prompt_tokens(message)),
+                **cell_details(result),  # candidates and trace, capped
+            }
+        )
+    return cells
+
+
+def chunk_error(setting: StrategySetting, chunk: list[EvalPrompt], exc: Exception) -> dict[str, Any]:
+    """The ``errors`` entry of a chunk whose strategy run failed."""
+    return {"key": setting.key, "prompts": [p.id for p in chunk], "error": f"{type(exc).__name__}: {exc}"}

@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -208,6 +209,7 @@ async def health(state: State) -> dict[str, Any]:
     served, scheduler = state.served, state.scheduler
     return {
         "status": "ok" if served.loaded else "loading",
+        "process": os.getpid(),  # tells replicas behind one proxy apart
         "model": served.model_id,
         "strategy": served.strategy,
         "in_flight": state.in_flight,
@@ -337,11 +339,17 @@ async def _run(request: Request, state: ServerState, planned: PreparedRequest) -
 
 
 async def _wait(request: Request, job: Job, token: CancelToken) -> Any:
-    """The job's outcome; cancels it at the timeout (504) or when the client disconnects."""
+    """The job's outcome; cancels it at the timeout (504) or when the client disconnects, seen
+    here or as the handler's task being cancelled (Ray Serve's proxy cancels a replica's call
+    when its client goes)."""
     waiter = asyncio.wrap_future(job.future)
     waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if we left
     while True:
-        done, _ = await asyncio.wait({waiter}, timeout=_POLL_S)
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=_POLL_S)
+        except asyncio.CancelledError:
+            token.cancel(CLIENT_GONE)
+            raise
         if done:
             return waiter.result()
         if token.cancelled:  # the deadline passed (or shutdown): answer now, the work stops itself
