@@ -341,6 +341,21 @@ def score_texts(
     return scores
 
 
+def score_completions(
+    reward: RewardModel,
+    conversations: Sequence[Conversation],
+    completions: Sequence[Any],
+    counters: ComputeCounters,
+    progress: Progress | None = None,
+) -> tuple[list[float], list[int]]:
+    """``score_texts`` over engine completions (each answering ``conversations[c.prompt_index]``):
+    (their scores, the tokens the reward model read for each)."""
+    read: list[int] = []
+    convs = [conversations[c.prompt_index] for c in completions]
+    scores = score_texts(reward, convs, [c.text for c in completions], counters, progress, tokens_read=read)
+    return scores, read
+
+
 def attach_partial(error: RewardError, partial: Any) -> RewardError:
     """Keep the work done so far on a reward failure, so the caller can still use it."""
     if error.partial is None:

@@ -11,7 +11,13 @@ from pydantic import Field
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.decoder import Completion, Decoder
 from align_chains.engine.sampling import SamplingParams
-from align_chains.strategies.base import SearchRun, Strategy, StrategyResult, register_strategy, score_texts
+from align_chains.strategies.base import (
+    SearchRun,
+    Strategy,
+    StrategyResult,
+    register_strategy,
+    score_completions,
+)
 from align_chains.strategies.candidates import best_index, candidate_from, chosen_result
 from align_chains.strategies.card import StrategyCard
 from align_chains.strategies.declarations import Bound, Cost
@@ -65,14 +71,8 @@ class BestOfN(Strategy):
             run.token_ids, self.n, run.params, on_step=lambda _batch: run.progress.advance()
         )
         run.partial = lambda: best_per_prompt(self.name, completions, None, run.counters, num)
-        read: list[int] = []
-        scores = score_texts(
-            run.reward,
-            [run.conversations[c.prompt_index] for c in completions],
-            [c.text for c in completions],
-            run.counters,
-            run.progress,
-            tokens_read=read,
+        scores, read = score_completions(
+            run.reward, run.conversations, completions, run.counters, run.progress
         )
         return best_per_prompt(self.name, completions, scores, run.counters, num, reward_tokens=read)
 

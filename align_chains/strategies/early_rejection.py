@@ -46,7 +46,7 @@ from align_chains.strategies.base import (
     Strategy,
     StrategyResult,
     register_strategy,
-    score_texts,
+    score_completions,
 )
 from align_chains.strategies.best_of_n import best_per_prompt
 from align_chains.strategies.card import StrategyCard
@@ -279,14 +279,7 @@ class _Run:
         if not todo:
             return
         completions = [self.pool.completions[i] for i in todo]
-        read: list[int] = []
-        scores = score_texts(
-            self.reward,
-            [self.conversations[c.prompt_index] for c in completions],
-            [c.text for c in completions],
-            self.counters,
-            tokens_read=read,
-        )
+        scores, read = score_completions(self.reward, self.conversations, completions, self.counters)
         for i, score, tokens in zip(todo, scores, read, strict=True):
             self.pool.scores[i] = score
             self.pool.scored_items[self.pool.completions[i].prompt_index] += 1
