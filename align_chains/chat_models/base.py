@@ -96,6 +96,8 @@ class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
         regex: A regular expression every answer must match (not together with ``grammar``).
         time_budget_s: Wall-clock budget per call; past it the run is cancelled (``Cancelled``).
         cancel_token: A ``CancelToken`` another thread can cancel to stop the run within a step.
+        concurrent_batching: Decode concurrent ``invoke``/``ainvoke`` calls with equal settings as
+            one batch (default True; seeded calls always run alone).
 
     Examples:
         >>> from align_chains import AlignedChatModel, BestOfNChatModel

@@ -97,6 +97,7 @@ class ServedReward(RewardModel):
         timeout: Seconds per HTTP request.
         retries: Extra attempts on connection errors, 429 and 5xx (exponential back-off).
         headers: Extra headers, e.g. ``{"Authorization": "Bearer ..."}``.
+        transport: An ``httpx`` transport to send requests through (tests, proxies, mounts).
 
     Examples:
         >>> from align_chains import load_reward
