@@ -10,12 +10,15 @@ On the embedded default policy (SmolLM2-135M-Instruct), in one process, side by 
   cleared before every request (as before the cache) and kept (now);
 - ``profile``: one Best-of-8 decode step over the ~507-token incident-report prompt, split into
   the model's forward pass and everything else (sampling, bookkeeping, stop strings), with
-  compaction off and on.
+  compaction off and on;
+- ``compile`` (not run by default: compiling takes minutes): the same 8-row step through a
+  transformers ``StaticCache``, eager and under ``torch.compile``, against the engine's step.
 
 Medians of ``--repeats`` rounds after one warm-up; results as JSON (``--json``) and text::
 
     python benchmarks/bench_decode_waste.py --repeats 5 --json docs/bench_decode_waste.json
     python benchmarks/bench_decode_waste.py --parts profile --repeats 3
+    python benchmarks/bench_decode_waste.py --parts compile
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ from align_chains.engine import compaction, make_generator
 from align_chains.engine import decoder as decoder_module
 from align_chains.models.policy import Policy
 
+# short answers of varied length: rows of one prompt end at different steps
 PROMPTS = [
+    "Name a fruit and say in one sentence why you like it.",
+    "What is the capital of France? Answer briefly.",
     "Give me one fun fact about cats.",
     "Write a short poem about the sea.",
-    "Explain what a hash table is.",
-    "What should I pack for a weekend hike?",
 ]
 STOP = ("\n\nUser:", "###", "</answer>")
 DEFAULTS = dataclasses.asdict(compaction.COMPACTION)
@@ -105,6 +109,7 @@ def compaction_part(policy: Policy, args: argparse.Namespace) -> dict[str, Any]:
         "identical_to_off": identical,
         "tokens_per_row": spread(lengths, "tokens"),
         "rows": 8 * len(prompts),
+        "prompts": PROMPTS[: args.prompts],
         "max_new_tokens": args.max_new_tokens,
     }
 
@@ -175,6 +180,36 @@ def profile_part(policy: Policy, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def compile_part(policy: Policy, args: argparse.Namespace) -> dict[str, Any]:
+    """A decode step of 8 rows: the engine (eager, preallocated cache) vs a transformers
+    ``StaticCache`` forward, eager and under ``torch.compile`` (the first call compiles)."""
+    from transformers import StaticCache
+
+    messages, _ = build_messages(policy, 507)
+    prompt = policy.render(messages)
+    ids = torch.tensor([prompt] * 8)
+    width, model = ids.shape[1], policy.model
+
+    def static(compiled: bool, steps: int = 6) -> dict[str, float]:
+        cache = StaticCache(config=model.config, max_cache_len=width + 64)
+        with torch.inference_mode():
+            out = model(input_ids=ids, cache=cache, use_cache=True, cache_position=torch.arange(width))
+        forward = torch.compile(model.forward, dynamic=False) if compiled else model.forward
+        token, times = out.logits[:, -1].argmax(-1)[:, None], []
+        for step in range(steps):
+            position = torch.tensor([width + step])
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = forward(input_ids=token, cache=cache, use_cache=True, cache_position=position,
+                              position_ids=position.expand(8, 1))  # fmt: skip
+            times.append(time.perf_counter() - start)
+            token = out.logits[:, -1].argmax(-1)[:, None]
+        return {"first_call_s": times[0], "step_ms": 1e3 * statistics.median(times[2:])}
+
+    engine = 1e3 * statistics.median(step_seconds(policy, prompt, args.seed))
+    return {"engine_step_ms": engine, "static_eager": static(False), "static_compiled": static(True)}
+
+
 def report(results: dict[str, Any]) -> None:
     """The text report: one block per part measured."""
     print(machine_line(results["machine"]))
@@ -199,6 +234,11 @@ def report(results: dict[str, Any]) -> None:
             split = f"step {row['step_ms']:.1f} ms, forward {row['forward_ms']:.1f} ms"
             share = 100 * row["outside_share"]
             print(f"profile (compaction {way}): {split}, outside the forward {share:.1f}%")
+    if "compile" in results:
+        part = results["compile"]
+        print(f"engine step {part['engine_step_ms']:.0f} ms; static cache: " + ", ".join(
+            f"{k} {v['step_ms']:.0f} ms (first call {v['first_call_s']:.1f} s)"
+            for k, v in part.items() if k != "engine_step_ms"))  # fmt: skip
 
 
 def main() -> None:
@@ -206,8 +246,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_options(parser, repeats=5)
-    parts = ["compaction", "stop", "profile"]
-    parser.add_argument("--parts", nargs="+", default=parts, choices=parts, help="what to measure")
+    parts = ["compaction", "stop", "profile", "compile"]
+    parser.add_argument("--parts", nargs="+", default=parts[:3], choices=parts, help="what to measure")
     parser.add_argument(
         "--thresholds", nargs="+", type=float, default=[0.125, 0.25, 0.5],
         help="shares of ended rows at which to compact (default 0.125 0.25 0.5)",
@@ -219,7 +259,7 @@ def main() -> None:
     load_before = list(os.getloadavg())
     policy = load_policy()
     results: dict[str, Any] = {"machine": machine(policy_dtype=str(policy.model.dtype)), "args": vars(args)}
-    run = {"compaction": compaction_part, "stop": stop_part, "profile": profile_part}
+    run = {"compaction": compaction_part, "stop": stop_part, "profile": profile_part, "compile": compile_part}
     for name in args.parts:
         results[name] = run[name](policy, args)
     results["load_before"] = load_before
