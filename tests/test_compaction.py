@@ -156,3 +156,30 @@ def test_stop_criteria_are_built_once_per_tokenizer_and_stop_strings(tiny_policy
     ends, goes = (tiny_policy.tokenizer.encode(text) for text in ("so User:", "so User"))
     assert first(torch.tensor([ends]), None).tolist() == [True]
     assert first(torch.tensor([goes]), None).tolist() == [False]
+
+
+def test_a_batch_with_left_padding_keeps_a_padded_row_when_only_unpadded_ones_go_on(
+    ending_policy, monkeypatch, compactions
+):
+    """transformers drops an all-ones attention mask (another attention kernel): when the rows of
+    the shorter prompt have ended, one of them rides along so the smaller batch stays padded."""
+    short, long = (
+        ending_policy.render([{"role": "user", "content": c}]) for c in ("Hi", "Tell me a long story.")
+    )
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=4)
+
+    def run():
+        decoder = Decoder(ending_policy)
+        batch = decoder.start([short, long], 6, params)
+        generator = make_generator(4, ending_policy.device)
+        decoder.extend(batch, 1, generator, compact=False)
+        batch.finished[:6] = True  # the short prompt's rows end (as DARWIN's caps end rows)
+        decoder.extend(batch, generator=generator)
+        return batch
+
+    off, on = run_both(monkeypatch, compactions, run)
+    assert compactions and compactions[0] == 12
+    for name in ("tokens", "logprobs", "num_tokens", "finished"):
+        assert torch.equal(getattr(on, name), getattr(off, name)), name
+    kept = compaction.rows_to_keep(off)  # the finished batch: a padded row is all it can keep
+    assert kept.numel() == 1 and int(kept[0]) < 6

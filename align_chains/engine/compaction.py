@@ -8,10 +8,11 @@ compaction.
 
 Results stay identical because nothing depends on a row's batch position: sampling draws one
 uniform per row of the *original* batch at every step and hands each live row its own, and on
-CPU a forward pass computes a row bit for bit the same in any batch of at least
-``COMPACT_MIN_ROWS`` rows (oneDNN/MKL take another kernel below 4 rows; checked by
-``tests/test_compaction.py``). On GPUs kernels are picked by shape and a batch row costs little
-in a memory-bound step, so compaction is on for CPU policies only.
+CPU a forward pass computes a row bit for bit the same in any batch of at least 4 rows
+(``CompactionPolicy.min_rows``: oneDNN/MKL take another kernel below 4), as long as a batch with
+left padding keeps some (``rows_to_keep``); both are checked by ``tests/test_compaction.py``.
+On GPUs kernels are picked by shape and a batch row costs little in a memory-bound step, so
+compaction is for CPU policies.
 """
 
 from __future__ import annotations
@@ -63,15 +64,28 @@ def worth_compacting(batch: Batch, steps_left: int, policy: CompactionPolicy | N
     ended = batch.size - alive
     if alive < policy.min_rows or ended == 0 or ended < policy.min_finished * batch.size:
         return False
-    return all(type(layer) is PreallocatedLayer for layer in getattr(batch.cache, "layers", ()))
+    if not all(type(layer) is PreallocatedLayer for layer in getattr(batch.cache, "layers", ())):
+        return False
+    return int(rows_to_keep(batch).numel()) < batch.size
+
+
+def rows_to_keep(batch: Batch) -> torch.Tensor:
+    """The live rows, plus one ended row with left padding when the live rows have none and the
+    batch has some: transformers drops an all-ones attention mask, which would change the
+    attention kernel (and the roundings) of the smaller batch."""
+    live = ~batch.finished.to(batch.attention_mask.device)
+    padded = (batch.attention_mask == 0).any(-1)
+    if bool(padded.any()) and not bool(padded[live].any()):
+        live[int((padded & ~live).nonzero()[0])] = True  # a passenger: ended, decoded as before
+    return live.nonzero().flatten()
 
 
 def compact(batch: Batch) -> tuple[Batch, torch.Tensor]:
-    """A new batch of ``batch``'s live rows (cache rows copied, grammar matchers shared) and their indices.
+    """A new batch of ``rows_to_keep(batch)`` (cache rows copied, grammar matchers shared), and those rows.
 
     ``batch`` is left as it was, to be completed by ``merge``.
     """
-    keep = (~batch.finished).nonzero().flatten()
+    keep = rows_to_keep(batch)
     cache = copy.copy(batch.cache)
     cache.layers = [layer.take_rows(keep.to(layer.device)) for layer in batch.cache.layers]
     rows = {
