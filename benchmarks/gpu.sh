@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU benchmark, in under 8 minutes on one CUDA GPU. From the repository root:
+# The GPU benchmark, in about 10 minutes on one CUDA GPU. From the repository root:
 #
 #     bash benchmarks/gpu.sh [OUT_DIR] [--policy DIR|random] [--dtype bf16] [--sections ...]
 #     bash benchmarks/gpu.sh /tmp/smoke --device cpu --smoke     # the script path on CPU, tiny
+#     bash benchmarks/gpu.sh /tmp/decode --sections decode_limit # the decode step vs the bound
 #
 # OUT_DIR (default bench-results/gpu) gets gpu_bench.json and gpu_bench.md. Without CUDA (and
 # without --device cpu) it stops at once with exit code 2 and says why. If align_chains' Python

@@ -5,7 +5,9 @@ Run it through ``benchmarks/gpu.sh`` (which installs carried wheels and checks f
     bash benchmarks/gpu.sh bench-results/gpu                # on a CUDA machine, bf16
     bash benchmarks/gpu.sh /tmp/smoke --device cpu --smoke  # the whole path on CPU, tiny settings
 
-Sections (each one's ways run interleaved, after one untimed warm-up, ``--repeats`` times; the
+Sections (``decode_limit``: decode-step milliseconds of random-weight models in three shapes
+against the memory-bandwidth bound, see ``benchmarks/gpu_decode.py``; the other sections' ways
+run interleaved, after one untimed warm-up, ``--repeats`` times; the
 report gives median / min / max seconds and median ratios against the section's baseline):
 
 - ``best_of_n``: the engine's Best-of-N vs HF ``generate(num_return_sequences=N)`` vs N
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from common import machine
+from gpu_decode import decode_limit, table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -448,6 +451,7 @@ def bf16_section(ctx: dict[str, Any], s: Settings) -> dict[str, Any]:
 
 
 SECTIONS: dict[str, Callable[[dict[str, Any], Settings], dict[str, Any]]] = {
+    "decode_limit": decode_limit,  # first: the time limit never skips it
     "best_of_n": best_of_n,
     "args": args_section,
     "darwin": darwin_section,
@@ -469,7 +473,12 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     notes = []
+    tables = []
     for name, section in report["sections"].items():
+        if "rows" in section and "bandwidth_gb_s" in section:
+            tables.append(table(section))
+            notes.append(f"- {name} settings: {section['settings']}")
+            continue
         if "summary" not in section:
             notes.append(f"- {name}: {section.get('skipped') or section.get('error', '').splitlines()[0]}")
             continue
@@ -493,7 +502,9 @@ def markdown(report: dict[str, Any]) -> str:
                 f"mean {section['logprob_vs_fp32_mean']:.4f} nats per token"
             )
         notes.append(f"- {name} settings: {section['settings']}")
-    return "\n".join([*lines, "", *notes]) + "\n"
+    if len(lines) == 4:  # no timed section but the decode table: print that table alone
+        lines = lines[:2]
+    return "\n".join([*lines, *tables, "", *notes]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -510,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
         "--smoke", action="store_true", help="Tiny settings: test the script path, no figures."
     )
     parser.add_argument("--repeats", type=int)
+    parser.add_argument(
+        "--compile-generate",
+        action="store_true",
+        help="decode_limit: let transformers compile generate's forward (minutes per batch size).",
+    )
     parser.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument(
         "--time-limit-s", type=float, default=450.0, help="Skip sections not started by then."
@@ -528,7 +544,13 @@ def main(argv: list[str] | None = None) -> int:
     begin = time.perf_counter()
     policy, weights = load_bench_policy(args.policy, args.device, args.dtype, smoke=args.smoke)
     print(f"gpu_bench: {policy.name} on {policy.device} in {policy.model.dtype} ({weights})", flush=True)
-    ctx = {"policy": policy, "device": args.device}
+    ctx = {
+        "policy": policy,
+        "device": args.device,
+        "dtype": args.dtype,
+        "smoke": args.smoke,
+        "compile_generate": args.compile_generate,
+    }
     report: dict[str, Any] = {
         "environment": machine(
             device=args.device,

@@ -20,6 +20,8 @@ that ends never pays for a forward pass whose output nobody reads.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from typing import Any, Literal
 import torch
 
 from align_chains.cancellation import Cancelled, check_cancelled
+from align_chains.engine.compaction import COMPACTION, extend_rows
 from align_chains.engine.counters import ComputeCounters
 from align_chains.engine.forward import prefill_left_padded, run
 from align_chains.engine.grammar import CompiledGrammar, GrammarRows, compile_grammar
@@ -37,6 +40,18 @@ from align_chains.errors import InvalidInputError
 from align_chains.models.policy import Policy
 
 FinishReason = Literal["stop", "length", "grammar_dead_end"]
+
+
+@functools.lru_cache(maxsize=32)
+def stop_criteria(tokenizer: Any, stop: tuple[str, ...]) -> Any:
+    """transformers' ``StopStringCriteria`` for ``stop``, built once per (tokenizer, stop strings).
+
+    Building one walks the whole vocabulary (about 0.5 s for SmolLM2's on a CPU); it holds no
+    per-request state, so every request with the same stop strings shares it.
+    """
+    from transformers import StopStringCriteria
+
+    return StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop))
 
 
 @dataclass
@@ -289,12 +304,9 @@ class Decoder:
         )
 
     def stop_criteria(self, stop: Sequence[str]) -> Any:
-        """The criteria ``append`` checks for the stop strings (None without any)."""
-        if not stop:
-            return None
-        from transformers import StopStringCriteria
-
-        return StopStringCriteria(tokenizer=self.policy.tokenizer, stop_strings=list(stop))
+        """The criteria ``append`` checks for the stop strings (None without any); cached per
+        (tokenizer, stop strings), since building them costs about half a second."""
+        return stop_criteria(self.policy.tokenizer, tuple(stop)) if stop else None
 
     # -- stepping -----------------------------------------------------------------------
     def logits(self, batch: Batch) -> torch.Tensor:
@@ -388,19 +400,28 @@ class Decoder:
         num_tokens: int | None = None,
         generator: torch.Generator | None = None,
         on_step: Callable[[Batch], None] | None = None,
+        compact: bool = True,
     ) -> None:
-        """Sample up to ``num_tokens`` more tokens on every row (all rows in one forward each)."""
+        """Sample up to ``num_tokens`` more tokens on every row (all rows in one forward each).
+
+        Once enough rows have ended, the others run as a smaller batch (``engine/compaction.py``)
+        and are merged back at the end, with the same results. ``on_step`` then receives that
+        smaller batch: it must act on the batch it is given (``compact=False`` for a callback
+        that changes rows of ``batch`` by index).
+        """
         remaining = batch.params.max_new_tokens - batch.steps
         steps = remaining if num_tokens is None else min(num_tokens, remaining)
+
+        def step(rows: Batch, index: torch.Tensor | None, total: int) -> None:
+            self._check_cancelled()
+            tokens = sample_tokens(self.logits(rows), rows.params, generator, index, total)
+            self.append(rows, tokens)
+            if on_step is not None:
+                on_step(rows)
+
+        policy = COMPACTION if compact else dataclasses.replace(COMPACTION, enabled=False)
         try:
-            for _ in range(steps):
-                if batch.done:
-                    break
-                self._check_cancelled()
-                tokens = sample_tokens(self.logits(batch), batch.params, generator)
-                self.append(batch, tokens)
-                if on_step is not None:
-                    on_step(batch)
+            extend_rows(batch, steps, (None, batch.size), step, self.policy.pad_token_id, policy)
         except Cancelled as exc:  # hand back what every row has so far
             raise exc.attach(partial=self.completions(batch)) from None
 

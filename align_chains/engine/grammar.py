@@ -227,6 +227,18 @@ class GrammarRows:
         self.matchers = matchers
         self.dead_end = self.dead_end[torch.as_tensor(list(index), dtype=torch.long)]
 
+    def subset(self, index: Sequence[int]) -> GrammarRows:
+        """Rows ``index`` (distinct) as a new ``GrammarRows`` sharing their matchers (no copy)."""
+        sub = GrammarRows(self.compiled, [self.matchers[i] for i in index])
+        sub.dead_end = self.dead_end[torch.as_tensor(list(index), dtype=torch.long)]
+        return sub
+
+    def absorb(self, sub: GrammarRows, index: Sequence[int]) -> None:
+        """Take back the flags and timings of ``sub = self.subset(index)`` (the matchers are shared)."""
+        self.dead_end[torch.as_tensor(list(index), dtype=torch.long)] = sub.dead_end
+        self.mask_seconds += sub.mask_seconds
+        self.mask_steps += sub.mask_steps
+
     def allowed(self, vocab: int) -> torch.Tensor:
         """``[rows, vocab]`` bool: the tokens each row's grammar allows next (EOS once complete)."""
         import llguidance.torch as llt

@@ -85,6 +85,26 @@ class PreallocatedLayer(DynamicLayer):
             index = column.to(buf.device).expand(-1, buf.shape[1], 1, buf.shape[3])
             buf[:, :, at : at + 1] = buf.gather(2, index)
 
+    def take_rows(self, indices: torch.Tensor) -> PreallocatedLayer:
+        """A new layer holding copies of rows ``indices``, with this layer's room to grow."""
+        return PreallocatedLayer(self.keys[indices], self.values[indices], self._key_buf.shape[-2])
+
+    def merge_rows(self, part: PreallocatedLayer, indices: torch.Tensor) -> None:
+        """Grow to ``part``'s length: rows ``indices`` take ``part``'s new columns, the others zeros.
+
+        ``part`` was taken from this layer's rows ``indices`` (``take_rows``) and has only grown
+        since, so the columns both hold are already equal.
+        """
+        start, end = self._length, part.get_seq_length()
+        if end > self._key_buf.shape[-2]:
+            self._key_buf = self._allocate(self.keys, end)
+            self._value_buf = self._allocate(self.values, end)
+        for buf, new in ((self._key_buf, part._key_buf), (self._value_buf, part._value_buf)):
+            buf[:, :, start:end].zero_()
+            buf[indices, :, start:end] = new[:, :, start:end]
+        self._length = end
+        self._refresh_views()
+
 
 def expand_into_preallocated(cache: Any, rows: torch.Tensor, extra_tokens: int) -> bool:
     """Select ``rows`` of a freshly prefilled cache into preallocated layers, in place.

@@ -71,16 +71,28 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 def sample_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    rows: torch.Tensor | None = None,
+    total: int | None = None,
 ) -> torch.Tensor:
-    """One token per row: greedy at temperature 0, else sampled from the filtered distribution."""
+    """One token per row: greedy at temperature 0, else sampled from the filtered distribution.
+
+    ``rows``/``total``: these logits are rows ``rows`` of a batch of ``total`` rows; the draw is
+    made for all ``total`` rows and each row takes its own, so a row's sample does not depend
+    on which other rows are still in the batch (finished-row compaction).
+    """
     if params.temperature == 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits.float(), params).softmax(dim=-1)
     # Inverse-CDF sampling: one uniform draw per row. torch.multinomial draws one exponential
     # per vocabulary entry, which cost ~7 ms a step for 8 rows over SmolLM2's 49k tokens.
     cdf = probs.double().cumsum(dim=-1)
-    u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    draws = probs.shape[0] if total is None else total
+    u = 1.0 - torch.rand((draws, 1), generator=generator, device=probs.device, dtype=cdf.dtype)
+    if rows is not None:
+        u = u[rows.to(u.device)]
     # u is in (0, 1], so the first index whose cdf reaches u * total has non-zero probability
     index = torch.searchsorted(cdf, u * cdf[:, -1:], right=False).squeeze(-1)
     return index.clamp_(max=probs.shape[-1] - 1)

@@ -210,7 +210,8 @@ class LocalBackend:
         stopped = self.budget.exhausted(int((~pop.finished).sum()))
         if not stopped:
             try:
-                pop.extend(steps, self.generator, on_step)
+                # a row cap ends rows of ``pop`` by index: those steps must see the whole batch
+                pop.extend(steps, self.generator, on_step, compact=after_step is None)
             except BudgetStop:
                 stopped = True
         for owner, delta in zip(owners, (pop.num_tokens - before).tolist(), strict=True):

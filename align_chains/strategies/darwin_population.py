@@ -36,7 +36,11 @@ class Population(Protocol):
     @property
     def done(self) -> bool: ...
 
-    def extend(self, steps: int | None, generator: Any, on_step: Callable[[Batch], None]) -> None: ...
+    def extend(
+        self, steps: int | None, generator: Any, on_step: Callable[[Batch], None], compact: bool = True
+    ) -> None:
+        """Decode up to ``steps`` tokens; ``compact=False`` when ``on_step`` ends rows by index."""
+        ...
 
     def completions(self) -> list[Completion]: ...
 
@@ -84,8 +88,10 @@ class CachedPopulation:
     def done(self) -> bool:
         return self.batch.done
 
-    def extend(self, steps: int | None, generator: Any, on_step: Callable[[Batch], None]) -> None:
-        self.decoder.extend(self.batch, steps, generator, on_step)
+    def extend(
+        self, steps: int | None, generator: Any, on_step: Callable[[Batch], None], compact: bool = True
+    ) -> None:
+        self.decoder.extend(self.batch, steps, generator, on_step, compact=compact)
 
     def completions(self) -> list[Completion]:
         return self.decoder.completions(self.batch)

@@ -79,7 +79,9 @@ class RePrefillPopulation:
     def done(self) -> bool:
         return bool(self._finished.all()) or self.steps >= self.params.max_new_tokens
 
-    def extend(self, steps: int | None, generator: Any, on_step: Callable[[Batch], None]) -> None:
+    def extend(
+        self, steps: int | None, generator: Any, on_step: Callable[[Batch], None], compact: bool = True
+    ) -> None:
         remaining = self.params.max_new_tokens - self.steps
         if remaining <= 0:
             return
@@ -91,7 +93,7 @@ class RePrefillPopulation:
         batch.finished = self._finished.to(device).clone()  # finished rows stay in the batch, padded
         batch.stopped = self._stopped.to(device).clone()
         try:
-            self.decoder.extend(batch, steps, generator, on_step)
+            self.decoder.extend(batch, steps, generator, on_step, compact=compact)
         finally:  # a budget stop mid-segment keeps what was sampled
             counts = batch.num_tokens.tolist()
             new_tokens, new_logprobs = batch.tokens.tolist(), batch.logprobs.tolist()
