@@ -10,7 +10,6 @@ reassemble into the same calls.
 
 from __future__ import annotations
 
-import copy
 import functools
 import operator
 import re
@@ -21,7 +20,6 @@ import pytest
 from jsonschema import validate
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
-from tokenizers import AddedToken
 
 from align_chains import BestOfNChatModel
 from align_chains.chat_models.output_contract import OutputContract
@@ -30,6 +28,7 @@ from align_chains.models.messages import to_conversation
 from align_chains.models.policy import Policy
 from align_chains.models.tool_calls import write_calls
 from align_chains.models.tool_formats import TOOL_FORMATS, detect_tool_format, native_call_id, parse_calls
+from align_chains.testing import with_chat_template
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
 LLAMA_SPECIALS = [
@@ -68,21 +67,15 @@ SCHEMA = set_light.tool_call_schema.model_json_schema()
 
 @pytest.fixture(scope="module")
 def family_policies(tiny_policy) -> dict[str, Policy]:
-    policies = {}
-    for family, (template, specials, _) in FAMILIES.items():
-        tokenizer = copy.deepcopy(tiny_policy.tokenizer)
-        tokenizer.add_tokens(
-            [AddedToken(t, special=True, normalized=False) for t in specials], special_tokens=True
+    return {
+        family: with_chat_template(
+            tiny_policy,
+            (TEMPLATES / template).read_text(),
+            specials,
+            ("<tool_call>", "</tool_call>") if family == "qwen2.5" else (),  # Qwen's: not special
         )
-        model = copy.deepcopy(tiny_policy.model)  # rows for the added tokens too
-        model.resize_token_embeddings(len(tokenizer))
-        policies[family] = Policy(
-            model=model,
-            tokenizer=tokenizer,
-            name=f"tiny-{family}",
-            chat_template=(TEMPLATES / template).read_text(),
-        )
-    return policies
+        for family, (template, specials, _) in FAMILIES.items()
+    }
 
 
 def test_family_is_detected_from_the_template(family_policies, tiny_policy):
