@@ -243,3 +243,51 @@ def _spec() -> dict:
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
     return convert_to_openai_tool(set_light)
+
+
+LAMP = {
+    "name": "lamp",
+    "description": "Set a lamp; every argument is optional.",
+    "parameters": {
+        "type": "object",
+        "properties": {"level": {"type": "integer"}, "on": {"type": "boolean"}, "label": {"type": "string"}},
+    },
+}
+
+
+def _accepts(policy: Policy, grammar, text: str) -> bool:
+    """Whether the grammar lets ``text`` be decoded in full, ending there."""
+    from align_chains.engine.grammar import compile_grammar
+
+    compiled = compile_grammar(grammar, policy.tokenizer, policy.vocab_size, policy.eos_token_ids)
+    matcher = compiled.matcher()
+    ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return all(matcher.consume_token(i) for i in ids) and not matcher.is_error() and matcher.is_accepting()
+
+
+@pytest.mark.parametrize("tool_format", TOOL_FORMATS)
+def test_the_grammar_takes_what_the_format_writes_and_nothing_else(tiny_policy, tool_format):
+    """Format -> grammar agreement: written calls (optional arguments left out, parallel calls) are
+    accepted; a call to an unbound tool, arguments off the schema, or prose under a forced choice are not."""
+    from align_chains.chat_models.constraints import tool_call_grammar
+
+    tools = (_spec()["function"], LAMP)
+    forced, auto = tool_call_grammar(tools, "any", tool_format), tool_call_grammar(tools, None, tool_format)
+    good = [
+        [{"name": "lamp", "args": {}}],
+        [{"name": "lamp", "args": {"on": False}}],
+        [
+            {"name": "set_light", "args": {"room": "kitchen", "on": True}},
+            {"name": "lamp", "args": {"level": 3}},
+        ],
+    ]
+    for calls in good:
+        assert _accepts(tiny_policy, forced, write_calls(tool_format, calls)), calls
+        assert _accepts(tiny_policy, auto, write_calls(tool_format, calls)), calls
+    for calls in (
+        [{"name": "fly", "args": {}}],
+        [{"name": "set_light", "args": {"room": "attic", "on": True}}],
+    ):
+        assert not _accepts(tiny_policy, forced, write_calls(tool_format, calls)), calls
+    assert not _accepts(tiny_policy, forced, "The light is on.")
+    assert _accepts(tiny_policy, auto, "The light is on.")

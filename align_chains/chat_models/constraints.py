@@ -6,10 +6,11 @@ token, so every candidate keeps the contract by construction:
 
 * a JSON schema (``with_structured_output``, ``response_format=json_schema``): JSON that
   validates; ``json_mode`` (``response_format=json_object``): any JSON object;
-* bound tools: the ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` format
-  the policy is prompted with (``models.tool_calls``; Hermes/Qwen native templates use it too),
-  with ``arguments`` valid for the named tool. A named ``tool_choice`` or ``"any"`` forces one
-  call; ``"auto"`` is an alternation: one call, OR plain text that does not start with ``<``;
+* bound tools: calls in the policy's family format (``models.tool_formats``: Hermes
+  ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` by default, Llama 3 JSON,
+  Mistral ``[TOOL_CALLS][...]``, pythonic ``[f(a=1)]``), with arguments valid for the named
+  tool. A named ``tool_choice`` forces one call, ``"any"`` one or more; ``"auto"`` is an
+  alternation: calls, OR plain text that cannot open one (it does not start with ``<``, say);
   ``"none"`` unbinds the tools, so no call can be read;
 * the user's own Lark grammar (``grammar=``) or regex (``regex=``).
 """

@@ -13,6 +13,9 @@ Two ways to put tools in front of a policy:
   the assistant turns the same way, and tool results become user turns wrapped in
   ``<tool_response>`` tags, so any template can render them.
 
+The calls are asked for in the policy's family format (``write_calls``, ``call_example``;
+detection and parsing per family in ``models.tool_formats``); Hermes is the default.
+
 Each converted message carries both forms: its ``role``/``content`` are the fallback form,
 which every consumer that ignores extra keys (reward models, judges) reads as plain text, and
 its ``"native"`` key holds the messages a tool-aware template gets instead.

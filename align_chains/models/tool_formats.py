@@ -1,4 +1,5 @@
-"""Tool calls in each model family's own format: how calls are written, read back and detected.
+"""Tool calls in each model family's own format: which family a template is, how its calls are
+read back, and how a history carries them (``tool_calls.write_calls`` writes them).
 
 Plain Python, no LangChain. Four families, as vLLM's tool parsers name them:
 
@@ -25,7 +26,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from align_chains.errors import InvalidInputError
 from align_chains.models.tool_calls import (
     MISTRAL_MARKER,
     NATIVE,
@@ -65,13 +65,6 @@ def detect_tool_format(chat_template: str | None) -> str:
 def call_marker(tool_format: str) -> str | None:
     """The text that opens a call in ``tool_format``, when it is a token of its own (Mistral's)."""
     return MISTRAL_MARKER if tool_format == "mistral" else None
-
-
-def check_tool_format(name: str | None) -> str | None:
-    """``name`` when it is a known family (or None); else a clear error listing them."""
-    if name is not None and name not in TOOL_FORMATS:
-        raise InvalidInputError(f"tool_format={name!r} is not known: use one of {', '.join(TOOL_FORMATS)}.")
-    return name
 
 
 def native_call_id(call_id: str | None, tool_format: str) -> str | None:
