@@ -77,8 +77,11 @@ def with_chat_template(
         [AddedToken(t, special=True, normalized=False) for t in special_tokens], special_tokens=True
     )
     tokenizer.add_tokens([AddedToken(t, special=False) for t in text_tokens])
+    import torch
+
     model = copy.deepcopy(policy.model)
-    model.resize_token_embeddings(len(tokenizer))
+    torch.manual_seed(0)  # the new rows are drawn at random: the same ones every time
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     return Policy(
         model=model, tokenizer=tokenizer, name=f"{policy.name}+template", chat_template=chat_template
     )

@@ -156,10 +156,12 @@ def test_forced_call_is_valid_in_the_family_format(
         "mistral": "[TOOL_CALLS][",
         "pythonic": "[",
     }
-    marker = policy.call_marker_token(tool_format)
-    if marker is not None:  # Mistral's [TOOL_CALLS] is one special token: decoded text drops it
-        assert result.best.token_ids[0] == marker and result.text.startswith('[{"name": ')
+    markers = dict(policy.call_marker_tokens(tool_format))
+    if "[TOOL_CALLS]" in markers:  # Mistral's [TOOL_CALLS] is one special token: decoded text drops it
+        assert result.best.token_ids[0] == markers["[TOOL_CALLS]"] and result.text.startswith('[{"name": ')
     else:
+        if markers:  # Qwen's <tool_call> is one added token: the call opens with it
+            assert result.best.token_ids[0] == markers["<tool_call>"]
         assert result.text.startswith(opening[tool_format])
     assert result.details["output_check"]["valid"]
     message = model.bind_tools([set_light], tool_choice="set_light").invoke("Light the hall.")
@@ -291,3 +293,18 @@ def test_the_grammar_takes_what_the_format_writes_and_nothing_else(tiny_policy, 
         assert not _accepts(tiny_policy, forced, write_calls(tool_format, calls)), calls
     assert not _accepts(tiny_policy, forced, "The light is on.")
     assert _accepts(tiny_policy, auto, "The light is on.")
+
+
+@pytest.mark.parametrize("family", ["qwen2.5", "mistral"])
+def test_markers_held_as_one_token_are_asked_for_as_that_token(family_policies, family):
+    """Qwen's <tool_call> (an added token) and Mistral's [TOOL_CALLS] (a special token) are single
+    tokens of their tokenizers: the grammar takes the call as the tokenizer writes it."""
+    from align_chains.chat_models.constraints import tool_call_grammar
+
+    policy = family_policies[family]
+    tool_format = policy.tool_format
+    markers = policy.call_marker_tokens(tool_format)
+    assert markers and all(policy.tokenizer.convert_ids_to_tokens(i) == m for m, i in markers)
+    grammar = tool_call_grammar((_spec()["function"],), "any", tool_format, markers)
+    text = write_calls(tool_format, [{"name": "set_light", "args": {"room": "hall", "on": False}}])
+    assert _accepts(policy, grammar, text)

@@ -405,7 +405,7 @@ class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
             return OutputContract.from_kwargs(kwargs)
         policy = self.load()[0]
         tool_format = self.tool_format or policy.tool_format
-        return OutputContract.from_kwargs(kwargs, tool_format, policy.call_marker_token(tool_format))
+        return OutputContract.from_kwargs(kwargs, tool_format, policy.call_marker_tokens(tool_format))
 
     def bind_tools(
         self,

@@ -90,23 +90,28 @@ def _chosen(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> list[
 
 
 def _json_calls(
-    tools: tuple[dict[str, Any], ...], tool_choice: str | None, tool_format: str, marker_token: int | None
+    tools: tuple[dict[str, Any], ...], tool_choice: str | None, tool_format: str, markers: dict[str, int]
 ) -> str:
     """Lark rules ``call`` (one call) and ``calls`` (one or more) for the JSON-bodied formats."""
     if tool_format == "mistral":  # [TOOL_CALLS] and a list: one item for a single call
         body = call_schema(tools, tool_choice)
         one = {"type": "array", "items": body, "minItems": 1, "maxItems": 1, "x-guidance": JSON_LAYOUT}
         many = {k: v for k, v in one.items() if k != "maxItems"}
-        marker = json.dumps(MISTRAL_MARKER) if marker_token is None else f"<[{marker_token}]>"
+        marker = _literal(MISTRAL_MARKER, markers)
         return f"call: {marker} %json {json.dumps(one)}\ncalls: {marker} %json {json.dumps(many)}\n"
     if tool_format == "llama3_json":  # bare objects, "; " between parallel calls
         body = json.dumps(call_schema(tools, tool_choice, "parameters"))
         return f'calls: call ("; " call)*\ncall: %json {body}\n'
     body = json.dumps(call_schema(tools, tool_choice))  # hermes: newline between blocks
-    return (
-        f'calls: call ("\\n" call)*\ncall: {json.dumps(CALL_OPEN)} body {json.dumps(CALL_CLOSE)}\n'
-        f"body: %json {body}\n"
-    )
+    tags = f"{json.dumps(CALL_OPEN)} body {json.dumps(CALL_CLOSE)}"
+    if markers:  # <tool_call> and </tool_call> as the tokenizer's own tokens
+        tags = f'{_literal("<tool_call>", markers)} "\\n" body "\\n" {_literal("</tool_call>", markers)}'
+    return f'calls: call ("\\n" call)*\ncall: {tags}\nbody: %json {body}\n'
+
+
+def _literal(text: str, markers: dict[str, int]) -> str:
+    """``text`` in a Lark rule: the token that holds it, when the tokenizer has one, else the text."""
+    return f"<[{markers[text]}]>" if text in markers else json.dumps(text)
 
 
 def _pythonic_calls(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> str:
@@ -139,15 +144,16 @@ def tool_call_grammar(
     tools: tuple[dict[str, Any], ...],
     tool_choice: str | None,
     tool_format: str = "hermes",
-    marker_token: int | None = None,
+    marker_tokens: tuple[tuple[str, int], ...] = (),
 ) -> Grammar:
     """Calls in ``tool_format`` (models.tool_formats), several allowed (parallel calls), OR plain
     text that cannot open a call for ``tool_choice`` auto; the calls alone for "any"; exactly one
-    call for a named tool. ``marker_token``: the special token that opens a Mistral call."""
+    call for a named tool. ``marker_tokens``: markers to ask for as one token each
+    (``Policy.call_marker_tokens``)."""
     if tool_format == "pythonic":
         call = _pythonic_calls(tools, tool_choice)
     else:
-        call = _json_calls(tools, tool_choice, tool_format, marker_token)
+        call = _json_calls(tools, tool_choice, tool_format, dict(marker_tokens))
     if tool_choice is None:
         source = f"start: calls | TEXT\n{call}TEXT: {_PLAIN_TEXT[tool_format]}\n"
         what = "a call to one of " + ", ".join(t["name"] for t in tools) + " or plain text"
@@ -173,7 +179,7 @@ def contract_grammar(contract: OutputContract | None) -> Grammar | None:
     if not contract.tools:
         return answer
     calls = tool_call_grammar(
-        contract.tools, contract.tool_choice, contract.tool_format, contract.marker_token
+        contract.tools, contract.tool_choice, contract.tool_format, contract.marker_tokens
     )
     if answer is None or contract.tool_choice is not None:
         return calls

@@ -94,15 +94,18 @@ class OutputContract:
     json_schema: dict[str, Any] | None = None
     json_mode: bool = False
     tool_format: str = "hermes"  # the policy's tool-call family (models.tool_formats)
-    marker_token: int | None = None  # the id of the format's call marker when it is one special token
+    marker_tokens: tuple[tuple[str, int], ...] = ()  # (marker, id) of the format's one-token markers
 
     @classmethod
     def from_kwargs(
-        cls, kwargs: dict[str, Any], tool_format: str = "hermes", marker_token: int | None = None
+        cls,
+        kwargs: dict[str, Any],
+        tool_format: str = "hermes",
+        marker_tokens: tuple[tuple[str, int], ...] = (),
     ) -> OutputContract | None:
         """Pop the contract's call kwargs (``tools``, ``tool_choice``, ``response_format``); calls
         are asked for, constrained and read in ``tool_format`` (the policy's family), whose marker
-        (Mistral's ``[TOOL_CALLS]``) is the special token ``marker_token`` when the tokenizer has one."""
+        strings are asked for as the tokens in ``marker_tokens`` (``Policy.call_marker_tokens``)."""
         raw_tools = kwargs.pop("tools", None) or ()
         raw_choice = kwargs.pop("tool_choice", None)
         response_format = kwargs.pop("response_format", None)
@@ -132,7 +135,7 @@ class OutputContract:
                 )
         if not tools and schema is None and not json_mode:
             return None
-        return cls(tools, choice, dict(schema) if schema else None, json_mode, tool_format, marker_token)
+        return cls(tools, choice, dict(schema) if schema else None, json_mode, tool_format, marker_tokens)
 
     @property
     def tool_names(self) -> list[str]:

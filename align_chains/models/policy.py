@@ -18,7 +18,7 @@ from align_chains.models.rendering import ContentTokenizer
 from align_chains.models.tool_calls import template_takes_tools
 from align_chains.models.tool_formats import (
     DEFAULT_TOOL_FORMAT,
-    call_marker,
+    call_markers,
     detect_tool_format,
     template_messages,
 )
@@ -120,13 +120,12 @@ class Policy:
         tools gets the system-prompt fallback, which asks for the Hermes format."""
         return detect_tool_format(self.chat_template) if self.takes_tools else DEFAULT_TOOL_FORMAT
 
-    def call_marker_token(self, tool_format: str) -> int | None:
-        """The id of ``tool_format``'s call marker when the tokenizer has it as one special token
-        (Mistral's ``[TOOL_CALLS]``): the grammar then asks for that token, as the model was trained,
-        not for the marker spelled out in text pieces."""
-        marker = call_marker(tool_format)
-        special = {t.content: i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
-        return special.get(marker) if marker else None
+    def call_marker_tokens(self, tool_format: str) -> tuple[tuple[str, int], ...]:
+        """``(marker, token id)`` for each of ``tool_format``'s call markers that the tokenizer holds
+        as one added token (Mistral's ``[TOOL_CALLS]``, Qwen's ``<tool_call>``): the grammar then
+        asks for that token, as the model was trained, not for the marker spelled in text pieces."""
+        added = {t.content: i for i, t in self.tokenizer.added_tokens_decoder.items()}
+        return tuple((m, added[m]) for m in call_markers(tool_format) if m in added)
 
     def render(self, messages: Conversation, *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the chat-templated conversation, ready to prefill."""

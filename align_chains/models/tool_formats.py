@@ -62,9 +62,10 @@ def detect_tool_format(chat_template: str | None) -> str:
     return DEFAULT_TOOL_FORMAT
 
 
-def call_marker(tool_format: str) -> str | None:
-    """The text that opens a call in ``tool_format``, when it is a token of its own (Mistral's)."""
-    return MISTRAL_MARKER if tool_format == "mistral" else None
+def call_markers(tool_format: str) -> tuple[str, ...]:
+    """The fixed strings around a call in ``tool_format`` that tokenizers often hold as one token
+    (Mistral's ``[TOOL_CALLS]``, a special token; Qwen's ``<tool_call>`` tags, added tokens)."""
+    return {"mistral": (MISTRAL_MARKER,), "hermes": ("<tool_call>", "</tool_call>")}.get(tool_format, ())
 
 
 def native_call_id(call_id: str | None, tool_format: str) -> str | None:

@@ -237,7 +237,7 @@ class ServedModel:
         self._check_settings(sent)
         model = self._chat_model(sent)
         tool_format = model.tool_format or self.policy.tool_format  # --tool-format, else the policy's own
-        output = output.in_format(tool_format, self.policy.call_marker_token(tool_format))
+        output = output.in_format(tool_format, self.policy.call_marker_tokens(tool_format))
         conversation = self._conversation(request)
         prompt = self._render(conversation, output, model.max_tokens)
         strategy = model.build_strategy()

@@ -166,12 +166,12 @@ class OutputRequest:
             raise BadToolInput(str(exc), "tools") from exc
         return cls(contract, request.parallel_tool_calls)
 
-    def in_format(self, tool_format: str, marker_token: int | None) -> OutputRequest:
+    def in_format(self, tool_format: str, marker_tokens: tuple[tuple[str, int], ...]) -> OutputRequest:
         """This request with its tool calls asked for, constrained and read in the policy's family's
-        format (``models.tool_formats``; ``marker_token``: that format's marker as a special token)."""
+        format (``models.tool_formats``; ``marker_tokens``: its markers held as one token each)."""
         if self.contract is None or not self.contract.tools:
             return self
-        contract = replace(self.contract, tool_format=tool_format, marker_token=marker_token)
+        contract = replace(self.contract, tool_format=tool_format, marker_tokens=marker_tokens)
         return replace(self, contract=contract)
 
 
