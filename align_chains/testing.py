@@ -7,6 +7,7 @@ config. Fast enough for unit tests, useless for quality.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -59,6 +60,31 @@ def tiny_policy(seed: int = 0, name: str = "tiny-llama") -> Policy:
     tokenizer = smol_tokenizer()
     torch.manual_seed(seed)
     return Policy(model=LlamaForCausalLM(tiny_llama_config(tokenizer)), tokenizer=tokenizer, name=name)
+
+
+def with_chat_template(
+    policy: Policy, chat_template: str, special_tokens: Sequence[str] = (), text_tokens: Sequence[str] = ()
+) -> Policy:
+    """``policy`` with another family's chat template and that family's added tokens (control tokens
+    in ``special_tokens``, plain added tokens in ``text_tokens``), on a copy of its model with rows
+    for them: the tiny model stands in for a Llama, Mistral or Qwen checkpoint in tests."""
+    import copy
+
+    from tokenizers import AddedToken
+
+    tokenizer = copy.deepcopy(policy.tokenizer)
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in special_tokens], special_tokens=True
+    )
+    tokenizer.add_tokens([AddedToken(t, special=False) for t in text_tokens])
+    import torch
+
+    model = copy.deepcopy(policy.model)
+    torch.manual_seed(0)  # the new rows are drawn at random: the same ones every time
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return Policy(
+        model=model, tokenizer=tokenizer, name=f"{policy.name}+template", chat_template=chat_template
+    )
 
 
 def taught_policy(

@@ -92,6 +92,9 @@ class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
             when no candidate keeps the contract.
         constrain: Constrain decoding to the bound tools' or schema's grammar (default True); False
             keeps ranking and reruns only.
+        tool_format: The tool-call format the policy writes: ``"hermes"``, ``"llama3_json"``,
+            ``"mistral"`` or ``"pythonic"`` (default: detected from the chat template; see
+            docs/tool_calling.md).
         grammar: A Lark grammar every answer must follow.
         regex: A regular expression every answer must match (not together with ``grammar``).
         time_budget_s: Wall-clock budget per call; past it the run is cancelled (``Cancelled``).
@@ -167,6 +170,11 @@ class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
         default=True,
         description="Decode bound tools and structured-output schemas under a grammar, so every "
         "candidate keeps them by construction. False: they are only asked for, ranked and retried.",
+    )
+    tool_format: Literal["hermes", "llama3_json", "mistral", "pythonic"] | None = Field(
+        default=None,
+        description="The tool-call format the policy was trained on (hermes, llama3_json, mistral, "
+        "pythonic); None detects it from the chat template (hermes when nothing says otherwise).",
     )
 
     _policy: Policy | None = PrivateAttr(default=None)
@@ -312,7 +320,7 @@ class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
         ``response_format`` kwargs), candidates that break it are never chosen over ones that
         keep it, and prompts with no keeper are run again, up to ``output_retries`` times.
         """
-        contract = contract or OutputContract.from_kwargs(kwargs)
+        contract = contract or self.output_contract(kwargs)
         overrides = self._checked_call_kwargs(kwargs)
         if contract is None:
             return self._run_once(conversations, stop, overrides, on_commit)
@@ -353,7 +361,7 @@ class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
         """Every request in one strategy run (``_generate`` and ``batch`` both come here)."""
         conversations = [to_conversation(messages) for messages, _ in requests]
         call_kwargs = dict(kwargs)
-        contract = OutputContract.from_kwargs(call_kwargs)
+        contract = self.output_contract(call_kwargs)
         results = self.run_strategy(conversations, stop, contract=contract, **call_kwargs)
         return [chat_result(r, self.model_name, contract) for r in results]
 
@@ -372,7 +380,7 @@ class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
         """
         conversation = to_conversation(messages)
         kwargs = dict(kwargs)
-        contract = OutputContract.from_kwargs(kwargs)
+        contract = self.output_contract(kwargs)
         strategy = self.build_strategy(**self._checked_call_kwargs(dict(kwargs)))
         policy, _ = self.load()
         pieces: Iterable[str]
@@ -392,6 +400,15 @@ class AlignedChatModel(ConcurrentCalls, BatchInOneRun, BaseChatModel):
         yield from generation_chunks(pieces, holder, self.model_name, contract, run_manager)
 
     # -- tools and structured output -----------------------------------------------------
+    def output_contract(self, kwargs: dict[str, Any]) -> OutputContract | None:
+        """Pop the call's contract kwargs (tools, tool_choice, response_format) into a contract
+        whose tool calls are in this model's ``tool_format`` (else the policy's own)."""
+        if not kwargs.get("tools"):  # nothing to load the policy for
+            return OutputContract.from_kwargs(kwargs)
+        policy = self.load()[0]
+        tool_format = self.tool_format or policy.tool_format
+        return OutputContract.from_kwargs(kwargs, tool_format, policy.call_marker_tokens(tool_format))
+
     def bind_tools(
         self,
         tools: Sequence[dict[str, Any] | type | Callable | BaseTool],

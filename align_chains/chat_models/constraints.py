@@ -6,10 +6,11 @@ token, so every candidate keeps the contract by construction:
 
 * a JSON schema (``with_structured_output``, ``response_format=json_schema``): JSON that
   validates; ``json_mode`` (``response_format=json_object``): any JSON object;
-* bound tools: the ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` format
-  the policy is prompted with (``models.tool_calls``; Hermes/Qwen native templates use it too),
-  with ``arguments`` valid for the named tool. A named ``tool_choice`` or ``"any"`` forces one
-  call; ``"auto"`` is an alternation: one call, OR plain text that does not start with ``<``;
+* bound tools: calls in the policy's family format (``models.tool_formats``: Hermes
+  ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` by default, Llama 3 JSON,
+  Mistral ``[TOOL_CALLS][...]``, pythonic ``[f(a=1)]``), with arguments valid for the named
+  tool. A named ``tool_choice`` forces one call, ``"any"`` one or more; ``"auto"`` is an
+  alternation: calls, OR plain text that cannot open one (it does not start with ``<``, say);
   ``"none"`` unbinds the tools, so no call can be read;
 * the user's own Lark grammar (``grammar=``) or regex (``regex=``).
 """
@@ -22,9 +23,16 @@ from typing import Any
 from align_chains.chat_models.output_contract import OutputContract
 from align_chains.engine.grammar import JSON_LAYOUT, Grammar
 from align_chains.errors import InvalidInputError
+from align_chains.models.tool_calls import MISTRAL_MARKER
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
-_PLAIN_TEXT = r"/[^<\s](?s:.)*/"  # an answer in prose: anything that does not open a tag
+# an answer in prose: anything that cannot open a call (a tag, a JSON object, a list)
+_PLAIN_TEXT = {
+    "hermes": r"/[^<\s](?s:.)*/",
+    "llama3_json": r"/[^{<\s](?s:.)*/",
+    "mistral": r"/[^\[\s](?s:.)*/",
+    "pythonic": r"/[^\[\s](?s:.)*/",
+}
 
 
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -57,41 +65,104 @@ def closed_objects(schema: Any) -> Any:
     return closed
 
 
-def call_schema(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> dict[str, Any]:
-    """The JSON schema of one call's body: a bound tool's name and arguments valid for it (objects
-    that declare their properties take no others: see ``closed_objects``)."""
-    chosen = [t for t in tools if tool_choice in (None, "any") or t["name"] == tool_choice]
+def call_schema(
+    tools: tuple[dict[str, Any], ...], tool_choice: str | None, arguments: str = "arguments"
+) -> dict[str, Any]:
+    """The JSON schema of one call's body: a bound tool's name and its ``arguments`` (Llama 3 names
+    them ``parameters``) valid for it (objects that declare their properties take no others:
+    see ``closed_objects``)."""
     return {
         "x-guidance": JSON_LAYOUT,  # the layout the prompt shows: '{"name": "add", "arguments": ...}'
         "anyOf": [
             {
                 "type": "object",
-                "properties": {"name": {"const": t["name"]}, "arguments": closed_objects(t["parameters"])},
-                "required": ["name", "arguments"],
+                "properties": {"name": {"const": t["name"]}, arguments: closed_objects(t["parameters"])},
+                "required": ["name", arguments],
                 "additionalProperties": False,
             }
-            for t in chosen
+            for t in _chosen(tools, tool_choice)
         ],
     }
 
 
-def tool_call_grammar(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> Grammar:
-    """``<tool_call>`` blocks, newline-separated (parallel calls), OR plain text for ``tool_choice``
-    auto; the blocks alone for "any"; exactly one call for a named tool."""
-    body = json.dumps(call_schema(tools, tool_choice))
-    # one call, or several separated by a newline as a history writes them (parallel tool calls)
-    call = (
-        f'calls: call ("\\n" call)*\ncall: {json.dumps(CALL_OPEN)} body {json.dumps(CALL_CLOSE)}\n'
-        f"body: %json {body}\n"
-    )
+def _chosen(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> list[dict[str, Any]]:
+    return [t for t in tools if tool_choice in (None, "any") or t["name"] == tool_choice]
+
+
+def _json_calls(
+    tools: tuple[dict[str, Any], ...], tool_choice: str | None, tool_format: str, markers: dict[str, int]
+) -> str:
+    """Lark rules ``call`` (one call) and ``calls`` (one or more) for the JSON-bodied formats."""
+    if tool_format == "mistral":  # [TOOL_CALLS] and a list: one item for a single call
+        body = call_schema(tools, tool_choice)
+        one = {"type": "array", "items": body, "minItems": 1, "maxItems": 1, "x-guidance": JSON_LAYOUT}
+        many = {k: v for k, v in one.items() if k != "maxItems"}
+        marker = _literal(MISTRAL_MARKER, markers)
+        return f"call: {marker} %json {json.dumps(one)}\ncalls: {marker} %json {json.dumps(many)}\n"
+    if tool_format == "llama3_json":  # bare objects, "; " between parallel calls
+        body = json.dumps(call_schema(tools, tool_choice, "parameters"))
+        return f'calls: call ("; " call)*\ncall: %json {body}\n'
+    body = json.dumps(call_schema(tools, tool_choice))  # hermes: newline between blocks
+    tags = f"{json.dumps(CALL_OPEN)} body {json.dumps(CALL_CLOSE)}"
+    if markers:  # <tool_call> and </tool_call> as the tokenizer's own tokens
+        tags = f'{_literal("<tool_call>", markers)} "\\n" body "\\n" {_literal("</tool_call>", markers)}'
+    return f'calls: call ("\\n" call)*\ncall: {tags}\nbody: %json {body}\n'
+
+
+def _literal(text: str, markers: dict[str, int]) -> str:
+    """``text`` in a Lark rule: the token that holds it, when the tokenizer has one, else the text."""
+    return f"<[{markers[text]}]>" if text in markers else json.dumps(text)
+
+
+def _pythonic_calls(tools: tuple[dict[str, Any], ...], tool_choice: str | None) -> str:
+    """Lark rules ``call``/``calls`` for ``[f(a=1, b="x")]``: keyword arguments in the schema's order,
+    required ones always, optional ones skippable; booleans as Python's True/False, other values
+    as JSON literals (which Python reads alike)."""
+    rules, names = [], []
+    for i, tool in enumerate(_chosen(tools, tool_choice)):
+        schema = closed_objects(tool["parameters"])
+        required = set(schema.get("required", ()))
+        props = list((schema.get("properties") or {}).items())
+        for j, (key, sub) in enumerate(props):
+            value = '"True" | "False"' if sub.get("type") == "boolean" else f"%json {json.dumps(sub)}"
+            rules.append(f"t{i}_p{j}: {json.dumps(key + '=')} t{i}_v{j}\nt{i}_v{j}: {value}")
+        # t{i}_f{j}: the arguments from j on, none written yet; t{i}_m{j}: some already written
+        n = len(props)
+        rules.append(f't{i}_f{n}: ""\nt{i}_m{n}: ""')
+        for j in range(n - 1, -1, -1):
+            need = props[j][0] in required
+            rules.append(f"t{i}_f{j}: t{i}_p{j} t{i}_m{j + 1}" + ("" if need else f" | t{i}_f{j + 1}"))
+            rules.append(f't{i}_m{j}: ", " t{i}_p{j} t{i}_m{j + 1}' + ("" if need else f" | t{i}_m{j + 1}"))
+        rules.append(f't{i}: {json.dumps(tool["name"] + "(")} t{i}_f0 ")"')
+        names.append(f"t{i}")
+    one = " | ".join(names)
+    head = f'call: "[" fcall "]"\ncalls: "[" fcall (", " fcall)* "]"\nfcall: {one}\n'
+    return head + "\n".join(rules) + "\n"
+
+
+def tool_call_grammar(
+    tools: tuple[dict[str, Any], ...],
+    tool_choice: str | None,
+    tool_format: str = "hermes",
+    marker_tokens: tuple[tuple[str, int], ...] = (),
+) -> Grammar:
+    """Calls in ``tool_format`` (models.tool_formats), several allowed (parallel calls), OR plain
+    text that cannot open a call for ``tool_choice`` auto; the calls alone for "any"; exactly one
+    call for a named tool. ``marker_tokens``: markers to ask for as one token each
+    (``Policy.call_marker_tokens``)."""
+    if tool_format == "pythonic":
+        call = _pythonic_calls(tools, tool_choice)
+    else:
+        call = _json_calls(tools, tool_choice, tool_format, dict(marker_tokens))
     if tool_choice is None:
-        source = f"start: calls | TEXT\n{call}TEXT: {_PLAIN_TEXT}\n"
+        source = f"start: calls | TEXT\n{call}TEXT: {_PLAIN_TEXT[tool_format]}\n"
         what = "a call to one of " + ", ".join(t["name"] for t in tools) + " or plain text"
     else:  # a named tool is one call to it (OpenAI's forced function); "any" may make several
         source = f"start: {'calls' if tool_choice == 'any' else 'call'}\n{call}"
         what = "a call to " + (tool_choice if tool_choice != "any" else "one of the bound tools")
     try:
-        return Grammar(Grammar.lark(source).text, f"tool-call grammar ({what})")
+        kind = "tool-call grammar" if tool_format == "hermes" else f"{tool_format} tool-call grammar"
+        return Grammar(Grammar.lark(source).text, f"{kind} ({what})")
     except InvalidInputError as exc:
         raise InvalidInputError(f"The bound tools' parameter schemas cannot be constrained: {exc}") from exc
 
@@ -107,10 +178,14 @@ def contract_grammar(contract: OutputContract | None) -> Grammar | None:
         answer = Grammar.any_json_object()
     if not contract.tools:
         return answer
-    calls = tool_call_grammar(contract.tools, contract.tool_choice)
+    calls = tool_call_grammar(
+        contract.tools, contract.tool_choice, contract.tool_format, contract.marker_tokens
+    )
     if answer is None or contract.tool_choice is not None:
         return calls
-    forced = tool_call_grammar(contract.tools, "any")  # auto with a schema: a call or the JSON
+    forced = tool_call_grammar(
+        contract.tools, "any", contract.tool_format
+    )  # auto with a schema: a call or the JSON
     return Grammar.any_of([forced, answer], f"{forced.description} or {answer.description}")
 
 

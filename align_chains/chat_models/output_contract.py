@@ -24,7 +24,8 @@ from tenacity import Retrying, retry_if_result, stop_after_attempt
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import Conversation
 from align_chains.models.policy import RenderedPrompt
-from align_chains.models.tool_calls import ParsedCalls, parse_tool_calls, system_with_tools
+from align_chains.models.tool_calls import ParsedCalls, system_with_tools
+from align_chains.models.tool_formats import parse_calls
 from align_chains.strategies.base import StrategyResult
 from align_chains.strategies.candidates import best_index
 
@@ -92,10 +93,19 @@ class OutputContract:
     tool_choice: str | None = None  # None (auto), "any" or a tool name
     json_schema: dict[str, Any] | None = None
     json_mode: bool = False
+    tool_format: str = "hermes"  # the policy's tool-call family (models.tool_formats)
+    marker_tokens: tuple[tuple[str, int], ...] = ()  # (marker, id) of the format's one-token markers
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> OutputContract | None:
-        """Pop the contract's call kwargs (``tools``, ``tool_choice``, ``response_format``)."""
+    def from_kwargs(
+        cls,
+        kwargs: dict[str, Any],
+        tool_format: str = "hermes",
+        marker_tokens: tuple[tuple[str, int], ...] = (),
+    ) -> OutputContract | None:
+        """Pop the contract's call kwargs (``tools``, ``tool_choice``, ``response_format``); calls
+        are asked for, constrained and read in ``tool_format`` (the policy's family), whose marker
+        strings are asked for as the tokens in ``marker_tokens`` (``Policy.call_marker_tokens``)."""
         raw_tools = kwargs.pop("tools", None) or ()
         raw_choice = kwargs.pop("tool_choice", None)
         response_format = kwargs.pop("response_format", None)
@@ -125,7 +135,7 @@ class OutputContract:
                 )
         if not tools and schema is None and not json_mode:
             return None
-        return cls(tools, choice, dict(schema) if schema else None, json_mode)
+        return cls(tools, choice, dict(schema) if schema else None, json_mode, tool_format, marker_tokens)
 
     @property
     def tool_names(self) -> list[str]:
@@ -151,7 +161,7 @@ class OutputContract:
             ask = "Reply with only a JSON object, no other text."
             system = f"{system}\n\n{ask}" if system else ask
         if self.tools:
-            head = system_with_tools(system, self.tools, self.tool_choice)
+            head = system_with_tools(system, self.tools, self.tool_choice, self.tool_format)
         elif system is not None:
             head = {"role": "system", "content": system}
         else:
@@ -161,7 +171,7 @@ class OutputContract:
     # -- 2. what is wrong with a candidate -------------------------------------------------
     def parse(self, text: str) -> ParsedCalls:
         """The text's tool calls (none are read when no tools are bound)."""
-        return parse_tool_calls(text, self.tool_names) if self.tools else ParsedCalls(text)
+        return parse_calls(self.tool_format, text, self.tool_names) if self.tools else ParsedCalls(text)
 
     def check(self, text: str) -> str | None:
         """Why ``text`` breaks the contract, or None when it keeps it."""

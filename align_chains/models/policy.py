@@ -15,7 +15,13 @@ from align_chains.models.chat import CONTINUE_FINAL, Conversation, validate_conv
 from align_chains.models.embedded import EMBEDDED_POLICY, POLICY_ALIASES, converted_policy_dir
 from align_chains.models.hub import resolve_model_dir
 from align_chains.models.rendering import ContentTokenizer
-from align_chains.models.tool_calls import for_template, template_takes_tools
+from align_chains.models.tool_calls import template_takes_tools
+from align_chains.models.tool_formats import (
+    DEFAULT_TOOL_FORMAT,
+    call_markers,
+    detect_tool_format,
+    template_messages,
+)
 from align_chains.settings import resolve_device, resolve_dtype
 
 
@@ -108,12 +114,25 @@ class Policy:
         """Whether the chat template renders tools itself (else the system-prompt fallback is used)."""
         return template_takes_tools(self.chat_template)
 
+    @property
+    def tool_format(self) -> str:
+        """The tool-call family of the chat template (``models.tool_formats``); a template without
+        tools gets the system-prompt fallback, which asks for the Hermes format."""
+        return detect_tool_format(self.chat_template) if self.takes_tools else DEFAULT_TOOL_FORMAT
+
+    def call_marker_tokens(self, tool_format: str) -> tuple[tuple[str, int], ...]:
+        """``(marker, token id)`` for each of ``tool_format``'s call markers that the tokenizer holds
+        as one added token (Mistral's ``[TOOL_CALLS]``, Qwen's ``<tool_call>``): the grammar then
+        asks for that token, as the model was trained, not for the marker spelled in text pieces."""
+        added = {t.content: i for i, t in self.tokenizer.added_tokens_decoder.items()}
+        return tuple((m, added[m]) for m in call_markers(tool_format) if m in added)
+
     def render(self, messages: Conversation, *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of the chat-templated conversation, ready to prefill."""
         validate_conversation(messages)
         from jinja2 import TemplateError
 
-        templated, tools = for_template(messages, native=self.takes_tools)
+        templated, tools = template_messages(messages, self.takes_tools, self.tool_format)
         # a final assistant message marked CONTINUE_FINAL is left open for the model to go on writing
         # (vLLM's continue_final_message), instead of being closed and followed by a new turn
         extend = bool(templated[-1].pop(CONTINUE_FINAL, False)) and templated[-1]["role"] == "assistant"

@@ -12,6 +12,7 @@ from pathlib import Path
 from align_chains.cli_options import parse_option
 from align_chains.errors import AlignChainsError
 from align_chains.models.embedded import EMBEDDED_POLICY
+from align_chains.models.tool_formats import TOOL_FORMATS
 from align_chains.scheduling import BatchingSettings
 from align_chains_server.admission import AUTO_MEMORY_FRACTION, CostLimits, parse_memory_size
 from align_chains_server.app import ServerLimits
@@ -156,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Read special-token strings in message content as control tokens (off by default: content "
         "is always text, so a client cannot forge a turn). Only for trusted clients that need raw tokens.",
     )
+    parser.add_argument(
+        "--tool-format",
+        choices=TOOL_FORMATS,
+        help="The tool-call format the policy writes (default: detected from its chat template; see "
+        "docs/tool_calling.md).",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_ray_options(parser)
     return parser
@@ -264,6 +271,7 @@ def served_model(args: argparse.Namespace) -> ServedModel:
         ),
         memory_budget=args.max_request_memory,
         content_special_tokens=args.content_special_tokens,
+        tool_format=args.tool_format,
     )
 
 

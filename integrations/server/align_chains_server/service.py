@@ -147,6 +147,7 @@ class ServedModel:
     cost_limits: CostLimits = field(default_factory=CostLimits)
     memory_budget: int | None = None  # bytes one request's estimated peak may need; None: from the device
     content_special_tokens: bool = False  # opt-out: special-token strings in content act as control tokens
+    tool_format: str | None = None  # the policy's tool-call format; None: detected from its chat template
 
     def __post_init__(self) -> None:
         self.cls: type[AlignedChatModel] = chat_model_class(self.strategy)
@@ -222,7 +223,7 @@ class ServedModel:
         return out
 
     def _base_fields(self, **extra: Any) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype, **extra}
+        return {"device": self.device, "dtype": self.dtype, "tool_format": self.tool_format, **extra}
 
     # -- planning: each check raises RequestError, in the order a request meets them -------------
     def plan(self, request: ChatCompletionRequest) -> PreparedRequest:
@@ -235,6 +236,8 @@ class ServedModel:
         sent = SentSettings.of(request)
         self._check_settings(sent)
         model = self._chat_model(sent)
+        tool_format = model.tool_format or self.policy.tool_format  # --tool-format, else the policy's own
+        output = output.in_format(tool_format, self.policy.call_marker_tokens(tool_format))
         conversation = self._conversation(request)
         prompt = self._render(conversation, output, model.max_tokens)
         strategy = model.build_strategy()

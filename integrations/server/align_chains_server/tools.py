@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -165,6 +165,14 @@ class OutputRequest:
         except InvalidInputError as exc:
             raise BadToolInput(str(exc), "tools") from exc
         return cls(contract, request.parallel_tool_calls)
+
+    def in_format(self, tool_format: str, marker_tokens: tuple[tuple[str, int], ...]) -> OutputRequest:
+        """This request with its tool calls asked for, constrained and read in the policy's family's
+        format (``models.tool_formats``; ``marker_tokens``: its markers held as one token each)."""
+        if self.contract is None or not self.contract.tools:
+            return self
+        contract = replace(self.contract, tool_format=tool_format, marker_tokens=marker_tokens)
+        return replace(self, contract=contract)
 
 
 # -- the history ---------------------------------------------------------------------------------
