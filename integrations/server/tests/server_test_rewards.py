@@ -8,10 +8,18 @@ SLOW_MARKER = "[slow]"
 SLOW_SECONDS = 3.0
 
 
+CRAWL_MARKER = "[crawl]"
+CRAWL_SECONDS = 0.05
+
+
 def length(prompt: str, response: str) -> float:
-    """Longer answers score higher; a prompt containing ``[slow]`` holds the worker for a while."""
+    """Longer answers score higher; a prompt containing ``[slow]`` holds the worker for a while,
+    one containing ``[crawl]`` a little per scored text (a long request on any machine, yet
+    cancelled within one reward call)."""
     if SLOW_MARKER in prompt:
         time.sleep(SLOW_SECONDS)
+    if CRAWL_MARKER in prompt:
+        time.sleep(CRAWL_SECONDS)
     return float(len(response))
 
 

@@ -39,13 +39,15 @@ CONFIG = REPO / "integrations" / "server" / "serve_config.yaml"
 MODEL = "best-of-n"
 HELLO = [{"role": "user", "content": "Hello there"}]
 ESSAY = "Write an essay."
-# Best-of-32 of 400 tokens sampled at temperature 2 (the end token is then as rare as any other):
-# far past the 8 s timeout unless cancelled
+# Best-of-32 of 400 tokens with early rejection scoring the ~30 surviving rows after every token
+# (rejecting 5% per decision) and the reward taking 0.05 s per text ("[crawl]"): about a second per
+# token, far past the 8 s timeout on any machine unless cancelled, yet each reward call short
+# enough that a cancellation lands within two seconds
 HEAVY = {
-    "messages": [{"role": "user", "content": ESSAY}],
+    "messages": [{"role": "user", "content": f"[crawl] {ESSAY}"}],
     "max_tokens": 400,
     "temperature": 2.0,
-    "align_chains": {"n": 32},
+    "align_chains": {"n": 32, "rejection": 0.05, "decision_every": 1},
 }
 
 
