@@ -21,7 +21,7 @@ LAYERS = [
     ("errors", "progress", "settings", "cli_options", "cancellation"),
     ("models",),
     ("engine",),
-    ("rewards",),
+    ("rewards", "tasks"),
     ("strategies",),
     ("chat_models", "rerank", "embeddings", "agent_middleware"),
     ("evaluation", "plots", "memory", "testing", "cli"),
