@@ -20,17 +20,20 @@ from typing import Any
 from align_chains.chat_models.results import build_message
 from align_chains.errors import AlignChainsError, InvalidInputError
 from align_chains.evaluation.cell_details import CAPS, cell_details
+from align_chains.evaluation.fluency import GATE, measure, verdict
 from align_chains.evaluation.prompts import STARTER_PROMPTS, EvalPrompt, load_prompts
 from align_chains.evaluation.rewards import load_eval_reward
 from align_chains.evaluation.specs import StrategySetting, parse_specs, plain_sample
 from align_chains.evaluation.stats import summarise
 from align_chains.models.embedded import EMBEDDED_POLICY
 from align_chains.models.policy import Policy, load_policy
+from align_chains.rewards import RewardModel
 from align_chains.rewards.specs import parse_reward_spec
+from align_chains.tasks import LineReward, RoutedReward, conversation_key
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-prompt rewards, success and the fluency gate
 # settings that must match for a results file to be resumed
-_RESUME_KEYS = ("policy", "reward", "holdout", "max_tokens", "temperature", "seed")
+_RESUME_KEYS = ("policy", "reward", "holdout", "max_tokens", "temperature", "seed", "fluency_gate")
 
 
 @dataclass
@@ -45,6 +48,12 @@ class EvalReport:
 
     def done(self, key: str, prompt_id: str) -> bool:
         return any(c["key"] == key and c["prompt"] == prompt_id for c in self.cells)
+
+    def reference_nll(self, prompt_id: str) -> float | None:
+        """The plain sample's NLL per token for a prompt: the fluency gate's reference."""
+        plain = plain_sample().key
+        cell = next((c for c in self.cells if c["key"] == plain and c["prompt"] == prompt_id), None)
+        return None if cell is None else cell["fluency"]["nll"]
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per setting that has results: rewards, win rates vs the plain sample, compute."""
@@ -137,7 +146,10 @@ def _resume(path: Path, config: dict[str, Any], prompts: list[EvalPrompt]) -> tu
             f"Cannot resume from {str(path)!r}: {exc}. Delete it or pass another --json path."
         ) from None
     if data.get("version") != FORMAT_VERSION:
-        raise InvalidInputError(f"{str(path)!r} is not an align-chains eval results file (version 1).")
+        raise InvalidInputError(
+            f"{str(path)!r} is not an align-chains eval results file of version {FORMAT_VERSION} (older "
+            "files have no fluency gate): pass another --json path to start afresh."
+        )
     changed = [k for k in _RESUME_KEYS if data["config"].get(k) != config.get(k)]
     messages = {p["id"]: p["messages"] for p in data.get("prompts", [])}
     changed += [f"prompt {p.id!r}" for p in prompts if p.id in messages and messages[p.id] != p.messages]
@@ -188,11 +200,17 @@ def evaluate(
         else []
     )
     settings = [plain_sample(), *(s for s in parsed if s.key != plain_sample().key)]
-    for spec in (reward, holdout):
-        parse_reward_spec(spec)  # a bad spec fails here, before any model loads
+    routes = line_routes(loaded)  # two lines asking the same with different rewards fail here
+    global_reward = None if routes and all(p.reward is not None for p in loaded) else reward
+    for spec in (global_reward, holdout):
+        if spec is not None:
+            parse_reward_spec(spec)  # a bad spec fails here, before any model loads
+    shown = reward if isinstance(reward, str) else repr(reward)
     config = {
         "policy": policy if isinstance(policy, str) else policy.name,
-        "reward": reward if isinstance(reward, str) else repr(reward),
+        "reward": ("per-prompt" if global_reward is None else f"per-prompt, else {shown}")
+        if routes
+        else shown,
         "holdout": holdout if isinstance(holdout, str) else repr(holdout),
         "max_tokens": max_tokens,
         "temperature": temperature,
@@ -200,6 +218,7 @@ def evaluate(
         "batch_size": batch_size,
         "strategies": [s.key for s in settings],
         "kept": CAPS,  # what each cell keeps of candidates and traces (evaluation/cell_details.py)
+        "fluency_gate": GATE,  # success = constraint met AND fluent (evaluation/fluency.py)
     }
     report = EvalReport(config=config, prompts=loaded, settings=settings)
     if json_path is not None and Path(json_path).exists():
@@ -212,7 +231,7 @@ def evaluate(
             report,
             todo,
             policy,
-            reward,
+            (routes, global_reward),
             holdout,
             max_tokens,
             temperature,
@@ -231,11 +250,28 @@ def evaluate(
     return report
 
 
+def line_routes(prompts: Sequence[EvalPrompt]) -> dict[str, LineReward]:
+    """Each prompt's own reward by its messages; the same messages with two rewards is an error."""
+    routes: dict[str, LineReward] = {}
+    owner: dict[str, str] = {}
+    for p in prompts:
+        if p.reward is None:
+            continue
+        key = conversation_key(p.messages)
+        if key in routes and routes[key] != p.reward:
+            raise InvalidInputError(
+                f"Prompts {owner[key]!r} and {p.id!r} have the same messages but different rewards; "
+                "a strategy sees only the messages, so make the prompts differ (or merge the lines)."
+            )
+        routes[key], owner[key] = p.reward, p.id
+    return routes
+
+
 def _run(
     report: EvalReport,
     todo: list[tuple[StrategySetting, list[EvalPrompt]]],
     policy_spec: str | Policy,
-    reward_spec: Any,
+    reward_specs: tuple[dict[str, LineReward], Any],
     holdout_spec: Any,
     max_tokens: int,
     temperature: float | None,
@@ -248,7 +284,10 @@ def _run(
     from tqdm.auto import tqdm
 
     policy = load_policy(policy_spec, device=device)
-    reward = load_eval_reward(reward_spec, policy, device)
+    routes, global_spec = reward_specs
+    base = None if global_spec is None else load_eval_reward(global_spec, policy, device)
+    reward = RoutedReward(routes, base) if routes else base
+    assert reward is not None
     holdout = load_eval_reward(holdout_spec, policy, device)
     common: dict[str, Any] = {"policy": policy, "reward": reward, "max_tokens": max_tokens, "seed": seed}
     if temperature is not None:
@@ -273,32 +312,60 @@ def _run(
                     bar.update(len(chunk))
                     continue
                 messages = [build_message(result, model.model_name) for result in results]
-                texts = [m.text for m in messages]
-                conversations = [p.messages for p in chunk]
-                rewards = reward.score(conversations, texts)
-                held = holdout.score(conversations, texts)
-                for prompt, message, result, r, h in zip(
-                    chunk, messages, results, rewards, held, strict=True
-                ):
-                    meta = message.response_metadata
-                    compute = meta["compute"]
-                    report.cells.append(
-                        {
-                            "key": setting.key,
-                            "strategy": setting.strategy,
-                            "settings": setting.settings,
-                            "prompt": prompt.id,
-                            "text": message.text,
-                            "reward": r,
-                            "holdout": h,
-                            "strategy_reward": meta.get("reward"),
-                            "compute": compute,
-                            "per_prompt": per_prompt_compute(compute, message.usage_metadata["input_tokens"]),
-                            **cell_details(result),  # candidates and trace, capped
-                        }
-                    )
+                report.cells.extend(
+                    _cells(report, setting, chunk, messages, results, (reward, holdout), policy)
+                )
                 bar.update(len(chunk))
                 if json_path is not None:
                     report.save(json_path)
     finally:
         bar.close()
+
+
+def _cells(
+    report: EvalReport,
+    setting: StrategySetting,
+    chunk: list[EvalPrompt],
+    messages: list[Any],
+    results: list[Any],
+    rewards: tuple[RewardModel, RewardModel],
+    policy: Policy,
+) -> list[dict[str, Any]]:
+    """One batch's cells: rewards, the task's success test, the fluency gate, compute, details."""
+    reward, holdout = rewards
+    texts = [m.text for m in messages]
+    conversations = [p.messages for p in chunk]
+    scores = reward.score(conversations, texts)
+    held = holdout.score(conversations, texts)
+    met = reward.success(conversations, texts) if isinstance(reward, RoutedReward) else [None] * len(texts)
+    gates = [
+        verdict(m, m["nll"] if setting.key == plain_sample().key else report.reference_nll(p.id))
+        for p, m in zip(chunk, measure(policy, conversations, texts), strict=True)
+    ]
+    cells = []
+    for prompt, message, result, r, h, ok, gate in zip(
+        chunk, messages, results, scores, held, met, gates, strict=True
+    ):
+        meta = message.response_metadata
+        compute = meta["compute"]
+        cells.append(
+            {
+                "key": setting.key,
+                "strategy": setting.strategy,
+                "settings": setting.settings,
+                "prompt": prompt.id,
+                "text": message.text,
+                "reward": r,
+                "holdout": h,
+                "task_reward": r if prompt.reward is not None else None,
+                "constraint_met": ok,
+                "fluent": gate["fluent"],
+                "success": None if ok is None else bool(ok and gate["fluent"]),
+                "fluency": gate,
+                "strategy_reward": meta.get("reward"),
+                "compute": compute,
+                "per_prompt": per_prompt_compute(compute, message.usage_metadata["input_tokens"]),
+                **cell_details(result),  # candidates and trace, capped
+            }
+        )
+    return cells
