@@ -9,7 +9,7 @@ import pytest
 
 from align_chains.errors import InvalidInputError
 from align_chains.evaluation import evaluate, load_prompts
-from align_chains.evaluation.fluency import NLL_MARGIN
+from align_chains.evaluation.fluency import NLL_FLOOR, NLL_MARGIN
 from align_chains.evaluation.report.data import page_data
 from align_chains.tasks import FAMILIES, instances
 
@@ -104,7 +104,8 @@ def test_eval_scores_each_line_by_its_own_reward_with_success_and_the_gate(tiny_
             assert cell["reward"] == float(cell["constraint_met"])
         gate = cell["fluency"]
         assert gate["reference_nll"] == plain_nll[cell["prompt"]]
-        too_far = gate["nll"] is not None and gate["nll"] > gate["reference_nll"] + NLL_MARGIN
+        limit = max(NLL_FLOOR, gate["reference_nll"] + NLL_MARGIN)
+        too_far = gate["nll"] is not None and gate["nll"] > limit
         assert cell["fluent"] == (gate["tokens"] > 0 and not too_far and gate["repetition"] <= 0.25)
         assert cell["success"] == (cell["constraint_met"] and cell["fluent"])
     rows = {r["key"]: r for r in data["summary"]}

@@ -3,8 +3,10 @@
 Fixed before any results were read (issue 24), and deliberately cheap to state, hard to game:
 
 - **per-token NLL under the policy** (the plain prompt), at most ``NLL_MARGIN`` nats above the
-  NLL of the policy's own plain sample for the same prompt: word salad that ticks a box reads as
-  noise to the very model that wrote the plain answer;
+  NLL of the policy's own plain sample for the same prompt, or ``NLL_FLOOR`` when that is
+  higher: word salad that ticks a box reads as noise to the very model that wrote the plain
+  answer. (The floor was added on the dev split, before any test result: one plain sample is a
+  noisy reference, and a sample at 1.23 nats made a plainly fluent 2.31-nat answer fail.);
 - **repetition**: at most ``MAX_REPETITION`` of the answer's token trigrams repeat an earlier one
   (rep-3, as the SEA guard measures it), so a loop of the required words fails;
 - **not empty**: at least one word.
@@ -27,10 +29,13 @@ from align_chains.strategies.fluency_guard import mean_nll, repetition_rate
 
 NLL_MARGIN = 1.0
 """Nats per token an answer may exceed the plain sample's NLL (a perplexity e times higher)."""
+NLL_FLOOR = 3.0
+"""The NLL threshold is never below this (a perplexity of 20: normal samples of the 135M policy
+run near 2 nats, the broken texts the gate is for well above 4)."""
 MAX_REPETITION = 0.25
 """Largest share of token trigrams that repeat an earlier trigram."""
 NGRAM = 3
-GATE = {"nll_margin": NLL_MARGIN, "max_repetition": MAX_REPETITION, "ngram": NGRAM}
+GATE = {"nll_margin": NLL_MARGIN, "nll_floor": NLL_FLOOR, "max_repetition": MAX_REPETITION, "ngram": NGRAM}
 
 
 def answer_logprobs(policy: Policy, conversations: Sequence[Conversation], texts: Sequence[str]) -> list:
@@ -63,12 +68,17 @@ def measure(policy: Policy, conversations: Sequence[Conversation], texts: Sequen
     ]
 
 
+def nll_threshold(reference_nll: float | None) -> float:
+    """The most NLL per token an answer may have: its plain sample's + the margin, at least the floor."""
+    return max(NLL_FLOOR, (reference_nll or 0.0) + NLL_MARGIN)
+
+
 def verdict(measured: dict[str, Any], reference_nll: float | None) -> dict[str, Any]:
     """The gate on one answer: ``fluent`` and, when it fails, ``reason`` (empty, nll, repetition)."""
     reason = None
     if not measured["tokens"] or measured["nll"] is None:
         reason = "empty"
-    elif reference_nll is not None and measured["nll"] > reference_nll + NLL_MARGIN:
+    elif measured["nll"] > nll_threshold(reference_nll):
         reason = "nll"
     elif measured["repetition"] > MAX_REPETITION:
         reason = "repetition"
