@@ -171,3 +171,29 @@ def test_sea_follows_the_surrogate_and_refuses_families_without_one(tiny_policy)
     assert res.reward == reward.score(prompts[:1], [res.text])[0]
     with pytest.raises(InvalidInputError, match="have none"):
         SEA(chains=1, iterations=2).run_batch(prompts[2:], tiny_policy, reward, PARAMS)
+
+
+def test_branch_scorer_treats_an_eos_branch_as_finished(tiny_policy):
+    from align_chains.engine import ComputeCounters
+    from align_chains.rewards.base import RewardModel
+    from align_chains.rewards.prefix import PrefixScoring
+
+    seen = []
+
+    class Spy(PrefixScoring, RewardModel):
+        def _score(self, prompts, responses):
+            return [0.0] * len(responses)
+
+        def score_prefix(self, prompts, prefixes, remaining):
+            seen.append(list(remaining))
+            return [float(r) for r in remaining]
+
+    counters = ComputeCounters()
+    scorer = PrefixBranchScorer(Spy(), tiny_policy, counters)
+    scorer.start(["Hi"], [0], max_new_tokens=5)
+    eos = tiny_policy.eos_token_ids[0]
+    values = scorer.score(torch.tensor([[eos, 42]]), torch.tensor([True]))
+    assert seen == [[0, 4]] and values.tolist() == [[0.0, 4.0]]  # EOS: nothing left; else 5 - 1
+    scorer.commit(torch.tensor([1]), torch.tensor([42]))
+    scorer.score(torch.tensor([[7, 8]]), torch.tensor([True]))
+    assert seen[-1] == [3, 3] and counters.reward_items == 4
