@@ -5,7 +5,7 @@
 runs ``align-chains eval`` once per family (prompt file ``<out>/<family>.jsonl``, resumable
 results ``<out>/<family>.json``) in rounds of ``--round`` instances, so a run stopped at any
 point has every setting on the same first instances. ``--summarise`` only (re)writes the map
-from the results files: ``<out>.json`` (the rows) and ``<out>.md`` (the tables).
+from the results files: ``<out>/map.json`` (the rows) and ``<out>/map.md`` (the tables).
 
 Budgets are matched by generated tokens against one plain sample (1x): ARGS spends reward items,
 not tokens, so it sits at 1x with its reward items shown; the settings of the other budgets were
@@ -186,8 +186,8 @@ def summarise(args: argparse.Namespace) -> None:
         for r in family_rows(args.out / f"{f}.json")
     ]
     payload = {"machine": machine(), "split": args.split, "max_tokens": args.max_tokens, "rows": rows}
-    Path(f"{args.out}.json").write_text(json.dumps(payload, indent=1))
-    Path(f"{args.out}.md").write_text(machine_line(payload["machine"]) + "\n\n" + tables(rows) + "\n")
+    (args.out / "map.json").write_text(json.dumps(payload, indent=1))
+    (args.out / "map.md").write_text(machine_line(payload["machine"]) + "\n\n" + tables(rows) + "\n")
     print(tables(rows))
 
 
