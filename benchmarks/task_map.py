@@ -23,8 +23,9 @@ from typing import Any
 
 from common import machine, machine_line, markdown_table
 
-from align_chains.evaluation import evaluate, parse_spec
+from align_chains.evaluation import evaluate, parse_spec, per_prompt_compute
 from align_chains.evaluation.report.pairs import compare
+from align_chains.evaluation.stats import summarise as summary_row
 from align_chains.tasks import FAMILIES, instances
 
 # budget -> settings; the Best-of-N setting of each budget is what the others are paired against
@@ -98,8 +99,13 @@ def family_rows(path: Path) -> list[dict[str, Any]]:
     """One row per setting of one family's results: rates, rewards, compute, paired vs Best-of-N."""
     data = json.loads(path.read_text())
     ids = [p["id"] for p in data["prompts"]]
+    for cell in data["cells"]:
+        if cell["strategy"] == "darwin":  # files from before the runner told DARWIN's own counters apart
+            cell["per_prompt"] = per_prompt_compute(cell["compute"], 0, uniform=False)
     cells = {(c["key"], c["prompt"]): c for c in data["cells"]}
-    summary = {r["key"]: r for r in data["summary"]}
+    plain = {c["prompt"]: c for c in data["cells"] if c["key"] == "plain"}
+    keys = list(dict.fromkeys(c["key"] for c in data["cells"]))
+    summary = {k: summary_row([c for c in data["cells"] if c["key"] == k], plain) for k in keys}
     rows = []
     for key, row in summary.items():
         budget = budget_of(key)

@@ -117,16 +117,19 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def per_prompt_compute(compute: dict[str, Any], input_tokens: int) -> dict[str, float]:
+def per_prompt_compute(compute: dict[str, Any], input_tokens: int, uniform: bool = True) -> dict[str, float]:
     """One prompt's share of a batched run's work.
 
     Forward passes, reward calls and seconds are shared by the ``batch_size`` prompts of a run,
     so each prompt is charged an equal share. Generated tokens and reward items are the
     prompt's own, except from a strategy whose counters describe the whole batch (its
-    ``prompt_tokens`` is then not this prompt's length): those are shared too.
+    ``prompt_tokens`` is then not this prompt's length, and every prompt of the batch got the
+    same counters, ``uniform``): those are shared too. DARWIN counts each prompt's own tokens
+    but also its mutation prompts in ``prompt_tokens``; its counters differ between prompts.
     """
     size = max(1, int(compute.get("batch_size", 1)))
-    whole_batch = size > 1 and int(compute.get("prompt_tokens", input_tokens)) != input_tokens
+    own_length = int(compute.get("prompt_tokens", input_tokens)) == input_tokens
+    whole_batch = size > 1 and uniform and not own_length
     own = size if whole_batch else 1
     return {
         "generated_tokens": compute["generated_tokens"] / own,
@@ -342,6 +345,8 @@ def _cells(
         verdict(m, m["nll"] if setting.key == plain_sample().key else report.reference_nll(p.id))
         for p, m in zip(chunk, measure(policy, conversations, texts), strict=True)
     ]
+    computes = [m.response_metadata["compute"] for m in messages]
+    uniform = all(c == computes[0] for c in computes)
     cells = []
     for prompt, message, result, r, h, ok, gate in zip(
         chunk, messages, results, scores, held, met, gates, strict=True
@@ -364,7 +369,7 @@ def _cells(
                 "fluency": gate,
                 "strategy_reward": meta.get("reward"),
                 "compute": compute,
-                "per_prompt": per_prompt_compute(compute, message.usage_metadata["input_tokens"]),
+                "per_prompt": per_prompt_compute(compute, message.usage_metadata["input_tokens"], uniform),
                 **cell_details(result),  # candidates and trace, capped
             }
         )
