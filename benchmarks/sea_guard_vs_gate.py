@@ -3,7 +3,7 @@
     python benchmarks/sea_guard_vs_gate.py docs/task_map/keywords.json docs/task_map/avoidance.json
 
 Reads SEA cells of ``align-chains eval`` results files (the task map's), takes every candidate
-SEA produced by optimisation or revision that its guard admitted (``meta.guard`` empty; initial
+SEA produced by optimisation or revision that its guard admitted (no ``meta.guard.reason``; initial
 samples are the guard's own references and are left out), and puts it through the gate
 (``align_chains.evaluation.fluency``) against the plain sample of the same prompt. Prints and
 optionally writes (``--json``) the counts and every text the gate rejects.
@@ -32,7 +32,8 @@ def admitted(path: Path) -> list[dict]:
             continue
         for cand in cell.get("candidates", []):
             meta = cand.get("meta") or {}
-            if meta.get("kind") == "initial" or meta.get("guard"):
+            guard = meta.get("guard") or {}  # the guard's measurements; "reason" set when it excluded
+            if meta.get("kind") == "initial" or guard.get("reason"):
                 continue
             out.append(
                 {
