@@ -77,8 +77,9 @@ class ValueGuided(Strategy):
         "Integrated Value Guidance (IVG)",
         "adds a guide's logit difference at every token and/or beam-searches chunks by value",
         "one extra row per token (principle guide) plus chunk scoring",
-        "you have a tuned/untuned model pair, or a principle for the policy to guide itself, with no "
-        "reward model",
+        "a tuned/untuned pair or a principle guide; or chunk search on a reward with a prefix rule "
+        "(at or above Best-of-N at equal tokens on keywords and avoidance on the "
+        "[task map](task_map.md), below it on format)",
         page="guided_decoding.md",
     )
     streams: ClassVar[bool] = True
