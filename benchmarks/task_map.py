@@ -95,17 +95,21 @@ def budget_of(key: str) -> str:
     return "extra"
 
 
-def family_rows(path: Path) -> list[dict[str, Any]]:
-    """One row per setting of one family's results: rates, rewards, compute, paired vs Best-of-N."""
+def load_cells(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """A family's prompt ids and cells (DARWIN's per-prompt compute recomputed, see below)."""
     data = json.loads(path.read_text())
-    ids = [p["id"] for p in data["prompts"]]
     for cell in data["cells"]:
         if cell["strategy"] == "darwin":  # files from before the runner told DARWIN's own counters apart
             cell["per_prompt"] = per_prompt_compute(cell["compute"], 0, uniform=False)
-    cells = {(c["key"], c["prompt"]): c for c in data["cells"]}
-    plain = {c["prompt"]: c for c in data["cells"] if c["key"] == "plain"}
-    keys = list(dict.fromkeys(c["key"] for c in data["cells"]))
-    summary = {k: summary_row([c for c in data["cells"] if c["key"] == k], plain) for k in keys}
+    return [p["id"] for p in data["prompts"]], data["cells"]
+
+
+def family_rows(family: str, ids: list[str], all_cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per setting: rates, rewards, compute, paired against Best-of-N at its budget."""
+    cells = {(c["key"], c["prompt"]): c for c in all_cells}
+    plain = {c["prompt"]: c for c in all_cells if c["key"] == "plain"}
+    keys = list(dict.fromkeys(c["key"] for c in all_cells))
+    summary = {k: summary_row([c for c in all_cells if c["key"] == k], plain) for k in keys}
     rows = []
     for key, row in summary.items():
         budget = budget_of(key)
@@ -120,7 +124,7 @@ def family_rows(path: Path) -> list[dict[str, Any]]:
         success_pair, reward_pair = compare(pairs) if key != base else (None, None)
         rows.append(
             {
-                "family": path.stem,
+                "family": family,
                 "budget": budget,
                 "key": key,
                 "instances": row["prompts"],
@@ -185,12 +189,12 @@ def tables(rows: list[dict[str, Any]]) -> str:
 
 
 def summarise(args: argparse.Namespace) -> None:
-    rows = [
-        r
-        for f in args.families
-        if (args.out / f"{f}.json").exists()
-        for r in family_rows(args.out / f"{f}.json")
-    ]
+    paths = {f: args.out / f"{f}.json" for f in args.families}
+    loaded = {f: load_cells(path) for f, path in paths.items() if path.exists()}
+    rows = [r for f, (ids, cells) in loaded.items() for r in family_rows(f, ids, cells)]
+    pooled_ids = [i for ids, _ in loaded.values() for i in ids]
+    pooled = [c for _, cells in loaded.values() for c in cells]
+    rows += family_rows("all families pooled", pooled_ids, pooled)
     payload = {"machine": machine(), "split": args.split, "max_tokens": args.max_tokens, "rows": rows}
     (args.out / "map.json").write_text(json.dumps(payload, indent=1))
     (args.out / "map.md").write_text(machine_line(payload["machine"]) + "\n\n" + tables(rows) + "\n")
