@@ -44,8 +44,7 @@ class BestOfN(Strategy):
         "samples n answers in one batch, keeps the one the reward prefers",
         "n candidates decoded as one batch, one reward call",
         "the default: any reward (even a Python function), any policy, scales with n; on the "
-        "[task map](task_map.md) it is the one that never fails badly, and the only one that helped "
-        "on exact length and format (16x tokens)",
+        "[task map](task_map.md) it never lost badly and was the best on exact length (16x tokens)",
         page="best_of_n.md",
     )
 

@@ -78,8 +78,8 @@ class ValueGuided(Strategy):
         "adds a guide's logit difference at every token and/or beam-searches chunks by value",
         "one extra row per token (principle guide) plus chunk scoring",
         "a tuned/untuned pair or a principle guide; or chunk search on a reward with a prefix rule "
-        "(at or above Best-of-N at equal tokens on keywords and avoidance on the "
-        "[task map](task_map.md), below it on format)",
+        "(above Best-of-16 at equal tokens on keywords and avoidance on the [task map](task_map.md), "
+        "below Best-of-N on format and at 4x on keywords)",
         page="guided_decoding.md",
     )
     streams: ClassVar[bool] = True
