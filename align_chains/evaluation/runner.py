@@ -196,24 +196,14 @@ def evaluate(
     if not loaded:
         raise InvalidInputError("No prompts to evaluate.")
     loaded = loaded[:limit] if limit else loaded
-    parsed = [s for s in strategies if isinstance(s, StrategySetting)]
-    parsed += (
-        parse_specs([s for s in strategies if isinstance(s, str)], max_tokens=max_tokens)
-        if any(isinstance(s, str) for s in strategies)
-        else []
-    )
-    settings = [plain_sample(), *(s for s in parsed if s.key != plain_sample().key)]
+    settings = _settings(strategies, max_tokens)
     routes = line_routes(loaded)  # two lines asking the same with different rewards fail here
     global_reward = None if routes and all(p.reward is not None for p in loaded) else reward
-    for spec in (global_reward, holdout):
-        if spec is not None:
-            parse_reward_spec(spec)  # a bad spec fails here, before any model loads
-    shown = reward if isinstance(reward, str) else repr(reward)
+    for spec in (s for s in (global_reward, holdout) if s is not None):
+        parse_reward_spec(spec)  # a bad spec fails here, before any model loads
     config = {
         "policy": policy if isinstance(policy, str) else policy.name,
-        "reward": ("per-prompt" if global_reward is None else f"per-prompt, else {shown}")
-        if routes
-        else shown,
+        "reward": _reward_label(reward, bool(routes), global_reward is None),
         "holdout": holdout if isinstance(holdout, str) else repr(holdout),
         "max_tokens": max_tokens,
         "temperature": temperature,
@@ -227,8 +217,7 @@ def evaluate(
     if json_path is not None and Path(json_path).exists():
         report.cells, report.errors = _resume(Path(json_path), config, loaded)
 
-    todo = [(s, [p for p in loaded if not report.done(s.key, p.id)]) for s in settings]
-    todo = [(s, ps) for s, ps in todo if ps]
+    todo = [(s, ps) for s in settings if (ps := [p for p in loaded if not report.done(s.key, p.id)])]
     if todo:
         _run(
             report,
@@ -251,6 +240,22 @@ def evaluate(
 
         plot_curves(report.summary(), plot_path)
     return report
+
+
+def _settings(strategies: Sequence[str | StrategySetting], max_tokens: int) -> list[StrategySetting]:
+    """The plain sample, then every setting of every spec (specs are parsed and checked here)."""
+    parsed = [s for s in strategies if isinstance(s, StrategySetting)]
+    specs = [s for s in strategies if isinstance(s, str)]
+    parsed += parse_specs(specs, max_tokens=max_tokens) if specs else []
+    return [plain_sample(), *(s for s in parsed if s.key != plain_sample().key)]
+
+
+def _reward_label(reward: Any, routed: bool, all_routed: bool) -> str:
+    """How the config names the optimised reward ("per-prompt" when lines carry their own)."""
+    shown = reward if isinstance(reward, str) else repr(reward)
+    if not routed:
+        return shown
+    return "per-prompt" if all_routed else f"per-prompt, else {shown}"
 
 
 def line_routes(prompts: Sequence[EvalPrompt]) -> dict[str, LineReward]:
