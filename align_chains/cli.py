@@ -99,7 +99,10 @@ def _add_eval_parser(commands: Any) -> None:
         "--strategies", nargs="+", default=["best-of-n:n=1,2,4,8", "early-rejection:n=8:rejection=0.5"],
         help="Specs NAME[:KEY=V1,V2...], e.g. best-of-n:n=4,8,16,32 sea darwin:cycles=1 reward-guided:k=4.",
     )  # fmt: skip
-    ev.add_argument("--reward", default="judge", help="The reward strategies optimise (default: judge).")
+    ev.add_argument(
+        "--reward", default="judge",
+        help="The reward strategies optimise (default: judge); lines with their own \"reward\" use theirs.",
+    )  # fmt: skip
     ev.add_argument(
         "--holdout-reward", default="minilm",
         help="A held-out reward: 'minilm', 'judge-principle:<sentence>', 'rule:distinct', "

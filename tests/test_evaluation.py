@@ -154,6 +154,10 @@ def test_batched_work_is_shared_between_prompts():
     }
     whole = per_prompt_compute({**compute, "prompt_tokens": 80}, input_tokens=20)  # counters of the batch
     assert whole["generated_tokens"] == 7.5 and whole["reward_items"] == 2
+    # DARWIN: its prompt_tokens include its mutation prompts, but its counters are each prompt's own
+    # (they differ between the prompts of a batch): its tokens are not divided
+    darwin = per_prompt_compute({**compute, "prompt_tokens": 80}, input_tokens=20, uniform=False)
+    assert darwin["generated_tokens"] == 30 and darwin["seconds"] == 1.0
 
 
 def test_rule_rewards():

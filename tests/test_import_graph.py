@@ -24,7 +24,7 @@ LAYERS = [
     ("errors", "progress", "settings", "cli_options", "cancellation", "scheduling"),
     ("models",),
     ("engine",),
-    ("rewards",),
+    ("rewards", "tasks"),
     ("strategies",),
     ("chat_models", "rerank", "embeddings", "agent_middleware"),
     ("evaluation", "plots", "memory", "testing", "cli"),

@@ -5,6 +5,14 @@ Each line is a JSON object with either ``"prompt"`` (one user turn) or ``"messag
 
     {"id": "sleep-tips", "prompt": "Give me three tips for better sleep."}
     {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
+
+A line may carry its own ``"reward"``: a task family with its parameters, or your verifier,
+which receives the answer and the whole line (so any other field of the line is yours)::
+
+    {"prompt": "Use: dog, moon.", "reward": {"family": "keywords", "words": ["dog", "moon"]}}
+    {"prompt": "What is 17 * 3?", "reward": "python:my_checks:exact", "expected": "51"}
+
+Every line's reward is checked here, before any model loads (``tasks.parse_line_reward``).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 
 from align_chains.errors import InvalidInputError
 from align_chains.models.chat import as_conversation
+from align_chains.tasks import LineReward, parse_line_reward
 
 STARTER_PROMPTS = Path(__file__).parent / "data" / "starter.jsonl"
 
@@ -26,9 +35,17 @@ class EvalPrompt:
 
     id: str
     messages: list[dict[str, str]]
+    reward: LineReward | None = None  # the line's own reward, if it has one
+    split: str | None = None  # "dev" / "test" for generated task instances
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "messages": self.messages}
+        out: dict[str, Any] = {"id": self.id, "messages": self.messages}
+        if self.reward is not None:
+            task = self.reward.describe()
+            out["task"] = task if isinstance(task, dict) else {"verifier": task}
+        if self.split is not None:
+            out["split"] = self.split
+        return out
 
 
 def load_prompts(path: str | Path = STARTER_PROMPTS) -> list[EvalPrompt]:
@@ -65,11 +82,13 @@ def parse_prompt(record: Any, where: str, default_id: str) -> EvalPrompt:
         raise InvalidInputError(
             f'{where}: expected a JSON object like {{"prompt": "..."}}, got {type(record).__name__}.'
         )
-    unknown = sorted(set(record) - {"id", "prompt", "messages"})
+    # a line with its own reward may carry any other field: its verifier receives the line
+    unknown = [] if "reward" in record else sorted(set(record) - {"id", "prompt", "messages", "split"})
     if unknown or ("prompt" in record) == ("messages" in record):
         raise InvalidInputError(
             f'{where}: give exactly one of "prompt" (a string) or "messages" (role/content turns), and '
-            f'optionally "id"; got keys {sorted(record)}.'
+            f'optionally "id" and "reward" (other fields need a "reward" to read them); got keys '
+            f"{sorted(record)}."
         )
     prompt_id = record.get("id", default_id)
     if not isinstance(prompt_id, str) or not prompt_id.strip():
@@ -82,4 +101,6 @@ def parse_prompt(record: Any, where: str, default_id: str) -> EvalPrompt:
     except InvalidInputError as exc:
         raise InvalidInputError(f"{where}: {exc}") from None
     messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in conversation]
-    return EvalPrompt(id=prompt_id, messages=messages)
+    reward = parse_line_reward(record["reward"], record, where) if "reward" in record else None
+    split = None if record.get("split") is None else str(record["split"])
+    return EvalPrompt(id=prompt_id, messages=messages, reward=reward, split=split)

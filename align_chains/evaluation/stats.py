@@ -46,7 +46,7 @@ def summarise(cells: Sequence[dict[str, Any]], baseline: dict[str, dict[str, Any
         return {"mean": float(np.mean(values)), "ci": list(bootstrap_ci(values))}
 
     compute_keys = ("generated_tokens", "forward_passes", "reward_calls", "reward_items", "seconds")
-    return {
+    row = {
         "prompts": len(cells),
         "reward": mean_ci(rewards),
         "holdout": mean_ci(holdouts),
@@ -54,3 +54,10 @@ def summarise(cells: Sequence[dict[str, Any]], baseline: dict[str, dict[str, Any
         "holdout_win_rate": mean_ci(holdout_wins),
         "compute": {k: float(np.mean([c["per_prompt"][k] for c in cells])) for k in compute_keys},
     }
+    # rates over the cells that have the field (tasks: success; every answer: the fluency gate)
+    rates = (("success_rate", "success"), ("constraint_rate", "constraint_met"), ("fluent_rate", "fluent"))
+    for name, key in rates:
+        values = [float(c[key]) for c in cells if c.get(key) is not None]
+        if values:
+            row[name] = mean_ci(values)
+    return row

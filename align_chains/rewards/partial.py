@@ -162,7 +162,14 @@ class JudgePartialScorer(PartialScorer):
 def partial_scorer(
     reward: RewardModel, policy: Policy, counters: ComputeCounters, mode: str = "auto"
 ) -> PartialScorer:
-    """The incremental scorer when the reward has one (``mode`` 'auto' or 'incremental'), else text."""
+    """The incremental scorer when the reward has one (``mode`` 'auto' or 'incremental'), else text.
+
+    A reward with its own rule for partial answers offers ``reward.partial_scorer(policy,
+    counters)`` (``rewards/prefix.py``); that is used in every mode but 'text'.
+    """
+    own = getattr(reward, "partial_scorer", None)
+    if mode != "text" and own is not None:
+        return own(policy, counters)
     if mode != "text" and JudgePartialScorer.supports(reward, policy):
         return JudgePartialScorer(reward, policy, counters)  # type: ignore[arg-type]
     if mode == "incremental":

@@ -89,8 +89,9 @@ class EarlyRejectionBestOfN(Strategy):
         "starts n answers, scores the partial answers every m tokens and drops the lowest fraction α",
         "one prefill, fewer tokens than Best-of-n (0.27× at α = 0.75, m = 8 here), a reward call per "
         "decision",
-        "long answers and a reward that can judge a partial one; on the 135M policy judging itself it "
-        "lost to Best-of-32 (measured)",
+        "the reward has a prefix rule that tells good partial answers apart early (avoidance: ahead "
+        "of Best-of-N at equal tokens on the [task map](task_map.md)); it lost on keyword coverage, "
+        "where a short prefix says little",
         page="early_rejection.md",
         usage="BestOfNChatModel(rejection=α, decision_every=m)",
     )

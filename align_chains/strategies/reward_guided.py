@@ -94,7 +94,9 @@ class RewardGuided(Strategy):
         "ARGS, reward-guided token search",
         "at every token, scores the policy's top-k continuations with the reward",
         "one reward call over k texts per token (about 0.4× plain sampling's tokens/s here)",
-        "the reward can judge partial answers and you want one steered answer rather than n",
+        "an exact [0, 1] reward on which words appear (keywords, avoidance, tone): with k=16, w=20, "
+        "mode=sample it met them as often as Best-of-16 or more at 1x tokens on the "
+        "[task map](task_map.md); no help for length or format; weak at the shipped w=1.5",
         page="guided_decoding.md",
     )
     streams: ClassVar[bool] = True
