@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import socket
 import statistics
 import sys
 import threading
@@ -35,25 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_server_load import PROMPTS, free_port  # the same prompts as the one-process load test
 from common import add_common_options, machine, machine_line, markdown_table, ratio, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPTS = [
-    "Give me one tip for better sleep.",
-    "What is a good name for a grey cat?",
-    "Explain what a prime number is in one sentence.",
-    "Suggest a healthy breakfast.",
-    "How do I boil an egg?",
-    "Name a fun weekend activity.",
-    "Why is the sky blue? Answer briefly.",
-    "Write a short greeting for a new colleague.",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_request(url: str, prompt: str) -> tuple[int, float, float]:
