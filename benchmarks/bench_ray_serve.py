@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_server_load import PROMPTS, free_port  # the same prompts as the one-process load test
+from bench_server_load import PROMPTS, free_port, percentile  # the same prompts as the one-process load test
 from common import add_common_options, machine, machine_line, markdown_table, ratio, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +73,8 @@ def load(url: str, clients: int, requests: int) -> dict[str, Any]:
         "requests": len(outcomes),
         "seconds": seconds,
         "throughput_rps": len(outcomes) / seconds,
-        "p50_s": statistics.median(latencies),
-        "p95_s": latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)],
+        "p50_s": percentile(latencies, 0.5),
+        "p95_s": percentile(latencies, 0.95),
         "statuses": dict(statuses),
         "server_errors": sum(n for s, n in statuses.items() if s.startswith("5") or s == "-1"),
         "ends": [(status, ended - began) for status, _, ended in outcomes],
