@@ -3,9 +3,15 @@
 The policy is a tiny random model with its EOS logit raised, so rows of one batch end at
 different steps (a random model alone almost never samples EOS) and compaction really runs:
 every extend-based test counts the compactions it saw.
+
+Tokens, finish reasons and counters must be identical. Log-probabilities and cache values are
+compared to 1e-5: a smaller batch takes other matmul kernels on some CPUs (seen on CI's: one
+log-probability differed in the 7th digit), which is float rounding, not a changed result.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -52,6 +58,22 @@ def compactions(monkeypatch):
     return calls
 
 
+def assert_same(on, off, where: str = "result") -> None:
+    """Equal, except floats (and float tensors) equal to 1e-5: batch-shape rounding only."""
+    if isinstance(on, torch.Tensor) and on.is_floating_point():
+        torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-5, msg=lambda m: f"{where}: {m}")
+    elif isinstance(on, torch.Tensor):
+        assert torch.equal(on, off), where
+    elif isinstance(on, float) and isinstance(off, float):
+        assert math.isclose(on, off, rel_tol=1e-5, abs_tol=1e-5), f"{where}: {on} != {off}"
+    elif isinstance(on, (list, tuple)):
+        assert type(on) is type(off) and len(on) == len(off), f"{where}: {on!r} != {off!r}"
+        for i, (a, b) in enumerate(zip(on, off, strict=True)):
+            assert_same(a, b, f"{where}[{i}]")
+    else:
+        assert on == off, f"{where}: {on!r} != {off!r}"
+
+
 def run_both(monkeypatch, compactions, run):
     """``run()`` with compaction off, then on: both results and the compactions of the second."""
     monkeypatch.setattr(compaction.COMPACTION, "enabled", False)
@@ -81,20 +103,21 @@ def test_a_compacted_generate_gives_the_same_rows_tokens_and_cache(ending_policy
     off, on = run_both(monkeypatch, compactions, run)
     (d_off, b_off, c_off, shape_off), (d_on, b_on, c_on, shape_on) = off, on
     assert compactions, "rows should have ended early enough to compact"
-    assert [(c.token_ids, c.logprobs, c.finish_reason) for c in c_on] == [
-        (c.token_ids, c.logprobs, c.finish_reason) for c in c_off
-    ]
+    assert_same(
+        [(c.token_ids, c.logprobs, c.finish_reason) for c in c_on],
+        [(c.token_ids, c.logprobs, c.finish_reason) for c in c_off],
+    )
     assert len({c.generated_tokens for c in c_on}) > 2  # rows really ended at different steps
     assert shape_on == shape_off
     for name in ("tokens", "logprobs", "num_tokens", "finished", "stopped", "positions", "attention_mask"):
-        assert torch.equal(getattr(b_on, name), getattr(b_off, name)), name
-    assert torch.equal(b_on.pending, b_off.pending)
+        assert_same(getattr(b_on, name), getattr(b_off, name), name)
+    assert_same(b_on.pending, b_off.pending, "pending")
     assert d_on.counters.forward_passes == d_off.counters.forward_passes
     assert d_on.counters.generated_tokens == d_off.counters.generated_tokens
     # the prompt part of every row's cache is untouched, so a second round reuses it
     width = b_on.prompt_width
     for on, off in zip(b_on.cache.layers, b_off.cache.layers, strict=True):
-        assert torch.equal(on.keys[:, :, :width], off.keys[:, :, :width])
+        assert_same(on.keys[:, :, :width], off.keys[:, :, :width], "prompt keys")
     again = [d.restart(b, [3, 3]) for d, b in ((d_on, b_on), (d_off, b_off))]
     for d, b in zip((d_on, d_off), again, strict=True):
         d.extend(b, generator=make_generator(1, ending_policy.device))
@@ -141,7 +164,7 @@ def test_every_strategy_answers_the_same_with_compaction_on_and_off(
         return [summary(r) for r in results]
 
     off, on = run_both(monkeypatch, compactions, run)
-    assert on == off
+    assert_same(on, off)
     assert bool(compactions) == compacts
 
 
@@ -180,6 +203,6 @@ def test_a_batch_with_left_padding_keeps_a_padded_row_when_only_unpadded_ones_go
     off, on = run_both(monkeypatch, compactions, run)
     assert compactions and compactions[0] == 12
     for name in ("tokens", "logprobs", "num_tokens", "finished"):
-        assert torch.equal(getattr(on, name), getattr(off, name)), name
+        assert_same(getattr(on, name), getattr(off, name), name)
     kept = compaction.rows_to_keep(off)  # the finished batch: a padded row is all it can keep
     assert kept.numel() == 1 and int(kept[0]) < 6
