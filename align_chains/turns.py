@@ -47,6 +47,7 @@ def _held() -> list[TurnLock]:
 class _Waiter:
     thread: int
     turns: bool  # taking turns: may be handed the lock mid-run
+    resuming: bool = False  # handed the lock over mid-run: waits to finish its run
     count: int = 1  # the recursion depth to restore once granted
     granted: bool = False
     event: threading.Event = field(default_factory=threading.Event)
@@ -99,7 +100,8 @@ class TurnLock:
         waiter.event.set()
 
     def release(self) -> None:
-        """Release one level; the last one passes the lock to the longest waiter."""
+        """Release one level; the last one passes the lock to the longest waiter, a run that
+        handed it over mid-run first (a thread not taking turns still waits for whole runs)."""
         with self._mutex:
             if self._owner != threading.get_ident():
                 raise RuntimeError("cannot release a TurnLock this thread does not hold")
@@ -108,8 +110,10 @@ class TurnLock:
                 return
             _held().remove(self)
             self._owner = None
-            if self._queue:
-                self._grant(self._queue.popleft())
+            nxt = next((w for w in self._queue if w.resuming), self._queue[0] if self._queue else None)
+            if nxt is not None:
+                self._queue.remove(nxt)
+                self._grant(nxt)
 
     def hand_over(self) -> bool:
         """Give the lock to the longest-waiting thread taking turns, then wait for it back (the
@@ -123,7 +127,7 @@ class TurnLock:
             if nxt is None:
                 return False
             self._queue.remove(nxt)
-            back = _Waiter(me, True, count=self._count)
+            back = _Waiter(me, True, resuming=True, count=self._count)
             self._queue.append(back)
             _held().remove(self)
             self.handovers += 1
