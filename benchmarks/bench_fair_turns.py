@@ -68,7 +68,8 @@ def ask(url: str, prompt: str, settings: dict) -> tuple[int, float, str]:
     """(status, latency in seconds, answer text)."""
     openai = {k: v for k, v in settings.items() if k in ("max_tokens", "seed")}
     own = {k: v for k, v in settings.items() if k not in openai}
-    body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0.7, **openai, "align_chains": own}
+    messages = [{"role": "user", "content": prompt}]
+    body = {"messages": messages, "temperature": 0.7, **openai, "align_chains": own}
     began = time.perf_counter()
     r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=900)
     latency = time.perf_counter() - began
