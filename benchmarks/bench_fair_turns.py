@@ -42,7 +42,7 @@ from bench_server_load import REPO, LevelResult, free_port, percentile, run_leve
 from common import add_common_options, machine, machine_line, markdown_table, ratio, write_json
 
 SERVERS = {"max_running=1": ["--max-running", "1"], "max_running=2": ["--max-running", "2"]}
-LONG = {"max_tokens": 128, "n": 5, "k": 3, "m": 32, "cycles": 2, "seed": 11}
+LONG = {"max_tokens": 96, "n": 4, "k": 2, "m": 32, "cycles": 1, "mutation_max_tokens": 64, "seed": 11}
 SHORT = {"max_tokens": 4, "n": 1, "k": 1, "m": 4, "cycles": 1, "mutation_max_tokens": 16, "seed": 5}
 LONG_PROMPT = "Write a detailed guide to planning a week-long hiking trip in the mountains."
 SHORT_PROMPT = "Say hello."
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--short", type=json.loads, default=SHORT, help=f"short request's settings ({SHORT})")
     parser.add_argument("--delay", type=float, default=3.0, help="seconds from the long request to the short")
     parser.add_argument("--levels", type=lambda s: [int(c) for c in s.split(",")], default=[4, 8])
-    parser.add_argument("--requests", type=int, default=16, help="load requests per level and round")
+    parser.add_argument("--requests", type=int, default=32, help="load requests per level and round")
     parser.add_argument("--skip-load", action="store_true", help="only the latency part")
     add_common_options(parser, repeats=3, seed=None, repeats_help="rounds (server order alternates)")
     return parser
