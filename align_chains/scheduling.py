@@ -220,33 +220,34 @@ class Scheduler:
 
     def _first_startable(self, slot: int) -> Job | None:
         """The oldest queued job that may start now (cancelled ones are settled on the way);
-        waits for one. None once closed. Called with the condition held."""
+        waits for one. None once closed. Called with the condition held. A job whose settings
+        are running already is passed over (it starts when that run ends); one waiting for
+        memory is not (nobody overtakes it, so a stream of small requests cannot starve it)."""
         while not self._closed:
             for job in list(self._pending):
                 if job.token.cancelled:
                     self._pending.remove(job)
                     self._count(cancelled=1)
                     _settle(job, Cancelled(job.token.reason or "cancelled"))
-                elif self._may_join(job, []):
-                    self._pending.remove(job)
-                    alongside = bool(self._running)
-                    self._running[slot] = [job]
-                    self._count(started_alongside=int(alongside))
-                    with self._stats_lock:
-                        self.stats.most_running = max(self.stats.most_running, len(self._running))
-                    return job
+                    continue
+                if job.key is not None and any(g[0].key == job.key for g in self._running.values()):
+                    continue
+                if not self._may_join(job, []):
+                    break
+                self._pending.remove(job)
+                self._count(started_alongside=int(bool(self._running)))
+                self._running[slot] = [job]
+                with self._stats_lock:
+                    self.stats.most_running = max(self.stats.most_running, len(self._running))
+                return job
             self._cond.wait()
         return None
 
     def _may_join(self, job: Job, group: list[Job]) -> bool:
         """Whether ``job`` may start (``group`` empty) or join ``group`` beside the running groups:
-        never with a running group's batch key, and only if the groups fit together."""
+        when the ``fits`` check accepts them all together."""
         others = [g for g in self._running.values() if g is not group]
-        if not others:
-            return True
-        if not group and job.key is not None and any(g[0].key == job.key for g in others):
-            return False
-        if self.fits is None:
+        if not others or self.fits is None:
             return True
         return self.fits([[j.request for j in g] for g in others] + [[j.request for j in [*group, job]]])
 

@@ -222,3 +222,24 @@ def test_turn_lock_is_reentrant_and_hands_over_only_to_threads_taking_turns():
     assert log == ["taker", "holder", "direct"]
     with pytest.raises(RuntimeError):
         lock.release()
+
+
+def test_a_request_waiting_for_memory_is_not_overtaken_by_later_ones():
+    def fits(groups: list[list]) -> bool:  # "big" fits beside nothing
+        return not any(r.name == "big" for group in groups for r in group)
+
+    scheduler, events, release = _recording(max_running=2, fits=fits)
+    try:
+        scheduler.submit(SimpleNamespace(name="long", batch_key="a"), scheduler.token(None))
+        wait_for(lambda: events == ["start long"])
+        big = scheduler.submit(SimpleNamespace(name="big", batch_key="b"), scheduler.token(None))
+        small = scheduler.submit(SimpleNamespace(name="small", batch_key="c"), scheduler.token(None))
+        time.sleep(0.1)
+        assert events == ["start long"]  # small would fit, but big came first
+        release.set()
+        assert (big.future.result(timeout=5), small.future.result(timeout=5)) == ("big", "small")
+    finally:
+        release.set()
+        scheduler.close()
+        scheduler.join(5)
+    assert events == ["start long", "end long", "start big", "end big", "start small", "end small"]
