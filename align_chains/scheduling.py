@@ -141,6 +141,9 @@ class Scheduler:
         self._stats_lock = threading.Lock()
         self._closed = False
         self._running: dict[int, list[Job]] = {}  # worker slot -> its group (also while gathering)
+        # the batching window's clock, shared by the workers: when a run last ended, and that run
+        self._free_since = 0.0
+        self._last_run: tuple[str | None, int, float] = (None, 0, 0.0)  # key, requests, seconds
         self._workers = tuple(
             threading.Thread(target=self._loop, args=(slot,), name=f"align-chains-worker-{slot}", daemon=True)
             for slot in range(self.batching.max_running)
@@ -198,10 +201,8 @@ class Scheduler:
 
     # -- the workers ---------------------------------------------------------------------------
     def _loop(self, slot: int) -> None:
-        free_since = 0.0  # monotonic time this worker last finished a run
-        last_run: tuple[str | None, int, float] = (None, 0, 0.0)  # key, requests, seconds
         while True:
-            group = self._next_group(slot, free_since, last_run)
+            group = self._next_group(slot)
             if group is None:
                 break
             began = time.monotonic()
@@ -210,9 +211,9 @@ class Scheduler:
             finally:
                 with self._cond:
                     self._running.pop(slot, None)
+                    self._free_since = time.monotonic()
+                    self._last_run = (group[0].key, len(group), self._free_since - began)
                     self._cond.notify_all()  # a group held back by this one may start now
-            free_since = time.monotonic()
-            last_run = (group[0].key, len(group), free_since - began)
         with self._cond:  # fail whatever is left
             left, self._pending = list(self._pending), deque()
         for job in left:
@@ -251,9 +252,7 @@ class Scheduler:
             return True
         return self.fits([[j.request for j in g] for g in others] + [[j.request for j in [*group, job]]])
 
-    def _next_group(
-        self, slot: int, free_since: float, last_run: tuple[str | None, int, float]
-    ) -> list[Job] | None:
+    def _next_group(self, slot: int) -> list[Job] | None:
         with self._cond:
             first = self._first_startable(slot)
             if first is None:
@@ -261,8 +260,9 @@ class Scheduler:
             group = self._running[slot]
             if first.key is None or not self.batching.enabled:
                 return group
+            free_since = self._free_since
             deadline = max(first.enqueued, free_since) + self.batching.window_s
-            last_key, last_size, last_seconds = last_run
+            last_key, last_size, last_seconds = self._last_run
             expected = min(self.batching.max_batch, last_size) if last_key == first.key else 0
             returning_by = free_since + self.batching.delay_factor * last_seconds
             while len(group) < self.batching.max_batch and not self._closed:
