@@ -243,3 +243,31 @@ def test_a_request_waiting_for_memory_is_not_overtaken_by_later_ones():
         scheduler.close()
         scheduler.join(5)
     assert events == ["start long", "end long", "start big", "end big", "start small", "end small"]
+
+
+def test_sea_gradient_steps_take_turns_too(tiny_policy, length_reward):
+    """SEA's passes with gradients and its optimiser steps run between passes, under the turn:
+    a short request still finishes first, and SEA's answer is the one it gives alone."""
+    from align_chains import SEAChatModel
+
+    sea = SEAChatModel(
+        policy=tiny_policy, reward="judge", chains=2, iterations=12, max_tokens=12, seed=0, patience=None
+    )
+    short = BestOfNChatModel(policy=tiny_policy, reward=length_reward, n=1, max_tokens=4, seed=3)
+    alone = sea.run_strategy(["Tell me about the sea."], None)[0].text
+    scheduler = Scheduler(run_group, BatchingSettings(max_running=2))
+    finished: list[str] = []
+    try:
+        with PassMeter(tiny_policy.model) as meter:
+            long_job = scheduler.submit(request(sea, "Tell me about the sea."), scheduler.token(None))
+            wait_for(lambda: sum(meter.passes_by_workers()) >= 10)
+            short_job = scheduler.submit(request(short, "Hi"), scheduler.token(None))
+            for name, job in (("sea", long_job), ("short", short_job)):
+                job.future.add_done_callback(lambda _, name=name: finished.append(name))
+            assert long_job.future.result(timeout=120) == alone
+            short_job.future.result(timeout=60)
+    finally:
+        scheduler.close()
+        scheduler.join(10)
+    assert finished == ["short", "sea"] and meter.most_inside == 1
+    assert scheduler.stats.turns_handed_over >= 2
