@@ -16,6 +16,19 @@ Every request carries a ``CancelToken`` (on the server: deadline = the server's 
 cancelled on client disconnect and on shutdown). A batch runs under a token that is cancelled
 only when *all* its requests are (or on shutdown), so one client leaving never cancels its
 neighbours' work.
+
+Fair turns (``max_running``, default 2): up to that many groups run at once, each on its own
+worker thread, taking turns on the policy (``align_chains.turns``): the policy's lock passes
+from one running group to the other before every forward pass while both want it, so a
+four-token request that arrives during a long DARWIN or SEA run is answered after a few of its
+own passes instead of after the whole long run. Only one group computes at any moment (no
+oversubscribed cores, no second peak of activations), and a group alone never hands anything
+over. A group starts beside a running one only when (a) its batch key differs from every running
+group's (a request with the same settings waits for the next batched run of its kind instead of
+splitting the batch: that keeps the batched throughput of a uniform load) and (b) the ``fits``
+callback, when given, accepts the groups together (the server passes its memory budget: the
+estimated peaks of all the requests running at once must fit). ``max_running=1`` is the single
+worker of before, group after group.
 """
 
 from __future__ import annotations
@@ -26,10 +39,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from align_chains.cancellation import Cancelled, CancelToken
+from align_chains.turns import taking_turns
 
 log = logging.getLogger("align_chains")
 
@@ -45,11 +60,14 @@ class BatchingSettings:
     clients usually come back with their next request; the worker waits up to
     ``delay_factor`` x that run's seconds for g compatible requests (vLLM's
     ``--scheduler-delay-factor`` idea), and never when a lone client is already back.
+    ``max_running``: groups run at once, taking turns on the policy between forward passes
+    (1: one group after the other).
     """
 
     window_s: float = 0.05
     max_batch: int = 8
     delay_factor: float = 0.1
+    max_running: int = 2
 
     @property
     def enabled(self) -> bool:
@@ -93,25 +111,45 @@ class SchedulerStats:
     largest_batch: int = 0
     retried_alone: int = 0  # requests re-run on their own after their batch failed
     cancelled: int = 0  # requests dropped or stopped by their token
+    turns_handed_over: int = 0  # times a running group passed the policy to another between passes
+    started_alongside: int = 0  # groups started while another group was running
+    most_running: int = 0  # the most groups running at once
+
+
+#: the server's memory check: may these groups (each a list of requests) run at once?
+Fits = Callable[[list[list[Any]]], bool]
 
 
 class Scheduler:
-    """Runs jobs on one worker thread; ``run_group(requests)`` does the (blocking) work."""
+    """Runs jobs on ``max_running`` worker threads; ``run_group(requests)`` does the (blocking) work."""
 
     def __init__(
-        self, run_group: Callable[[list[Any]], list[Any]], batching: BatchingSettings | None = None
+        self,
+        run_group: Callable[[list[Any]], list[Any]],
+        batching: BatchingSettings | None = None,
+        fits: Fits | None = None,
     ) -> None:
         self.run_group = run_group
         self.batching = batching or BatchingSettings()
+        if self.batching.max_running < 1:
+            raise ValueError(f"max_running must be at least 1, got {self.batching.max_running}.")
+        self.fits = fits
         self.shutdown = CancelToken()  # the parent of every request's token
         self.stats = SchedulerStats()
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
+        self._stats_lock = threading.Lock()
         self._closed = False
-        self._free_since = 0.0  # monotonic time the worker last finished a run
+        self._running: dict[int, list[Job]] = {}  # worker slot -> its group (also while gathering)
+        # the batching window's clock, shared by the workers: when a run last ended, and that run
+        self._free_since = 0.0
         self._last_run: tuple[str | None, int, float] = (None, 0, 0.0)  # key, requests, seconds
-        self._worker = threading.Thread(target=self._loop, name="align-chains-worker", daemon=True)
-        self._worker.start()
+        self._workers = tuple(
+            threading.Thread(target=self._loop, args=(slot,), name=f"align-chains-worker-{slot}", daemon=True)
+            for slot in range(self.batching.max_running)
+        )
+        for worker in self._workers:
+            worker.start()
 
     # -- the event-loop side -----------------------------------------------------------------
     def token(self, timeout_s: float | None) -> CancelToken:
@@ -130,64 +168,108 @@ class Scheduler:
 
     @property
     def worker(self) -> threading.Thread:
-        """The thread that runs the jobs."""
-        return self._worker
+        """The first thread that runs the jobs (the only one with ``max_running=1``)."""
+        return self._workers[0]
+
+    @property
+    def workers(self) -> tuple[threading.Thread, ...]:
+        """Every thread that runs jobs, one per group that may run at once."""
+        return self._workers
 
     @property
     def queued(self) -> int:
         return len(self._pending)
 
+    @property
+    def running(self) -> int:
+        """Groups running (or gathering company) now."""
+        return len(self._running)
+
     def close(self, reason: str = SHUTDOWN_REASON) -> None:
-        """Cancel everything queued and running; the worker ends after its current step."""
+        """Cancel everything queued and running; the workers end after their current step."""
         self.shutdown.cancel(reason)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
     def join(self, timeout: float | None = None) -> bool:
-        self._worker.join(timeout)
-        return not self._worker.is_alive()
+        """Wait for every worker to end (``timeout`` in all); True once none is alive."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(w.is_alive() for w in self._workers)
 
-    # -- the worker ----------------------------------------------------------------------------
-    def _loop(self) -> None:
+    # -- the workers ---------------------------------------------------------------------------
+    def _loop(self, slot: int) -> None:
         while True:
-            group = self._next_group()
+            group = self._next_group(slot)
             if group is None:
                 break
             began = time.monotonic()
-            self._run(group)
-            self._free_since = time.monotonic()
-            self._last_run = (group[0].key, len(group), self._free_since - began)
+            try:
+                self._run(group)
+            finally:
+                with self._cond:
+                    self._running.pop(slot, None)
+                    self._free_since = time.monotonic()
+                    self._last_run = (group[0].key, len(group), self._free_since - began)
+                    self._cond.notify_all()  # a group held back by this one may start now
         with self._cond:  # fail whatever is left
             left, self._pending = list(self._pending), deque()
         for job in left:
             _settle(job, Cancelled(SHUTDOWN_REASON))
 
-    def _next_group(self) -> list[Job] | None:
-        with self._cond:
-            while True:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return None
-                first = self._pending.popleft()
-                if first.token.cancelled:
-                    self.stats.cancelled += 1
-                    _settle(first, Cancelled(first.token.reason or "cancelled"))
+    def _first_startable(self, slot: int) -> Job | None:
+        """The oldest queued job that may start now (cancelled ones are settled on the way);
+        waits for one. None once closed. Called with the condition held. A job whose settings
+        are running already is passed over (it starts when that run ends); one waiting for
+        memory is not (nobody overtakes it, so a stream of small requests cannot starve it)."""
+        while not self._closed:
+            for job in list(self._pending):
+                if job.token.cancelled:
+                    self._pending.remove(job)
+                    self._count(cancelled=1)
+                    _settle(job, Cancelled(job.token.reason or "cancelled"))
                     continue
-                break
-            group = [first]
+                if job.key is not None and any(g[0].key == job.key for g in self._running.values()):
+                    continue
+                if not self._may_join(job, []):
+                    break
+                self._pending.remove(job)
+                self._count(started_alongside=int(bool(self._running)))
+                self._running[slot] = [job]
+                with self._stats_lock:
+                    self.stats.most_running = max(self.stats.most_running, len(self._running))
+                return job
+            self._cond.wait()
+        return None
+
+    def _may_join(self, job: Job, group: list[Job]) -> bool:
+        """Whether ``job`` may start (``group`` empty) or join ``group`` beside the running groups:
+        when the ``fits`` check accepts them all together."""
+        others = [g for g in self._running.values() if g is not group]
+        if not others or self.fits is None:
+            return True
+        return self.fits([[j.request for j in g] for g in others] + [[j.request for j in [*group, job]]])
+
+    def _next_group(self, slot: int) -> list[Job] | None:
+        with self._cond:
+            first = self._first_startable(slot)
+            if first is None:
+                return None
+            group = self._running[slot]
             if first.key is None or not self.batching.enabled:
                 return group
-            deadline = max(first.enqueued, self._free_since) + self.batching.window_s
+            free_since = self._free_since
+            deadline = max(first.enqueued, free_since) + self.batching.window_s
             last_key, last_size, last_seconds = self._last_run
             expected = min(self.batching.max_batch, last_size) if last_key == first.key else 0
-            returning_by = self._free_since + self.batching.delay_factor * last_seconds
+            returning_by = free_since + self.batching.delay_factor * last_seconds
             while len(group) < self.batching.max_batch and not self._closed:
                 for job in list(self._pending):
                     if len(group) >= self.batching.max_batch:
                         break
-                    if job.key == first.key and not job.token.cancelled:
+                    if job.key == first.key and not job.token.cancelled and self._may_join(job, group):
                         self._pending.remove(job)
                         group.append(job)
                 until = max(deadline, returning_by) if len(group) < expected else deadline
@@ -197,13 +279,24 @@ class Scheduler:
                 self._cond.wait(wait)
             return group
 
+    def _count(self, **increments: int) -> None:
+        with self._stats_lock:
+            for name, value in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+
+    def _turns(self) -> AbstractContextManager[None]:
+        """Run a group taking turns on the policy when several may run (never with one)."""
+        if self.batching.max_running == 1:
+            return nullcontext()
+        return taking_turns(lambda: self._count(turns_handed_over=1))
+
     def _run(self, group: list[Job]) -> None:
         token = AllCancelled([j.token for j in group], parents=[self.shutdown])
         try:
-            with token.active():
+            with token.active(), self._turns():
                 outcomes = self.run_group([j.request for j in group])
         except Cancelled as exc:
-            self.stats.cancelled += len(group)
+            self._count(cancelled=len(group))
             for job in group:
                 _settle(job, exc)
             return
@@ -216,27 +309,26 @@ class Scheduler:
             )
             self._run_alone(group)
             return
-        self.stats.runs += 1
-        self.stats.requests += len(group)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(group))
+        self._count(runs=1, requests=len(group))
+        with self._stats_lock:
+            self.stats.largest_batch = max(self.stats.largest_batch, len(group))
         for job, outcome in zip(group, outcomes, strict=True):
             _settle(job, outcome)
 
     def _run_alone(self, group: list[Job]) -> None:
         for job in group:
-            self.stats.retried_alone += 1
+            self._count(retried_alone=1)
             if job.token.cancelled:
-                self.stats.cancelled += 1
+                self._count(cancelled=1)
                 _settle(job, Cancelled(job.token.reason or "cancelled"))
                 continue
             try:
-                with job.token.active():
+                with job.token.active(), self._turns():
                     (outcome,) = self.run_group([job.request])
             except Exception as exc:
                 outcome = exc
             else:
-                self.stats.runs += 1
-                self.stats.requests += 1
+                self._count(runs=1, requests=1)
             _settle(job, outcome)
 
 

@@ -21,7 +21,7 @@ ENGINE = MODULES["align_chains.engine"].parent
 
 # Each module of align_chains sits in one layer and may import only its own layer or lower ones.
 LAYERS = [
-    ("errors", "progress", "settings", "cli_options", "cancellation", "scheduling"),
+    ("errors", "progress", "settings", "cli_options", "cancellation", "scheduling", "turns"),
     ("models",),
     ("engine",),
     ("rewards", "tasks"),

@@ -31,8 +31,10 @@ from align_chains.cancellation import CancelToken, current
 from align_chains.models.policy import Policy
 from align_chains.scheduling import BatchingSettings, Scheduler
 
-CALL_BATCHING = BatchingSettings(window_s=0.02, max_batch=32, delay_factor=0.1)
-"""Concurrent calls wait at most 20 ms for company (a call takes seconds): up to 32 per run."""
+CALL_BATCHING = BatchingSettings(window_s=0.02, max_batch=32, delay_factor=0.1, max_running=1)
+"""Concurrent calls wait at most 20 ms for company (a call takes seconds): up to 32 per run. One
+group at a time: in-process calls have no memory admission (the server's estimate is what lets
+its scheduler run two groups in turns without risking a second peak past the device's memory)."""
 
 _OWNERS_LOCK = threading.Lock()
 
@@ -89,7 +91,7 @@ def submit(policy: Policy, call: Call) -> tuple[Any, CancelToken]:
 def on_worker(policy: Policy) -> bool:
     """True when called from the policy's own worker thread (run directly, never queue on it)."""
     scheduler = policy.scheduler
-    return scheduler is not None and threading.current_thread() is scheduler.worker
+    return scheduler is not None and threading.current_thread() in scheduler.workers
 
 
 def wait(policy: Policy, call: Call) -> ChatResult:

@@ -8,6 +8,10 @@ real); this module writes the attention mask (the cache's columns, then the new 
 the position ids (real tokens counted from each row's first, so left padding is invisible)
 and the ``logits_to_keep`` argument (only for models whose forward accepts it).
 
+Each pass starts with ``turns.pass_turn()``: a run taking turns on the policy (the scheduler's
+running groups) hands the policy's lock to another running group here, between passes, and gets
+it back one of their passes later (``align_chains/turns.py``).
+
 Rows of unequal length are left-padded (``left_pad``): real tokens are right-aligned, so
 every row's next token lands in the same column.
 """
@@ -22,6 +26,8 @@ from functools import cache as memoize
 from typing import Any, Literal
 
 import torch
+
+from align_chains.turns import pass_turn
 
 #: "inference": no autograd at all (the default); "no_grad": outputs usable next to tensors that
 #: need gradients (SEA's policy passes); "grad": gradients flow (SEA's soft scoring)
@@ -102,6 +108,7 @@ def run(
             by models that cannot).
         mode: The autograd mode of the pass (see ``GradMode``).
     """
+    pass_turn()  # a forward-pass boundary: another running request may take its turn here
     new = tokens if tokens is not None else embeds
     if new is None or (tokens is not None and embeds is not None):
         raise ValueError("run() takes exactly one of tokens and embeds")

@@ -23,6 +23,7 @@ from align_chains.models.tool_formats import (
     template_messages,
 )
 from align_chains.settings import resolve_device, resolve_dtype
+from align_chains.turns import TurnLock
 
 
 @dataclass(eq=False)
@@ -30,7 +31,8 @@ class Policy:
     """A loaded causal LM ready for the decoding engine.
 
     ``lock`` serialises generation on this model: concurrent requests from several threads
-    or tasks queue instead of fighting over the same cores or GPU memory. Build one with
+    or tasks queue instead of fighting over the same cores or GPU memory (a ``TurnLock``:
+    requests the scheduler runs side by side hand it to each other between forward passes). Build one with
     ``load_policy``; pass it to several chat models to share one load.
 
     Args:
@@ -42,7 +44,7 @@ class Policy:
         content_special_tokens: Read special-token strings inside message content as control
             tokens (default False: content is always tokenised as text, so a message cannot
             forge a turn; see docs/tool_calling.md). Only for trusted input that needs raw tokens.
-        lock: The lock that serialises generation (one per policy).
+        lock: The lock that serialises generation (one per policy; reentrant, taken in turns).
         scheduler: The worker that batches concurrent chat-model calls on this policy (set on
             first use by ``chat_models.concurrent_calls``).
 
@@ -58,7 +60,7 @@ class Policy:
     name: str
     chat_template: str | None = None
     content_special_tokens: bool = False
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    lock: TurnLock = field(default_factory=TurnLock, repr=False)
     scheduler: Any = field(default=None, repr=False)  # chat_models.concurrent_calls, on first use
 
     def __post_init__(self) -> None:

@@ -156,7 +156,8 @@ def create_app(
     one request at a time); ``log_content`` lets error logs quote prompts and completions."""
     limits = limits or ServerLimits()
     batching = batching or BatchingSettings()
-    state = ServerState(served, Scheduler(served.run_together, batching), limits, batching, log_content)
+    scheduler = Scheduler(served.run_together, batching, fits=served.fit_together)
+    state = ServerState(served, scheduler, limits, batching, log_content)
     app = FastAPI(title="align-chains", version="0.1.0", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
     app.state.scheduler = state.scheduler

@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Most requests in one batched run (default {batching.max_batch}; 1 turns batching off).",
     )
     parser.add_argument(
+        "--max-running",
+        type=int,
+        default=batching.max_running,
+        help="Batched runs in flight at once, taking turns on the policy between forward passes, so a "
+        "short request is not stuck behind a long one; a run starts beside another only if their "
+        f"estimated memory fits --max-request-memory together (default {batching.max_running}; 1: one "
+        "run after the other).",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=float,
         default=limits.shutdown_timeout_s,
@@ -236,6 +245,7 @@ def bad_numbers(args: argparse.Namespace) -> str | None:
         ("max-forward-passes", args.max_forward_passes),
         ("max-reward-items", args.max_reward_items),
         ("max-batch", args.max_batch),
+        ("max-running", args.max_running),
         ("shutdown-timeout", args.shutdown_timeout),
         ("replicas", args.replicas),
         ("threads-per-replica", args.threads_per_replica),
@@ -288,5 +298,8 @@ def server_limits(args: argparse.Namespace) -> ServerLimits:
 def batching_settings(args: argparse.Namespace) -> BatchingSettings:
     """The scheduler's batching settings from the options."""
     return BatchingSettings(
-        window_s=args.batch_window_ms / 1000, max_batch=args.max_batch, delay_factor=args.batch_delay_factor
+        window_s=args.batch_window_ms / 1000,
+        max_batch=args.max_batch,
+        delay_factor=args.batch_delay_factor,
+        max_running=args.max_running,
     )

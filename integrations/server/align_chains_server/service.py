@@ -396,6 +396,18 @@ class ServedModel:
         except BadToolInput as exc:
             raise RequestError(400, str(exc), param=exc.param) from exc
 
+    def fit_together(self, groups: list[list[PreparedRequest]]) -> bool:
+        """Whether these groups of requests may run at once (in turns) within the memory budget:
+        the policy's and the reward's weights once, plus every request's own estimated terms
+        (KV cache, activations, logits, ...). A request without an estimate never runs beside
+        another."""
+        estimates = [r.memory for group in groups for r in group]
+        if not estimates or any(e is None for e in estimates):
+            return False
+        budget, _, reward = self.memory_plan()
+        shared = estimates[0].weights + reward.weights
+        return shared + sum(e.total - e.weights - reward.weights for e in estimates) <= budget.bytes
+
     # -- running (blocking: call from a worker thread) -------------------------------------------
     def _reply(
         self, model: AlignedChatModel, result: StrategyResult, output: OutputRequest | None, stream: bool
