@@ -180,9 +180,11 @@ def load_llama_cpp_policy(
         threads: CPU threads (default: torch's, i.e. ``OMP_NUM_THREADS`` when set).
         chat_template: A Jinja chat template for a GGUF whose metadata has none.
 
+    Returns:
+        The ``LlamaCppPolicy`` (refused by every strategy but Best-of-N and adaptive Best-of-N).
+
     Examples:
-        >>> from align_chains import BestOfN, load_reward
-        >>> from align_chains.models.llama_cpp import load_llama_cpp_policy
+        >>> from align_chains import BestOfN, load_llama_cpp_policy, load_reward
         >>> policy = load_llama_cpp_policy()  # doctest: +SKIP
         >>> BestOfN(n=8).run("Tips for better sleep?", policy, load_reward()).text  # doctest: +SKIP
     """
