@@ -127,3 +127,15 @@ def test_bad_requests_fail_before_any_work(llama_policy, prompts, tmp_path):
     assert decoder.counters.forward_passes == 0
     with pytest.raises(InvalidInputError, match="gguf"):
         load_llama_cpp_policy(tmp_path / "model.safetensors")
+
+
+def test_cli_chat_on_llama_cpp(capsys):
+    import json
+
+    from align_chains import cli
+
+    argv = ["chat", QUESTIONS[0], "--llama-cpp", "--n", "2", "--max-tokens", "8", "--seed", "0"]
+    assert cli.main([*argv, "--quiet", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["candidates"]) == 2
+    assert out["model_name"].startswith("llama.cpp:")
