@@ -25,7 +25,7 @@ from align_chains.engine.grammar import Grammar
 from align_chains.engine.llama_cpp import LlamaCppDecoder, decoder_for
 from align_chains.errors import InvalidInputError
 from align_chains.models.llama_cpp import LlamaCppPolicy, load_llama_cpp_policy
-from align_chains.rewards import CallableReward
+from align_chains.rewards import CallableReward, load_reward
 
 QUESTIONS = ["Name a fruit.", "Give me three short tips for writing a clear bug report.", "What is 2 + 2?"]
 
@@ -113,6 +113,8 @@ def test_strategies_that_need_the_engine_refuse_it(llama_policy, length_reward):
         with pytest.raises(InvalidInputError, match=r"load_policy"):
             strategy.run(QUESTIONS[0], llama_policy, length_reward, SamplingParams(max_new_tokens=4))
     assert isinstance(decoder_for(llama_policy), LlamaCppDecoder)
+    with pytest.raises(InvalidInputError, match="judge:smollm2"):
+        load_reward("judge", policy=llama_policy)
 
 
 def test_bad_requests_fail_before_any_work(llama_policy, prompts, tmp_path):
