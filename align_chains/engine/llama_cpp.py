@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -42,7 +43,7 @@ class LlamaCppBatch:
     stopped: torch.Tensor  # [B] ended by EOS or a stop string
     live: torch.Tensor  # rows still going, in the order of ``next_logits``
     next_logits: torch.Tensor  # [len(live), V]
-    stop: object = None  # the stop-string criteria (None without stop strings)
+    stop: Any = None  # the stop-string criteria (None without stop strings)
 
     @property
     def size(self) -> int:
