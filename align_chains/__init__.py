@@ -24,7 +24,7 @@ from align_chains.errors import (
     RewardError,
     UnknownStrategyError,
 )
-from align_chains.models import EMBEDDED_POLICY, EMBEDDED_REWARD, Policy, load_policy
+from align_chains.models import EMBEDDED_POLICY, EMBEDDED_REWARD, Policy, load_llama_cpp_policy, load_policy
 from align_chains.rewards import (
     CallableReward,
     ClassifierReward,
@@ -91,6 +91,7 @@ __all__ = [
     "ValueGuidedChatModel",
     "WeightedReward",
     "get_strategy",
+    "load_llama_cpp_policy",
     "load_policy",
     "load_reward",
 ]

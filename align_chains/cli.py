@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int)
     chat.add_argument("--device", help="cpu, cuda, ... (automatic by default).")
     chat.add_argument(
+        "--llama-cpp", action="store_true",
+        help="Decode with llama.cpp on a GGUF (--policy: a .gguf file or the embedded name); "
+        "best-of-n (and -o allocation=adaptive) only; needs the llama extra.",
+    )  # fmt: skip
+    chat.add_argument(
         "--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
         help="Any other strategy setting, e.g. -o n=8 (repeatable).",
     )  # fmt: skip
@@ -256,6 +261,20 @@ def _serve(argv: list[str], name: str = "serve") -> int:
     return serve_main(argv)
 
 
+def _llama_cpp_policy(args: argparse.Namespace, model: Any, err: Any) -> Any:
+    """The llama.cpp policy of ``chat --llama-cpp``, after checking the strategy can use one."""
+    from align_chains.models.llama_cpp import load_llama_cpp_policy
+
+    strategy = type(model.build_strategy())
+    if not strategy.runs_on_llama_cpp:
+        raise InvalidInputError(
+            f"--llama-cpp serves only best-of-n (and -o allocation=adaptive); {strategy.name!r} needs "
+            "the transformers engine: drop --llama-cpp."
+        )
+    with err.status(f"Loading {args.policy} in llama.cpp…"):
+        return load_llama_cpp_policy(args.policy)
+
+
 def _chat(args: argparse.Namespace) -> int:
     from langchain_core.messages import HumanMessage, SystemMessage
     from rich.console import Console
@@ -293,9 +312,11 @@ def _chat(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         **settings,
     )
+    if args.llama_cpp:
+        model.policy = _llama_cpp_policy(args, model, err)
     if args.principle and not guided_by_principle:
         with err.status("Loading the policy and the reward model…"):
-            policy = load_policy(args.policy, device=args.device)
+            policy = model.policy if args.llama_cpp else load_policy(args.policy, device=args.device)
             model.policy = policy
             model.reward = load_reward(
                 model.reward, device=args.device, principle=args.principle, policy=policy

@@ -12,7 +12,10 @@ only: no reward), four ways interleaved round by round after a warm-up:
   prompt is prefilled once per round (the state is reset at the start of a round);
 - ``llama_batched``: llama.cpp's batch API: the prompt decoded once with all 8 sequence ids
   (one shared prefill in a unified KV cache), then one ``llama_decode`` per step over the
-  sequences still going (a finished one leaves the batch), sampled by llama.cpp's sampler chain.
+  sequences still going (a finished one leaves the batch), sampled by llama.cpp's sampler chain;
+- ``llama_policy``: our ``LlamaCppDecoder.generate`` on ``load_llama_cpp_policy`` (the package's
+  llama.cpp policy, what ``BestOfN`` runs on it): the same batch API, sampled by our sampler
+  (log-probabilities, stop strings and seeds as in the engine).
 
 Both sides run on ``--threads`` threads. Needs llama-cpp-python (the ``llama`` extra, never in the
 default install or CI: it builds from source, about 8 minutes idle on 2 cores)::
@@ -33,11 +36,13 @@ from bench_best_of_n import build_messages
 from common import add_common_options, interleaved, machine, machine_line, ratio, spread, write_json
 
 from align_chains import Decoder, SamplingParams, load_policy
+from align_chains.engine.llama_cpp import LlamaCppDecoder
 from align_chains.models.embedded import gguf_path
+from align_chains.models.llama_cpp import load_llama_cpp_policy
 
 ROWS = 8
 TEMPERATURE = 0.7
-WAYS = ("engine_fp32", "engine_bf16", "llama_sequential", "llama_batched")
+WAYS = ("engine_fp32", "engine_bf16", "llama_sequential", "llama_batched", "llama_policy")
 SHORT = [{"role": "user", "content": "Give me three short tips for writing a clear bug report."}]
 
 
@@ -115,6 +120,10 @@ def run_way(way: str, ctx: dict[str, Any], prompt: list[int], tokens: int, seed:
         policy = ctx[way]
         params = SamplingParams(max_new_tokens=tokens, temperature=TEMPERATURE, seed=seed)
         return sum(c.generated_tokens for c in Decoder(policy).generate([prompt], ROWS, params))
+    if way == "llama_policy":
+        params = SamplingParams(max_new_tokens=tokens, temperature=TEMPERATURE, seed=seed)
+        done = LlamaCppDecoder(ctx[way]).generate([prompt], ROWS, params)
+        return sum(c.generated_tokens for c in done)
     if way == "llama_batched":
         return sum(len(ids) for ids in ctx["batched"].sample(prompt, tokens, seed))
     llm = ctx["sequential"]
@@ -177,6 +186,10 @@ def main() -> None:
     n_ctx = max(len(p) for p in prompts.values()) + ROWS * args.tokens + 64
     ctx["batched"] = BatchedLlama(path, args.threads, ROWS, n_ctx)
     ctx["sequential"] = sequential_llama(path, args.threads, n_ctx)
+    if "llama_policy" in args.ways:
+        ctx["llama_policy"] = load_llama_cpp_policy(
+            path, n_ctx=n_ctx, max_sequences=ROWS, threads=args.threads
+        )
     results: dict[str, Any] = {"machine": machine(gguf=path, threads=args.threads), "args": vars(args)}
     for name, prompt in prompts.items():
         results[name] = {"prompt_tokens": len(prompt), "ways": measure(ctx, prompt, args)}

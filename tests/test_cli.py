@@ -41,6 +41,7 @@ def no_loading(monkeypatch):
         (["--strategy", "sea", "-o", "decode_top_k=0"], "invalid decode_top_k=0"),
         (["--strategy", "sea", "--max-tokens", "0"], "invalid max_tokens=0"),
         (["--strategy", "sea", "--n", "4"], "Unknown strategy option(s) ['n'] for 'sea'"),
+        (["--strategy", "args", "--llama-cpp"], "--llama-cpp serves only best-of-n"),
     ],
 )
 def test_bad_settings_fail_before_loading(no_loading, capsys, argv, message):

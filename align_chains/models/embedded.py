@@ -62,6 +62,11 @@ def minilm_dir() -> Path:
     return path
 
 
+def converted_policy_path() -> Path:
+    """Where the converted embedded policy lives (converted or not: see ``cache_problem``)."""
+    return cache_dir() / "models" / f"{EMBEDDED_POLICY}-v{_CONVERSION_VERSION}"
+
+
 def converted_policy_dir() -> Path:
     """Return the cached safetensors conversion of the embedded policy, converting it once.
 
@@ -73,7 +78,7 @@ def converted_policy_dir() -> Path:
     """
     from filelock import FileLock
 
-    target = cache_dir() / "models" / f"{EMBEDDED_POLICY}-v{_CONVERSION_VERSION}"
+    target = converted_policy_path()
     if cache_problem(target) is None:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,11 @@ def _build(
                     "judge-principle:<sentence> already names the principle; drop principle=."
                 )
             kwargs["principle"] = parsed.principle
+        if parsed.model is None and getattr(policy, "runs_in_llama_cpp", False):
+            raise InvalidInputError(
+                "A judge reward reads the judge's logits in transformers, and this policy runs in "
+                "llama.cpp: name the judge model instead (e.g. 'judge:smollm2-135m-instruct')."
+            )
         judge = parsed.model or (policy if policy is not None else EMBEDDED_POLICY)
         return JudgeReward(judge, device=device, dtype=dtype, **kwargs)
     if isinstance(parsed, FunctionSpec):

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from align_chains.engine.decoder import Batch, Decoder
+from align_chains.engine.decoder import Batch
+from align_chains.engine.llama_cpp import LlamaCppBatch, decoder_for
 from align_chains.engine.sampling import SamplingParams, make_generator
 from align_chains.strategies.allocation import allocate, exploration_size
 from align_chains.strategies.base import (
@@ -63,6 +64,7 @@ class AdaptiveBestOfN(Strategy):
         page="adaptive_best_of_n.md",
         usage='BestOfNChatModel(allocation="adaptive", budget=B)',
     )
+    runs_on_llama_cpp: ClassVar[bool] = True  # two sampling rounds, the second on the prompts' cells
     one_prompt_chat_model: ClassVar[bool] = False  # BestOfNChatModel(allocation="adaptive") runs it
 
     budget: int = Field(8, ge=1, description="Average samples per prompt (B).")
@@ -86,13 +88,13 @@ class AdaptiveBestOfN(Strategy):
         policy, params, progress, counters = run.policy, run.params, run.progress, run.counters
         k = run.num_prompts
         d = exploration_size(self.budget, self.exploration, k)
-        decoder = Decoder(policy, counters)
+        decoder = decoder_for(policy, counters)
         completions, scores, stage = [], [], []
         run.partial = lambda: (
             best_per_prompt(self.name, completions, None, counters, k) if completions else None
         )
 
-        def sample_round(batch: Batch, seed: int | None, label: int) -> None:
+        def sample_round(batch: Batch | LlamaCppBatch, seed: int | None, label: int) -> None:
             """Decode the batch to the end, score it in one call, and record the round."""
             decoder.extend(
                 batch, generator=make_generator(seed, policy.device), on_step=lambda _: progress.advance()

@@ -148,6 +148,7 @@ class Strategy(BaseModel, ABC):
     needs_policy_internals: ClassVar[str | None] = None  # e.g. "the policy's next-token logits"
     one_prompt_chat_model: ClassVar[bool] = True  # False: only meaningful across a batch of prompts
     follows_grammar: ClassVar[bool] = True  # False: its search cannot keep to SamplingParams.grammar
+    runs_on_llama_cpp: ClassVar[bool] = False  # True: it only samples, so a llama.cpp policy serves it
     card: ClassVar[StrategyCard | None] = None  # its row in the docs' strategy tables (``card.py``)
     work_bounds: ClassVar[tuple[Bound, ...]] = ()  # settings that multiply its work, a server's default limit
 
@@ -218,6 +219,7 @@ class Strategy(BaseModel, ABC):
         ``options`` go to ``_search`` (e.g. ``on_commit`` for a streaming strategy).
         """
         params = params or self.default_params()
+        check_llama_cpp_support(type(self), policy)
         check_grammar_support(type(self), params)
         progress = progress or NullProgress()
         conversations, token_ids = prepare_prompts(prompts, policy, params)
@@ -261,6 +263,17 @@ def check_grammar_support(cls: type[Strategy], params: SamplingParams) -> None:
         "does not decode token by token. Strategies that can: " + ", ".join(able) + ". Or pass "
         "constrain=False to rank candidates by the output contract only."
     )
+
+
+def check_llama_cpp_support(cls: type[Strategy], policy: Policy) -> None:
+    """Refuse a llama.cpp policy for a strategy that needs more than batched sampling."""
+    if getattr(policy, "runs_in_llama_cpp", False) and not cls.runs_on_llama_cpp:
+        needs = cls.needs_policy_internals or "the engine's KV cache (its rows copied, cut and resumed)"
+        raise InvalidInputError(
+            f"Strategy {cls.name!r} needs {needs}, which a llama.cpp policy does not expose: it serves "
+            "only the sampling strategies (best-of-n, adaptive-best-of-n). Load the policy with "
+            "load_policy(...) (transformers) for this strategy."
+        )
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:

@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from align_chains.engine.counters import ComputeCounters
-from align_chains.engine.decoder import Completion, Decoder
+from align_chains.engine.decoder import Completion
+from align_chains.engine.llama_cpp import decoder_for
 from align_chains.engine.sampling import SamplingParams
 from align_chains.strategies.base import (
     SearchRun,
@@ -56,6 +57,8 @@ class BestOfN(Strategy):
 
     n: int = Field(4, ge=1, description="Candidates sampled per prompt.")
 
+    runs_on_llama_cpp: ClassVar[bool] = True  # only samples: a llama.cpp policy decodes the batch
+
     work_bounds: ClassVar[tuple[Bound, ...]] = (Bound("n", 64),)
 
     def cost(self, params: SamplingParams) -> Cost:
@@ -66,7 +69,7 @@ class BestOfN(Strategy):
     def _search(self, run: SearchRun, **options: Any) -> list[StrategyResult]:
         num = run.num_prompts
         run.progress.stage(f"generating {self.n * num} candidates", run.params.max_new_tokens)
-        completions = Decoder(run.policy, run.counters).generate(
+        completions = decoder_for(run.policy, run.counters).generate(
             run.token_ids, self.n, run.params, on_step=lambda _batch: run.progress.advance()
         )
         run.partial = lambda: best_per_prompt(self.name, completions, None, run.counters, num)
