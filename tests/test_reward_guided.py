@@ -13,7 +13,6 @@ from align_chains.models.policy import Policy
 from align_chains.rewards import CallableReward, ClassifierReward, ImplicitReward
 from align_chains.rewards.implicit import ImplicitBranchScorer
 from align_chains.rewards.incremental import ClassifierBranchScorer, TextBranchScorer
-from align_chains.rewards.prefix import PrefixBranchScorer, PrefixScoring
 from align_chains.strategies import RewardGuided, get_strategy
 from align_chains.strategies.reward_guided import branch_scorer
 from tests.conftest import tiny_llama_config
@@ -216,35 +215,3 @@ def test_other_vocabulary_policy_for_implicit_reward_is_refused(
     )
     with pytest.raises(InvalidInputError, match=r"'bert-vocab-lm'.*'tiny-llama'.*different tokenizers"):
         ImplicitReward(tiny_policy, other)
-
-
-class _StopWhenFinished(PrefixScoring, CallableReward):
-    """A prefix rule that only values finished answers (an exact length met, say)."""
-
-    def __init__(self) -> None:
-        super().__init__(lambda prompt, response: 1.0, name="stop-when-finished")
-
-    def score_prefix(self, prompts, prefixes, remaining):
-        return [1.0 if left == 0 else 0.0 for left in remaining]
-
-    def branch_scorer(self, policy, counters):
-        return PrefixBranchScorer(self, policy, counters)
-
-
-def test_offered_eos_lets_a_prefix_rule_stop_the_answer(tiny_policy):
-    reward = _StopWhenFinished()
-    eos = set(tiny_policy.eos_token_ids)
-    plain = RewardGuided(k=2, w=1e4).run_batch(["Hi"], tiny_policy, reward, PARAMS)[0]
-    assert plain.trace[0]["token"] not in eos and len(plain.trace) > 1  # EOS is not in its top 2
-    offered = RewardGuided(k=2, w=1e4, offer_eos=True).run_batch(["Hi"], tiny_policy, reward, PARAMS)[0]
-    assert offered.trace[0]["token"] in eos and offered.trace[0]["rank"] == 2  # the offered column
-    assert offered.text == "" and offered.finish_reason == "stop" and len(offered.trace) == 1
-
-
-def test_offered_eos_is_never_a_duplicate_of_a_top_k_eos():
-    logprobs = torch.log_softmax(torch.tensor([[3.0, 1.0, 0.0, 2.0], [3.0, 2.0, 0.0, 1.0]]), dim=-1)
-    values, ids = RewardGuided(k=2, offer_eos=True)._candidates(logprobs, 2, (2, 3))
-    assert ids.tolist() == [[0, 3, 3], [0, 1, 3]]
-    assert values[0, 2] == float("-inf")  # EOS 3 is already row 0's second candidate
-    assert values[1, 2] == logprobs[1, 3]  # row 1: the likelier EOS, at its own log pi
-    assert RewardGuided(k=2)._candidates(logprobs, 2, (2, 3))[1].shape == (2, 2)

@@ -80,11 +80,6 @@ class RewardGuided(Strategy):
             sampling temperature).
         scoring: ``"incremental"`` (a reward on the policy's vocabulary scores k tokens in one
             forward), ``"text"`` (re-tokenised text through ``score``) or ``"auto"``.
-        offer_eos: Score EOS as one more candidate when it is not in the top k (off by default,
-            as in the paper). A 135M policy rarely ranks EOS in its top k at the word where an
-            exact-length answer should stop, so without it ARGS cannot stop there however the
-            reward's prefix rule scores stopping; EOS keeps its own log pi, so the reward has to
-            outweigh the policy's reluctance (w), as for any other candidate.
 
     Examples:
         >>> from align_chains import RewardGuided, SamplingParams, load_policy, load_reward
@@ -115,18 +110,13 @@ class RewardGuided(Strategy):
     scoring: Literal["auto", "incremental", "text"] = Field(
         "auto", description="auto: incremental when the reward shares the policy's vocabulary, else text."
     )
-    offer_eos: bool = Field(
-        False,
-        description="Also score stopping (the policy's EOS, at its own log-probability) when it is "
-        "not among the top k: lets a reward that judges finished answers (an exact length) stop the answer.",
-    )
 
     work_bounds: ClassVar[tuple[Bound, ...]] = (Bound("k", 1000),)
 
     def cost(self, params: SamplingParams) -> Cost:
         """One row; at every token a scorer forward beside the policy's, k branches scored."""
         t = params.max_new_tokens
-        return Cost(t, 2 * (1 + t), (self.k + self.offer_eos) * t + 1, 1, factors=("k", "max_tokens"))
+        return Cost(t, 2 * (1 + t), self.k * t + 1, 1, factors=("k", "max_tokens"))
 
     def memory(self, request: MemoryRequest) -> MemoryPlan:
         """One row per prompt; a classifier reward keeps its own preallocated cache row per
@@ -159,7 +149,7 @@ class RewardGuided(Strategy):
         progress.stage(f"reward-guided decoding (k={k})", params.max_new_tokens)
         while not batch.done:
             logprobs = torch.log_softmax(decoder.logits(batch), dim=-1)
-            top_logprobs, top_ids = self._candidates(logprobs, k, policy.eos_token_ids)
+            top_logprobs, top_ids = logprobs.topk(k, dim=-1)
             alive = ~batch.finished
             rewards = scorer.score(top_ids, alive).to(top_logprobs.device)
             total = top_logprobs + self.w * rewards
@@ -183,15 +173,7 @@ class RewardGuided(Strategy):
             scores,
             counters,
             len(conversations),
-            details=[
-                {
-                    "k": k,
-                    "w": self.w,
-                    "mode": self.mode,
-                    "offer_eos": self.offer_eos,
-                    "scoring": type(scorer).__name__,
-                }
-            ]
+            details=[{"k": k, "w": self.w, "mode": self.mode, "scoring": type(scorer).__name__}]
             * len(conversations),
             reward_tokens=read,
         )
@@ -199,23 +181,6 @@ class RewardGuided(Strategy):
             result.counters.reward_items = counters.reward_items  # branch scoring is shared by the batch
             result.trace = _token_trace(steps, p, result.best.logprobs)
         return results
-
-    def _candidates(
-        self, logprobs: torch.Tensor, k: int, eos_ids: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top-k tokens and their log pi; with ``offer_eos`` one more column: the likeliest EOS
-        (log pi -inf, so never chosen, where an EOS is already among the k)."""
-        top_logprobs, top_ids = logprobs.topk(k, dim=-1)
-        if not self.offer_eos or not eos_ids:
-            return top_logprobs, top_ids
-        eos = torch.tensor(eos_ids, device=logprobs.device)
-        eos_logprobs, which = logprobs[:, eos].max(dim=-1)
-        present = torch.isin(top_ids, eos).any(dim=-1)
-        eos_logprobs = eos_logprobs.masked_fill(present, float("-inf"))
-        return (
-            torch.cat([top_logprobs, eos_logprobs[:, None]], dim=-1),
-            torch.cat([top_ids, eos[which][:, None]], dim=-1),
-        )
 
 
 def _token_trace(steps: list[tuple[torch.Tensor, ...]], row: int, logprobs: list[float]) -> list[dict]:
