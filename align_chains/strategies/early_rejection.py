@@ -93,9 +93,9 @@ class EarlyRejectionBestOfN(Strategy):
         "starts n answers, scores the partial answers every m tokens and drops the lowest fraction α",
         "one prefill, fewer tokens than Best-of-n (0.27× at α = 0.75, m = 8 here), a reward call per "
         "decision",
-        "the reward has a prefix rule that tells good partial answers apart early (avoidance: ahead "
-        "of Best-of-N at equal tokens on the [task map](task_map.md)); it lost on keyword coverage, "
-        "where a short prefix says little",
+        "the reward tells good partial answers apart early; with the exact prefix rules of the "
+        "[task map](task_map.md) it matched Best-of-N at equal tokens (pooled, 30 instances a family), "
+        "since at 8 tokens they score most answers alike; fewer seconds than Best-of-N at 16x",
         page="early_rejection.md",
         usage="BestOfNChatModel(rejection=α, decision_every=m)",
     )
