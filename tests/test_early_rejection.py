@@ -269,3 +269,13 @@ def test_rejection_needs_uniform_allocation():
 
     with pytest.raises(ValidationError, match="rejection= applies to uniform"):
         BestOfNChatModel(allocation="adaptive", rejection=0.5)
+
+
+def test_eval_spec_passes_the_tie_rule_to_the_chat_model():
+    from align_chains.evaluation import parse_spec
+
+    (setting,) = parse_spec("early-rejection:n=5:rejection=0.5:ties=keep")
+    assert setting.key == "early-rejection:n=5,rejection=0.5,ties=keep"
+    assert setting.build().ties == "keep"
+    with pytest.raises(InvalidInputError):
+        parse_spec("early-rejection:ties=random")
