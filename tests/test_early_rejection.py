@@ -78,6 +78,32 @@ def test_survivors_are_the_top_partial_answers(tiny_policy):
     assert run.batch.size == 3 and run.counters.reward_calls == 1 and run.counters.reward_items == 6
 
 
+def test_keeping_ties_drops_only_rows_scored_strictly_lower(tiny_policy):
+    reward = digit_reward()
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=3)
+    strategy = EarlyRejectionBestOfN(n=6, rejection=0.5, ties="keep")
+    run = start_run(tiny_policy, strategy, reward, "Tell me a story.", params)
+    run.decoder.extend(run.batch, 5, run.generator)
+    scores = reward.score(["Tell me a story."] * 6, [c.text for c in run.decoder.completions(run.batch)])
+    run.decide()
+    cut = sorted(scores, reverse=True)[2]
+    assert sorted(run.origin.tolist()) == [i for i in range(6) if scores[i] >= cut]
+
+
+def test_keeping_ties_rejects_nothing_when_every_partial_answer_ties(tiny_policy):
+    flat = CallableReward(lambda prompt, response: 1.0, name="flat")
+    runs = {
+        ties: EarlyRejectionBestOfN(n=4, rejection=0.5, decision_every=4, ties=ties).run_batch(
+            ["Tell me a story."], tiny_policy, flat, PARAMS
+        )[0]
+        for ties in ("order", "keep")
+    }
+    assert runs["order"].details["rejected"] == 3  # by row order: the reward said nothing
+    assert runs["keep"].details["rejected"] == 0 and len(runs["keep"].candidates) == 4
+    plain = BestOfN(n=4).run_batch(["Tell me a story."], tiny_policy, flat, PARAMS)[0]
+    assert [c.text for c in runs["keep"].candidates] == [c.text for c in plain.candidates]
+
+
 def test_survivors_caches_equal_a_full_forward(tiny_policy):
     params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=5)
     run = start_run(
@@ -243,3 +269,13 @@ def test_rejection_needs_uniform_allocation():
 
     with pytest.raises(ValidationError, match="rejection= applies to uniform"):
         BestOfNChatModel(allocation="adaptive", rejection=0.5)
+
+
+def test_eval_spec_passes_the_tie_rule_to_the_chat_model():
+    from align_chains.evaluation import parse_spec
+
+    (setting,) = parse_spec("early-rejection:n=5:rejection=0.5:ties=keep")
+    assert setting.key == "early-rejection:n=5,rejection=0.5,ties=keep"
+    assert setting.build().ties == "keep"
+    with pytest.raises(InvalidInputError):
+        parse_spec("early-rejection:ties=random")

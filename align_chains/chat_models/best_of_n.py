@@ -50,7 +50,7 @@ class BestOfNChatModel(_Settings):  # type: ignore[misc,valid-type]
         exploration: Adaptive: fraction of the budget explored first (default 0.75).
         mc_draws: Adaptive: Monte Carlo draws per expected-maximum estimate.
         rejection: Early rejection α (default 0: off); with ``decision_every``, ``memory_tokens``,
-            ``partial_scoring`` (see ``EarlyRejectionBestOfN``).
+            ``partial_scoring``, ``ties`` (see ``EarlyRejectionBestOfN``).
         **settings: The common settings of ``AlignedChatModel`` (``policy``, ``reward``,
             ``max_tokens``, ``temperature``, ``seed``, ...).
 

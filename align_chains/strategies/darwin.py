@@ -75,8 +75,8 @@ class Darwin(Strategy):
         "decodes from rewrites of the instruction, replaces poorly rewarded partial answers with copies "
         "of good ones",
         "a first answer, a mutation list and n candidates per cycle",
-        "the instruction itself limits the answer; on the [task map](task_map.md) it was within noise "
-        "of Best-of-4 at equal tokens (keywords, avoidance), at about 4x the seconds",
+        "the instruction itself limits the answer; on the [task map](task_map.md) it was below "
+        "Best-of-4 at equal tokens on keywords and equal on avoidance, at about 3x the seconds",
         page="darwin.md",
     )
 

@@ -95,7 +95,7 @@ class RewardGuided(Strategy):
         "at every token, scores the policy's top-k continuations with the reward",
         "one reward call over k texts per token (about 0.4× plain sampling's tokens/s here)",
         "an exact [0, 1] reward on which words appear (keywords, avoidance, tone): with k=16, w=20, "
-        "mode=sample it met them as often as Best-of-16 or more at 1x tokens on the "
+        "mode=sample it met them about as often as Best-of-16 at 1x tokens on the "
         "[task map](task_map.md); no help for length or format; weak at the shipped w=1.5",
         page="guided_decoding.md",
     )

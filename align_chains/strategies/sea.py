@@ -102,8 +102,8 @@ class SEA(Strategy):
         "refines the policy's own answers by gradient descent in logit space",
         "a policy pass and a decode per iteration per chain; slow on a CPU",
         "a differentiable reward and a GPU; on the [task map](task_map.md) (exact surrogates, 2 chains "
-        "x 8 steps, CPU) it beat Best-of-4 on avoidance, lost on keywords (3 of 10 answers not fluent), "
-        "at 10x the seconds",
+        "x 8 steps, CPU) it was within noise of Best-of-4 on avoidance and keywords (13% of its "
+        "keyword answers not fluent), at 10x the seconds",
         page="sea.md",
     )
     needs_policy_internals: ClassVar[str | None] = "gradients through the policy's embeddings (SEA)"

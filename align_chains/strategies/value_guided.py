@@ -75,9 +75,9 @@ class ValueGuided(Strategy):
         "Integrated Value Guidance (IVG)",
         "adds a guide's logit difference at every token and/or beam-searches chunks by value",
         "one extra row per token (principle guide) plus chunk scoring",
-        "a tuned/untuned pair or a principle guide; or chunk search on a reward with a prefix rule "
-        "(above Best-of-16 at equal tokens on keywords and avoidance on the [task map](task_map.md), "
-        "below Best-of-N on format and at 4x on keywords)",
+        "a tuned/untuned pair or a principle guide; its chunk search on a reward with a prefix rule "
+        "matched Best-of-N's success at equal tokens on the [task map](task_map.md) (pooled; ahead "
+        "on keywords at 16x within noise) and chose answers of lower reward on format",
         page="guided_decoding.md",
     )
     streams: ClassVar[bool] = True
