@@ -436,13 +436,7 @@ class Decoder:
         eos = set(self.policy.eos_token_ids)
         results = []
         for row, (ids, lps, n, ended) in enumerate(zip(tokens, logprobs, counts, stopped, strict=True)):
-            ids, lps = ids[:n], lps[:n]
-            if ids and ids[-1] in eos:
-                ids, lps = ids[:-1], lps[:-1]
-            text = self.policy.decode(ids)
-            cut = min((i for i in (text.find(s) for s in batch.params.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                text, ended = text[:cut], True
+            ids, lps, text, ended = finish_row(self.policy, ids[:n], lps[:n], ended, eos, batch.params.stop)
             results.append(
                 Completion(
                     prompt_index=int(batch.prompt_index[row]),
@@ -468,3 +462,17 @@ class Decoder:
         batch = self.start(prompts, rows, params)
         self.extend(batch, generator=make_generator(params.seed, self.policy.device), on_step=on_step)
         return self.completions(batch)
+
+
+def finish_row(
+    policy: Policy, ids: list[int], lps: list[float], ended: bool, eos: set[int], stop: Sequence[str]
+) -> tuple[list[int], list[float], str, bool]:
+    """One row's tokens as an answer: the EOS token cut, the text cut at the first stop string
+    (which counts as ending the row). Shared by every decoder, so answers read alike."""
+    if ids and ids[-1] in eos:
+        ids, lps = ids[:-1], lps[:-1]
+    text = policy.decode(ids)
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    if cut >= 0:
+        text, ended = text[:cut], True
+    return ids, lps, text, ended

@@ -20,7 +20,7 @@ import torch
 
 from align_chains.cancellation import Cancelled, check_cancelled
 from align_chains.engine.counters import ComputeCounters
-from align_chains.engine.decoder import Completion, Decoder, stop_criteria
+from align_chains.engine.decoder import Completion, Decoder, finish_row, stop_criteria
 from align_chains.engine.sampling import SamplingParams, sample_tokens
 from align_chains.errors import InvalidInputError
 from align_chains.models.llama_cpp import LlamaCppPolicy
@@ -238,13 +238,8 @@ class LlamaCppDecoder:
         results = []
         rows = zip(batch.tokens.tolist(), batch.logprobs.tolist(), batch.num_tokens.tolist(), strict=True)
         for row, (ids, lps, n) in enumerate(rows):
-            ids, lps, ended = ids[:n], lps[:n], bool(batch.stopped[row])
-            if ids and ids[-1] in eos:
-                ids, lps = ids[:-1], lps[:-1]
-            text = self.policy.decode(ids)
-            cut = min((i for i in (text.find(s) for s in batch.params.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                text, ended = text[:cut], True
+            stopped = bool(batch.stopped[row])
+            ids, lps, text, ended = finish_row(self.policy, ids[:n], lps[:n], stopped, eos, batch.params.stop)
             p = batch.prompt_index[row]
             results.append(
                 Completion(
