@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import httpx
-from bench_server_load import REPO, LevelResult, free_port, percentile, run_level, wait_ready
+from bench_server_load import REPO, LevelResult, free_port, percentile, run_level, serve_env, wait_ready
 from common import add_common_options, machine, machine_line, markdown_table, ratio, write_json
 
 SERVERS = {"max_running=1": ["--max-running", "1"], "max_running=2": ["--max-running", "2"]}
@@ -51,10 +50,7 @@ SHORT_PROMPT = "Say hello."
 def launch(name: str, strategy: list[str], extra: list[str], logs: Path) -> tuple[subprocess.Popen, str]:
     """``align-chains serve`` on a free port with ``strategy`` options and ``extra`` (not yet ready)."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), str(REPO / "integrations" / "server"), env.get("PYTHONPATH", "")) if p
-    )
+    env = serve_env()
     command = [
         sys.executable, "-m", "align_chains.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
         "--max-concurrency", "64", "--timeout", "600", *strategy, *extra,

@@ -80,12 +80,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(name: str, extra: list[str], args: argparse.Namespace, logs: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def serve_env() -> dict[str, str]:
+    """The environment of an ``align-chains serve`` child: this checkout's code, one thread unless set."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO), str(REPO / "integrations" / "server"), env.get("PYTHONPATH", "")) if p
     )
+    return env
+
+
+def launch(name: str, extra: list[str], args: argparse.Namespace, logs: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = serve_env()
     command = [
         sys.executable, "-m", "align_chains.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
         "--strategy", "best-of-n", "--policy", args.policy, "--max-concurrency", "64", "--timeout", "600",
