@@ -254,20 +254,8 @@ class LlamaCppDecoder:
             )
         return results
 
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        rows: int | Sequence[int] = 1,
-        params: SamplingParams | None = None,
-        on_step: Callable[[LlamaCppBatch], None] | None = None,
-    ) -> list[Completion]:
-        """Sample ``rows`` responses per prompt in one batched run; rows are grouped by prompt."""
-        from align_chains.engine.sampling import make_generator
-
-        params = params or SamplingParams()
-        batch = self.start(prompts, rows, params)
-        self.extend(batch, generator=make_generator(params.seed, self.policy.device), on_step=on_step)
-        return self.completions(batch)
+    #: the engine's own ``generate`` (start, extend, completions), over this decoder's moves
+    generate = Decoder.generate
 
 
 def decoder_for(policy: Policy, counters: ComputeCounters | None = None) -> Decoder | LlamaCppDecoder:
