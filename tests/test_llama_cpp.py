@@ -44,7 +44,8 @@ def test_greedy_tokens_match_the_engine_on_the_same_gguf(llama_policy, prompts):
     """llama.cpp's Q4_1 kernels and the engine on the dequantised GGUF pick the same greedy tokens
     until a near-tie (llama.cpp quantises activations inside its matmuls, so log-probabilities
     differ by about 0.1 nat: on these prompts the first split comes after 7 tokens), and the
-    log-probabilities of the shared tokens agree closely."""
+    log-probabilities of the shared tokens agree closely. The bounds leave room for other CPUs,
+    whose llama.cpp kernels round differently (a wrong template or tokenizer splits at once)."""
     engine = load_policy()
     assert engine.render([{"role": "user", "content": QUESTIONS[0]}]) == prompts[0]  # same template
     params = SamplingParams(max_new_tokens=10, temperature=0)
@@ -53,10 +54,10 @@ def test_greedy_tokens_match_the_engine_on_the_same_gguf(llama_policy, prompts):
     for a, b in zip(ours, theirs, strict=True):
         pairs = list(zip(a.token_ids, b.token_ids, strict=False))
         shared = next((i for i, (x, y) in enumerate(pairs) if x != y), len(pairs))
-        assert shared >= 6
+        assert shared >= 4
         deltas = [abs(x - y) for x, y in zip(a.logprobs[:shared], b.logprobs[:shared], strict=True)]
         assert max(deltas) < 0.3
-    assert sum(a.token_ids == b.token_ids for a, b in zip(ours, theirs, strict=True)) >= 2
+    assert sum(a.token_ids == b.token_ids for a, b in zip(ours, theirs, strict=True)) >= 1
 
 
 def test_one_prefill_per_distinct_prompt_and_rows_decoded_together(llama_policy, prompts):
