@@ -102,7 +102,10 @@ def load_cells(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     for cell in data["cells"]:
         if cell["strategy"] == "darwin":  # files from before the runner told DARWIN's own counters apart
             cell["per_prompt"] = per_prompt_compute(cell["compute"], 0, uniform=False)
-    return [p["id"] for p in data["prompts"]], data["cells"]
+    # a run stopped inside a round leaves the file's prompt list at that round's limit, while the
+    # cells of the earlier, longer rounds stay: pair over every instance any cell has
+    ids = [p["id"] for p in data["prompts"]]
+    return list(dict.fromkeys(ids + [c["prompt"] for c in data["cells"]])), data["cells"]
 
 
 def nearest_best_of_n(key: str, summary: dict[str, dict[str, Any]]) -> str:
