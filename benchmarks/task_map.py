@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -101,7 +102,20 @@ def load_cells(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     for cell in data["cells"]:
         if cell["strategy"] == "darwin":  # files from before the runner told DARWIN's own counters apart
             cell["per_prompt"] = per_prompt_compute(cell["compute"], 0, uniform=False)
-    return [p["id"] for p in data["prompts"]], data["cells"]
+    # a run stopped inside a round leaves the file's prompt list at that round's limit, while the
+    # cells of the earlier, longer rounds stay: pair over every instance any cell has
+    ids = [p["id"] for p in data["prompts"]]
+    return list(dict.fromkeys(ids + [c["prompt"] for c in data["cells"]])), data["cells"]
+
+
+def nearest_best_of_n(key: str, summary: dict[str, dict[str, Any]]) -> str:
+    """An extra setting is paired with the Best-of-N (4 or 16) whose generated tokens, on the
+    same instances, are nearest its own (by ratio), so every comparison is at matching tokens."""
+    tokens = summary[key]["compute"]["generated_tokens"]
+    bases = [key_of(BASELINE[b]) for b in ("4x", "16x") if key_of(BASELINE[b]) in summary]
+    if not bases or not tokens:
+        return key_of(BASELINE["4x"])
+    return min(bases, key=lambda b: abs(math.log(tokens / summary[b]["compute"]["generated_tokens"])))
 
 
 def family_rows(family: str, ids: list[str], all_cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,7 +127,7 @@ def family_rows(family: str, ids: list[str], all_cells: list[dict[str, Any]]) ->
     rows = []
     for key, row in summary.items():
         budget = budget_of(key)
-        base = key_of(BASELINE.get(budget, "best-of-n:n=4"))
+        base = key_of(BASELINE[budget]) if budget in BASELINE else nearest_best_of_n(key, summary)
         column = [cells.get((key, i)) for i in ids]
         ref = [cells.get((base, i)) for i in ids]
         pairs = []
