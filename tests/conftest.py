@@ -58,3 +58,14 @@ def length_reward():
     from align_chains.rewards import CallableReward
 
     return CallableReward(lambda prompt, response: float(len(response)), name="length")
+
+
+@pytest.fixture
+def no_eval_loading(monkeypatch):
+    """Fail the test if an evaluation loads a policy (bad input must fail before any model)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("align_chains.evaluation.runner.load_policy", refuse)
+    monkeypatch.setattr("align_chains.chat_models.base.load_policy", refuse)

@@ -28,15 +28,6 @@ def verifier(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr("align_chains.evaluation.runner.load_policy", refuse)
-    monkeypatch.setattr("align_chains.chat_models.base.load_policy", refuse)
-
-
 def write(tmp_path, lines):
     path = tmp_path / "tasks.jsonl"
     path.write_text("\n".join(json.dumps(x) if not isinstance(x, str) else x for x in lines) + "\n")
@@ -55,14 +46,14 @@ def write(tmp_path, lines):
         ("judge", r'tasks\.jsonl:2: "reward" must be \{"family": NAME'),
     ],
 )
-def test_a_bad_line_reward_fails_before_any_model_loads(no_loading, verifier, tmp_path, reward, message):
+def test_a_bad_line_reward_fails_before_any_model_loads(no_eval_loading, verifier, tmp_path, reward, message):
     path = write(tmp_path, [{"prompt": "ok"}, {"prompt": "Write.", "reward": reward}])
     with pytest.raises(InvalidInputError, match=message):
         evaluate(["best-of-n:n=2"], path, json_path=tmp_path / "r.json")
     assert not (tmp_path / "r.json").exists()
 
 
-def test_other_line_problems_fail_before_any_model_loads(no_loading, tmp_path):
+def test_other_line_problems_fail_before_any_model_loads(no_eval_loading, tmp_path):
     path = write(tmp_path, [{"prompt": "Hi", "expected": "x"}])  # a field only a verifier could read
     with pytest.raises(InvalidInputError, match=r'other fields need a "reward"'):
         evaluate(["best-of-n:n=2"], path)

@@ -30,15 +30,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr("align_chains.evaluation.runner.load_policy", refuse)
-    monkeypatch.setattr("align_chains.chat_models.base.load_policy", refuse)
-
-
 # -- prompt files ---------------------------------------------------------------------------
 def test_starter_set_loads():
     prompts = load_prompts(STARTER_PROMPTS)
@@ -112,7 +103,7 @@ def test_duplicate_settings_are_refused():
         parse_specs(["best-of-n:n=2,4", "best-of-n:n=4"])
 
 
-def test_bad_input_fails_before_any_model_loads(no_loading, tmp_path):
+def test_bad_input_fails_before_any_model_loads(no_eval_loading, tmp_path):
     with pytest.raises(UnknownStrategyError):
         evaluate(["best-of-n:n=2", "nope"], PROMPTS, json_path=tmp_path / "r.json")
     with pytest.raises(InvalidInputError, match="Unknown rule"):
