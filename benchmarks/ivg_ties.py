@@ -9,7 +9,8 @@ dev split only; docs/task_map.md) through ``align-chains eval`` (resumable resul
 against Best-of-N at the same budget, as the map pairs them) and, from IVG's traces, how many
 chunk decisions cut inside a tie, how many distinct parents the kept beams have, and how many
 distinct openings (first ``--opening-words`` words) the final rows have. ``--summarise`` only
-reads the results. Summary JSON: ``--out/ivg_ties.json``.
+reads the results (``--split test --summarise`` reads the task map's test-split files, where
+the map's own IVG rows are the ``"order"`` ones). Summary JSON: ``--out/ivg_ties_<split>.json``.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| " + " | ".join(header) + " |\n" + "| --- " * len(header) + "|")
     print("\n".join(line(r) for r in rows))
     payload = {"machine": machine(), "split": args.split, "rows": rows}
-    (args.out / "ivg_ties.json").write_text(json.dumps(payload, indent=1))
+    (args.out / f"ivg_ties_{args.split}.json").write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":
