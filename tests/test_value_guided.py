@@ -13,7 +13,7 @@ from align_chains.models.policy import Policy
 from align_chains.rewards import CallableReward, ImplicitReward
 from align_chains.rewards.implicit import with_principle
 from align_chains.strategies import BestOfN, ValueGuided, get_strategy
-from align_chains.strategies.value_guided import PAIR_GUIDANCE_SCALE, PRINCIPLE_GUIDANCE_SCALE
+from align_chains.strategies.value_guided import PAIR_GUIDANCE_SCALE, PRINCIPLE_GUIDANCE_SCALE, select_beams
 from tests.conftest import tiny_llama_config
 
 PARAMS = SamplingParams(max_new_tokens=12, temperature=0.7, top_k=50, seed=0)
@@ -174,6 +174,56 @@ def test_chunk_selection_keeps_the_top_beams(tiny_policy, length_reward):
     assert float(len(tiny_policy.decode(prefix))) == max(first_chunk)
 
 
+def test_spread_cuts_ties_toward_parents_not_yet_kept():
+    parents = torch.tensor([[0, 0, 1, 1]])
+    # the best row is parent 0's; the second place is a tie of three: parent 1's first child wins
+    assert select_beams(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), parents, 2, "spread").tolist() == [[0, 2]]
+    # all sixteen rows tied (4 beams x 4 samples): one child of every parent, in row order
+    parents16 = torch.arange(4).repeat_interleave(4)[None]
+    assert select_beams(torch.zeros(1, 16), parents16, 4, "spread").tolist() == [[0, 4, 8, 12]]
+    # three of parent 0's children outrank the rest and are kept; the tied fourth place goes to parent 1
+    values = torch.tensor([[1.0, 1.0, 1.0, 0.0] + [0.0] * 12])
+    assert select_beams(values, parents16, 4, "spread").tolist() == [[0, 1, 2, 4]]
+    # a finished beam's extra copies (-inf) come after every finite row
+    values = torch.tensor([[0.5, float("-inf"), 0.0, 0.0]])
+    assert select_beams(values, parents, 2, "spread").tolist() == [[0, 2]]
+
+
+def test_spread_selects_what_order_selects_when_values_are_distinct():
+    generator = torch.Generator().manual_seed(0)
+    for beams, samples in ((2, 2), (4, 4), (3, 5)):
+        width = beams * samples
+        values = torch.rand(6, width, generator=generator)  # distinct with probability 1
+        parents = torch.randint(0, beams, (6, width), generator=generator)
+        order = select_beams(values, parents, beams, "order")
+        assert torch.equal(select_beams(values, parents, beams, "spread"), order)
+        assert torch.equal(order, values.topk(beams, dim=-1).indices)
+
+
+def test_spread_keeps_every_lineage_when_the_reward_ties(tiny_policy):
+    """A reward that scores every partial answer alike: 'spread' keeps one child of each parent at
+    every decision, so the final rows continue both first-chunk beams; seeded runs repeat exactly."""
+    flat = CallableReward(lambda prompt, response: 0.0, name="flat")
+    strategy = ValueGuided(
+        token_guidance=False, chunk_value="reward", beams=2, samples=2, chunk_tokens=3, ties="spread"
+    )
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
+    result = strategy.run("Hi", tiny_policy, flat, params)
+    assert result.details["ties"] == "spread"
+    decisions = {}
+    for record in result.trace:
+        if "kept" in record:
+            decisions.setdefault(record["step"], []).append(record)
+    assert sorted(decisions) == [3, 6, 9]  # the last chunk's values are the final pick
+    for records in decisions.values():
+        kept = [r for r in records if r["kept"]]
+        assert len(kept) == 2 and len({r["parent"] for r in kept}) == 2
+    assert len({tuple(c.token_ids[:3]) for c in result.candidates}) == 2
+    again = strategy.run("Hi", tiny_policy, flat, params)
+    assert [c.token_ids for c in again.candidates] == [c.token_ids for c in result.candidates]
+    assert again.trace == result.trace
+
+
 def test_chunk_level_with_the_implicit_reward_reuses_decoded_logprobs(tiny_policy):
     strategy = ValueGuided(principle=PRINCIPLE, token_guidance=False, chunk_value="implicit", chunk_tokens=5)
     result = strategy.run("Hi", tiny_policy, CallableReward(lambda p, r: 0.0), PARAMS)
@@ -245,7 +295,15 @@ def test_vocabulary_mismatch_is_refused_naming_the_models(smol_tokenizer, tiny_p
 
 @pytest.mark.parametrize(
     "settings",
-    [{"beams": 0}, {"samples": 0}, {"chunk_tokens": 0}, {"w": -0.5}, {"w": float("inf")}, {"principle": ""}],
+    [
+        {"beams": 0},
+        {"samples": 0},
+        {"chunk_tokens": 0},
+        {"w": -0.5},
+        {"w": float("inf")},
+        {"principle": ""},
+        {"ties": "keep"},
+    ],
 )
 def test_invalid_settings_are_rejected(settings):
     with pytest.raises(ValidationError):

@@ -28,6 +28,8 @@ class ValueGuidedChatModel(settings_base(ValueGuided)):  # type: ignore[misc]
         token_guidance: Token-level guidance on or off (None: on with a guide).
         chunk_value: ``"implicit"``, ``"reward"`` or ``"none"`` (None: implicit with a guide).
         principle: Guide the policy with itself, with and without this principle.
+        ties: Chunk decisions tied at the cut: ``"order"`` keeps the first rows, ``"spread"``
+            keeps children of parents with fewer rows kept first.
         tuned: Tuned guide LM (e.g. a DPO model), on the policy's vocabulary.
         untuned: Its untuned reference (e.g. the SFT model).
         top_k: Token-level sampling keeps the top k (IVG's setting: 50).

@@ -8,7 +8,9 @@
   into K samples; the W*K partial responses are scored (by any RewardModel on re-tokenised
   text, or by the implicit reward sum log pi_tuned - sum log pi_untuned read from log-probs the
   decoder already has) and the top W are kept and duplicated K times by selecting KV-cache rows
-  of every model involved. Nothing is recomputed.
+  of every model involved. Nothing is recomputed. Exact rewards with prefix rules score many
+  partial answers alike: ``ties="spread"`` cuts such ties toward parents not yet kept
+  (``select_beams``), so the kept beams do not all descend from one.
 
 Either signal works alone; both together are IVG.
 """
@@ -48,6 +50,32 @@ PAIR_GUIDANCE_SCALE = 1.0
 PRINCIPLE_GUIDANCE_SCALE = 1.5
 
 
+def select_beams(
+    values: torch.Tensor, parent: torch.Tensor, beams: int, ties: Literal["order", "spread"]
+) -> torch.Tensor:
+    """Indices ``[num, beams]`` of the rows kept from ``values [num, width]``, best first.
+
+    Rows of higher value always come first. ``"order"`` cuts equal values by row order (the
+    reference). ``"spread"`` cuts them by how many rows of the same ``parent`` (the beam a row
+    continues) rank above the row, then by row order: among tied rows, children of parents with
+    fewer rows kept go first, so a search whose prefix rule scores most partial answers alike
+    keeps beams from several parents instead of the first parent's K children. Distinct values
+    select exactly what ``"order"`` selects. Why: exact prefix rules (keywords used so far, no
+    banned word yet) tie most rows at 8 tokens (docs/task_map.md).
+    """
+    if ties == "order":
+        return values.topk(beams, dim=-1).indices
+    width = values.shape[-1]
+    row = torch.arange(width)
+    # above[p, i, j]: row j ranks above row i before diversity (higher value, or equal and earlier)
+    v_i, v_j = values[:, :, None], values[:, None, :]
+    above = (v_j > v_i) | ((v_j == v_i) & (row[None, :] < row[:, None]))
+    siblings_above = (above & (parent[:, :, None] == parent[:, None, :])).sum(-1)
+    by_siblings = torch.sort(siblings_above, dim=-1, stable=True).indices  # then row order
+    by_value = torch.sort(values.gather(-1, by_siblings), dim=-1, descending=True, stable=True).indices
+    return by_siblings.gather(-1, by_value)[:, :beams]
+
+
 @register_strategy
 class ValueGuided(Strategy):
     """IVG settings. ``token_guidance``/``chunk_value`` of None mean: implicit guidance when a
@@ -62,6 +90,8 @@ class ValueGuided(Strategy):
         chunk_value: ``"implicit"``, ``"reward"`` or ``"none"`` (None: implicit with a guide,
             else the reward).
         principle: Guide the policy with itself, read with and without this principle.
+        ties: Chunk decisions whose cut falls inside equal values: ``"order"`` keeps the first
+            rows, ``"spread"`` spreads the kept beams over parents (``select_beams``).
 
     Examples:
         >>> from align_chains import SamplingParams, ValueGuided, load_policy, load_reward
@@ -100,6 +130,11 @@ class ValueGuided(Strategy):
     )
     principle: str | None = Field(
         None, min_length=1, description="Guide the policy with itself, with and without this principle."
+    )
+    ties: Literal["order", "spread"] = Field(
+        "order",
+        description="Rows tied at the cut of a chunk decision: 'order' keeps the first rows (the "
+        "reference); 'spread' keeps children of parents with fewer rows kept first (select_beams).",
     )
 
     work_bounds: ClassVar[tuple[Bound, ...]] = (
@@ -182,6 +217,7 @@ class ValueGuided(Strategy):
             "beams": self.beams if chunk != "none" else 1,
             "samples": self.samples if chunk != "none" else 1,
             "chunk_tokens": self.chunk_tokens if chunk != "none" else None,
+            "ties": self.ties if chunk != "none" else None,
             "guide": guide.name if guide is not None else None,
             "value": "reward" if values is None else chunk,
         }
@@ -209,6 +245,7 @@ class ValueGuided(Strategy):
         generator = make_generator(params.seed, run.policy.device)
         prompt_of_row = torch.arange(num).repeat_interleave(width)
         copy = torch.zeros(num * width, dtype=torch.long)  # index of a row among its beam's K copies
+        parent = torch.arange(width).repeat(num, 1)  # the beam each row continues (first chunk: itself)
         emitted = [0] * num
         trace: list[dict] = []
         values: torch.Tensor | None = None
@@ -233,20 +270,35 @@ class ValueGuided(Strategy):
             )
             # a finished beam's K copies are identical: only its first copy competes
             ranked = values.masked_fill(start_finished & (copy > 0), float("-inf")).view(num, width)
-            step = lock.base.steps
-            trace.extend(
-                {"step": step, "prompt": int(prompt_of_row[i]), "row": i % width, "value": float(v)}
-                for i, v in enumerate(values.tolist())
-            )
-            if lock.done:  # final pick: ties (a finished beam's copies) go to the first
+            # final pick (lock done): ties (a finished beam's copies) go to the first
+            keep = None if lock.done else select_beams(ranked, parent, self.beams, self.ties)  # [num, W]
+            trace.extend(self._trace_records(lock.base.steps, values, parent, keep))
+            if keep is None:
                 break
-            keep = ranked.topk(self.beams, dim=-1).indices  # [num, W]
             rows = (keep + torch.arange(num)[:, None] * width).repeat_interleave(self.samples, dim=1)
             lock.select(rows.flatten())
             copy = torch.arange(self.samples).repeat(num * self.beams)
+            parent = torch.arange(self.beams).repeat_interleave(self.samples).repeat(num, 1)
             if on_commit is not None:
                 self._emit_shared_prefix(lock, num, width, emitted, on_commit)
         return values, trace
+
+    @staticmethod
+    def _trace_records(
+        step: int, values: torch.Tensor, parent: torch.Tensor, keep: torch.Tensor | None
+    ) -> list[dict]:
+        """One record per row of a chunk decision: its value, the beam it continues and whether
+        it was kept (absent at the final pick)."""
+        num, width = parent.shape
+        kept = torch.zeros(num, width, dtype=torch.bool)
+        if keep is not None:
+            kept.scatter_(1, keep, True)
+        records = []
+        rows = zip(values.tolist(), parent.flatten().tolist(), kept.flatten().tolist(), strict=True)
+        for i, (v, b, k) in enumerate(rows):
+            record = {"step": step, "prompt": i // width, "row": i % width, "value": float(v), "parent": b}
+            records.append(record if keep is None else {**record, "kept": k})
+        return records
 
     @staticmethod
     def _guided_logits(lock: Lockstep, token: bool, w: float) -> torch.Tensor:
