@@ -8,7 +8,9 @@ runs ``align-chains eval`` per family on dev-split instances (results resume int
 same instances (wins/losses), the task-reward difference, generated tokens, how many of the
 policy's rewrites that differ from the original keep every constraint term of the instance
 (its words, its number, its tone word), the guard's drops, and how often the chosen answer
-answered a mutated instruction. ``--report`` only prints, from the results files.
+answered a mutated instruction. ``--report`` only prints, from the results files (also the
+test split's: ``--report --out docs/task_map --baseline best-of-n:n=16 --families keywords
+avoidance`` reads the map's DARWIN cells against Best-of-16).
 """
 
 from __future__ import annotations
@@ -59,19 +61,20 @@ def cell_counts(cell: dict[str, Any], original: str, terms: list[str]) -> tuple[
     return differ, kept, dropped, mutated
 
 
-def report(out: Path, families: list[str]) -> None:
+def report(out: Path, families: list[str], baseline: str = BEST_OF_4) -> None:
     pooled: dict[str, list[float]] = {}
     for family in families:
         data = json.loads((out / f"{family}.json").read_text())
-        prompts = {p["id"]: p for p in data["prompts"]}
-        bon = {c["prompt"]: c for c in data["cells"] if c["key"] == BEST_OF_4}
+        lines = (json.loads(x) for x in (out / f"{family}.jsonl").read_text().splitlines() if x.strip())
+        prompts = {x["id"]: x for x in lines}  # every instance (a results file lists the last round's)
+        bon = {c["prompt"]: c for c in data["cells"] if c["key"] == baseline}
         print(f"## {family}")
         for key in dict.fromkeys(c["key"] for c in data["cells"] if c["strategy"] == "darwin"):
             mine = {c["prompt"]: c for c in data["cells"] if c["key"] == key and c["prompt"] in bon}
             row = [0.0] * 12
             for pid, cell in mine.items():
                 other = bon[pid]
-                original, terms = prompts[pid]["messages"][-1]["content"], task_terms(prompts[pid]["task"])
+                original, terms = prompts[pid]["prompt"], task_terms(prompts[pid]["reward"])
                 counts = cell_counts(cell, original, terms)
                 row = [a + b for a, b in zip(row, [
                     1, cell["success"], other["success"], cell["success"] > other["success"],
@@ -88,7 +91,7 @@ def report(out: Path, families: list[str]) -> None:
 def line(key: str, r: list[float]) -> str:
     n = r[0]
     return (
-        f"  {key}: n={n:.0f} success {r[1]:.0f} vs Best-of-4 {r[2]:.0f} (W/L {r[3]:.0f}/{r[4]:.0f}), "
+        f"  {key}: n={n:.0f} success {r[1]:.0f} vs Best-of-N {r[2]:.0f} (W/L {r[3]:.0f}/{r[4]:.0f}), "
         f"task reward {r[5] / n:+.3f}, tokens {r[6] / n:.0f} ({r[7] / n:.0f}), rewrites keeping every "
         f"term {r[9]:.0f}/{r[8]:.0f}, guard drops {r[10]:.0f}, chosen from a mutation {r[11]:.0f}/{n:.0f}"
     )
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=families)
     parser.add_argument("--out", type=Path, default=Path("/tmp/darwin_dev"))
     parser.add_argument("--report", action="store_true", help="only print, from the results files")
+    parser.add_argument("--baseline", default=BEST_OF_4, help="the results key DARWIN is paired with")
     args = parser.parse_args()
     if not args.report:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -114,7 +118,7 @@ def main() -> None:
                      batch_size=5, limit=args.per_family, json_path=args.out / f"{family}.json",
                      show_progress=False)  # fmt: skip
             print(f"{family}: {time.perf_counter() - start:.0f} s", flush=True)
-    report(args.out, args.families)
+    report(args.out, args.families, args.baseline)
 
 
 if __name__ == "__main__":
