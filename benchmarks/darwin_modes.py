@@ -8,7 +8,8 @@ runs ``align-chains eval`` per family on dev-split instances (results resume int
 same instances (wins/losses), the task-reward difference, generated tokens, how many of the
 policy's rewrites that differ from the original keep every constraint term of the instance
 (its words, its number, its tone word), the guard's drops, and how often the chosen answer
-answered a mutated instruction. ``--report`` only prints, from the results files (also the
+answered a mutated instruction; then each mode paired with the paper's mode at the same
+setting. ``--report`` only prints, from the results files (also the
 test split's: ``--report --out docs/task_map --baseline best-of-n:n=16 --families keywords
 avoidance`` reads the map's DARWIN cells against Best-of-16).
 """
@@ -25,6 +26,7 @@ from typing import Any
 from common import machine, machine_line
 
 from align_chains.evaluation import evaluate
+from align_chains.evaluation.report.pairs import compare
 from align_chains.tasks import instances
 
 BASE = "darwin:n=2:k=2:cycles=1:m=16"
@@ -88,6 +90,41 @@ def report(out: Path, families: list[str], baseline: str = BEST_OF_4) -> None:
         print(line(key, row))
 
 
+def versus_paper(out: Path, families: list[str]) -> None:
+    """Each mode's cells paired per instance with the paper's mode at the same n, k, cycles, m
+    (success and task reward: mean difference [95% bootstrap interval], wins/losses), per
+    family and pooled."""
+    pooled: dict[str, list[list[float]]] = {}
+    print("## against the paper's mode (same setting), paired")
+    for family in families:
+        cells = json.loads((out / f"{family}.json").read_text())["cells"]
+        by_key: dict[str, dict[str, dict[str, Any]]] = {}
+        for cell in cells:
+            by_key.setdefault(cell["key"], {})[cell["prompt"]] = cell
+        for key in [k for k in by_key if ",mutation_mode=" in k]:
+            paper = by_key.get(key.split(",mutation_mode=")[0], {})
+            ids = [i for i in by_key[key] if i in paper]
+            mine = by_key[key]
+            metrics = ("success", "task_reward")
+            values = [[float(c[i][m]) for i in ids] for m in metrics for c in (mine, paper)]
+            print(paired_line(f"{family} {key}", values))
+            pooled[key] = [a + b for a, b in zip(pooled.get(key, [[], [], [], []]), values, strict=True)]
+    for key, values in pooled.items():
+        print(paired_line(f"pooled {key}", values))
+
+
+def paired_line(label: str, v: list[list[float]]) -> str:
+    if not v[0]:
+        return f"  {label}: no instance in common"
+    s, r = compare([(v[0], v[1]), (v[2], v[3])])
+    assert s is not None and r is not None
+    return (
+        f"  {label}: n={len(v[0])} success {sum(v[0]) / len(v[0]):.2f} vs {sum(v[1]) / len(v[1]):.2f}, "
+        f"{s['mean']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}] W/L {s['wins']}/{s['losses']}; "
+        f"task reward {r['mean']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
+    )
+
+
 def line(key: str, r: list[float]) -> str:
     n = r[0]
     return (
@@ -119,6 +156,7 @@ def main() -> None:
                      show_progress=False)  # fmt: skip
             print(f"{family}: {time.perf_counter() - start:.0f} s", flush=True)
     report(args.out, args.families, args.baseline)
+    versus_paper(args.out, args.families)
 
 
 if __name__ == "__main__":
