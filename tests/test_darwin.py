@@ -156,7 +156,7 @@ def test_registered_under_its_name():
     assert get_strategy("darwin") is Darwin
     assert Darwin().model_dump() == {
         "n": 5, "m": 40, "k": 3, "cycles": 3, "mutation_max_tokens": 192,
-        "max_total_tokens": None, "time_budget_s": None,
+        "max_total_tokens": None, "time_budget_s": None, "mutation_mode": "rewrite",
     }  # fmt: skip
     assert DarwinChatModel().top_k == 40 and DarwinChatModel().temperature == 0.7
 

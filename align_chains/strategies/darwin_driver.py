@@ -49,7 +49,7 @@ from align_chains.strategies.darwin_trace import (
     archive_events,
     mutation_events,
 )
-from align_chains.strategies.mutation import parse_mutations
+from align_chains.strategies.mutation import MutationMode, guard_mutations, parse_mutations, restated
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,7 @@ class SearchSettings(Protocol):
     n: int
     k: int
     cycles: int
+    mutation_mode: MutationMode  # "rewrite" (the paper's), "guard" or "restate": see ``Darwin``
 
 
 @dataclass
@@ -151,6 +152,7 @@ class PromptSearch:
     trace: list[TraceEvent] = field(default_factory=list)
     reward_items: int = 0
     cycles_completed: int = 0
+    mutations_dropped: int = 0  # rewrites the guard replaced by their parent
 
 
 @dataclass
@@ -158,7 +160,8 @@ class _Rows:
     """A cycle's rows and what the search knows of each."""
 
     cycle: int
-    mutations: list[list[str]]  # per prompt, its n instructions
+    mutations: list[list[str]]  # per prompt, its n instructions (as the archive keeps them)
+    prompts: list[list[str]]  # per prompt, the instruction each row answers (see ``_answered``)
     answers: list[Answer | Failed]
     rewards: list[float | None]
     scored: list[Hashable]  # the answer key each reward belongs to (None: never scored)
@@ -187,6 +190,7 @@ class DarwinDriver:
         self, settings: SearchSettings, backend: DarwinBackend, instructions: list[str], rng: random.Random
     ) -> None:
         self.n, self.k, self.cycles = settings.n, settings.k, settings.cycles
+        self.mode = settings.mutation_mode
         self.backend = backend
         self.rng = rng
         self.prompts = [PromptSearch(instruction=text) for text in instructions]
@@ -211,7 +215,7 @@ class DarwinDriver:
             return []
         base = p * self.n
         return [
-            Kept(answer, None, _meta(rows.cycle, r - base, r - base, rows.mutations[p][r - base]))
+            Kept(answer, None, _meta(rows.cycle, r - base, r - base, rows.prompts[p][r - base]))
             for r, answer in rows.alive(base, self.n)
         ]
 
@@ -259,9 +263,11 @@ class DarwinDriver:
             if not going:
                 return False
         mutations = self._parse_mutations(cycle, parents, mutation_lists)
-        self.backend.start_candidates(cycle, parents, mutations)
+        prompts = [[self._answered(p, text) for text in texts] for p, texts in enumerate(mutations)]
+        answered_parents = [self._answered(p, parent) for p, parent in enumerate(parents)]
+        self.backend.start_candidates(cycle, answered_parents, prompts)
         size = self.n * len(self.prompts)
-        self.rows = _Rows(cycle, mutations, [], [None] * size, [None] * size, [False] * size)
+        self.rows = _Rows(cycle, mutations, prompts, [], [None] * size, [None] * size, [False] * size)
         wins = [Counter[int]() for _ in self.prompts]
         going = self._segments(cycle, wins)
         for p, parent in enumerate(parents):
@@ -276,9 +282,20 @@ class DarwinDriver:
             if isinstance(listed, Failed):
                 state.trace.append(MutationFailed(cycle=cycle, parent_instruction=parent, error=listed.error))
             parsed = parse_mutations("" if isinstance(listed, Failed) else listed, self.n, parent)
+            dropped: list[str | None] | None = None
+            if self.mode == "guard":
+                parsed, dropped = guard_mutations(parsed, state.instruction, parent)
+                state.mutations_dropped += sum(d is not None for d in dropped)
             out.append(parsed.instructions)
-            state.trace.extend(mutation_events(cycle, parent, parsed))
+            state.trace.extend(mutation_events(cycle, parent, parsed, dropped))
         return out
+
+    def _answered(self, p: int, instruction: str) -> str:
+        """The instruction a candidate of prompt p is decoded under: in ``restate`` mode the
+        original verbatim plus the mutation as guidance, else the mutation itself."""
+        if self.mode == "restate":
+            return restated(self.prompts[p].instruction, instruction)
+        return instruction
 
     def _ended(self, p: int) -> bool:
         assert self.rows is not None
@@ -374,7 +391,7 @@ class DarwinDriver:
         alive = rows.alive(base, self.n)
         mutations = rows.mutations[p]
         state.candidates.extend(
-            Kept(answer, rows.rewards[r], _meta(rows.cycle, r - base, r - base, mutations[r - base]))
+            Kept(answer, rows.rewards[r], _meta(rows.cycle, r - base, r - base, rows.prompts[p][r - base]))
             for r, answer in alive
         )
         if archive and alive:

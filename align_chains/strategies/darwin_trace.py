@@ -104,13 +104,22 @@ class MutationFailed(TraceEvent):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Mutation(TraceEvent):
-    """One of the cycle's n instructions (``parsed`` False: the list fell short, the parent stands in)."""
+    """One of the cycle's n instructions (``parsed`` False: the list fell short, the parent stands
+    in; ``dropped``: the rewrite ``mutation_mode="guard"`` replaced by the parent, as it lost a term
+    of the original instruction; absent from the record when nothing was dropped)."""
 
     event: ClassVar[str] = "mutation"
     mutation: int
     instruction: str
     parent_instruction: str
     parsed: bool
+    dropped: str | None = None
+
+    def record(self) -> Record:
+        record = super().record()
+        if self.dropped is None:
+            del record["dropped"]
+        return record
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -209,10 +218,14 @@ def archive_events(archive: Mapping[str, float], cycle: int, parent: str) -> lis
     ]
 
 
-def mutation_events(cycle: int, parent: str, parsed: ParsedMutations) -> list[Mutation]:
-    """The cycle's n instructions as parsed from the policy's list of rewrites."""
+def mutation_events(
+    cycle: int, parent: str, parsed: ParsedMutations, dropped: list[str | None] | None = None
+) -> list[Mutation]:
+    """The cycle's n instructions as parsed from the policy's list of rewrites; ``dropped``: per
+    item, the rewrite the guard dropped there (``guard_mutations``), None where none was."""
+    lost = dropped or [None] * len(parsed.instructions)
     return [
         Mutation(cycle=cycle, mutation=i, instruction=instruction, parent_instruction=parent,
-                 parsed=i < parsed.parsed)
+                 parsed=i < parsed.parsed, dropped=lost[i])
         for i, instruction in enumerate(parsed.instructions)
     ]  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from align_chains.models.chat import Conversation
 
@@ -136,3 +137,61 @@ def with_instruction(conversation: Conversation, instruction: str) -> Conversati
             message["content"] = instruction
             return out
     return [*out, {"role": "user", "content": instruction}]
+
+
+# -- keeping the user's constraint (``Darwin(mutation_mode="guard" | "restate")``) ----------------
+#: how a mutation reaches DARWIN's candidates: "rewrite" (the paper's), "guard" or "restate"
+MutationMode = Literal["rewrite", "guard", "restate"]
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_QUOTED = re.compile(r"\"([^\"\n]+)\"|\u201c([^\u201d\n]+)\u201d|(?<!\w)'([^'\n]+)'(?!\w)")
+_AFTER_COLON = re.compile(r":\s*([^.:;!?\n]+)")
+_LIST_SPLIT = re.compile(r"\s*,\s*(?:and\s+|or\s+)?|\s+(?:and|or)\s+")
+_LIST_ITEM_WORDS = 3
+
+
+def constraint_terms(instruction: str) -> list[str]:
+    """The terms a faithful rewrite of ``instruction`` must keep, by a generic rule (no task
+    knowledge): every number, every quoted text, and every item of a list after a colon
+    (two or more comma-separated items of at most three words: "use these words: rain, moon").
+    Terms without a letter or digit (a quoted "- ") are not checked. Lower-cased, in order."""
+    terms = [m.group(0) for m in _NUMBER.finditer(instruction)]
+    terms += [next(g for g in m.groups() if g is not None) for m in _QUOTED.finditer(instruction)]
+    for match in _AFTER_COLON.finditer(instruction):
+        items = [item.strip(" \"'\u201c\u201d") for item in _LIST_SPLIT.split(match.group(1).strip())]
+        if len(items) >= 2 and all(item and len(item.split()) <= _LIST_ITEM_WORDS for item in items):
+            terms += items
+    kept = (" ".join(t.lower().split()) for t in terms)
+    return list(dict.fromkeys(t for t in kept if any(ch.isalnum() for ch in t)))
+
+
+def keeps_terms(text: str, terms: list[str]) -> bool:
+    """Whether ``text`` contains every term as a whole word or phrase (case-insensitive)."""
+    lowered = " ".join(text.lower().split())
+    return all(re.search(rf"(?<!\w){re.escape(term)}(?!\w)", lowered) for term in terms)
+
+
+def guard_mutations(
+    parsed: ParsedMutations, original: str, parent: str
+) -> tuple[ParsedMutations, list[str | None]]:
+    """``parsed`` with every parsed rewrite that drops a term of ``original`` (``constraint_terms``)
+    replaced by ``parent``, as the parser's own fallback does; and, per item, the rewrite dropped
+    there (None where none was).
+
+    The terms come from the user's original instruction, not the parent, so a chain of
+    rewrites cannot lose a term one step at a time."""
+    terms = constraint_terms(original)
+    kept: list[str] = []
+    dropped: list[str | None] = []
+    for i, item in enumerate(parsed.instructions):
+        lost = i < parsed.parsed and not keeps_terms(item, terms)
+        dropped.append(item if lost else None)
+        kept.append(parent if lost else item)
+    return ParsedMutations(instructions=kept, parsed=parsed.parsed), dropped
+
+
+def restated(original: str, guidance: str) -> str:
+    """The instruction a candidate answers in ``restate`` mode: the user's ``original``
+    verbatim, then the mutation as added guidance (just ``original`` when they are the same)."""
+    if " ".join(guidance.lower().split()) == " ".join(original.lower().split()):
+        return original
+    return f"{original}\n\n{guidance}"

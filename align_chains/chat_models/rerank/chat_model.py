@@ -38,6 +38,7 @@ from align_chains.models.embedded import EMBEDDED_REWARD
 from align_chains.rewards import RewardModel, load_reward
 from align_chains.strategies import canonical_strategy_name, get_strategy
 from align_chains.strategies.darwin import Darwin
+from align_chains.strategies.mutation import MutationMode
 
 #: the strategies a wrapped chat model can run, each by its search class
 SEARCHES: dict[str, type[Search]] = {
@@ -100,6 +101,7 @@ class RerankChatModel(BatchInOneRun, BaseChatModel):
         k: DARWIN: candidates kept at each replacement, ``k <= n`` (default 3).
         cycles: DARWIN: mutation cycles after the first answer (default 3).
         mutation_max_tokens: DARWIN: token cap on the wrapped model's list of rewrites.
+        mutation_mode: DARWIN: ``"rewrite"`` (the paper's), ``"guard"`` or ``"restate"`` (see ``Darwin``).
         continuation: DARWIN: ``"none"`` (whole answers) or ``"final-message"`` (continue
             partial answers in m-token calls; the server must continue a trailing assistant
             message).
@@ -155,6 +157,7 @@ class RerankChatModel(BatchInOneRun, BaseChatModel):
     k: int = strategy_field(Darwin, "k", prefix="DARWIN: ")
     cycles: int = strategy_field(Darwin, "cycles", prefix="DARWIN: ")
     mutation_max_tokens: int = strategy_field(Darwin, "mutation_max_tokens", prefix="DARWIN: ")
+    mutation_mode: MutationMode = strategy_field(Darwin, "mutation_mode", prefix="DARWIN: ")
     continuation: Literal["none", "final-message", "vllm"] = Field(
         default="none",
         description="DARWIN: 'final-message' continues partial answers in m-token calls (the server must "

@@ -59,7 +59,7 @@ from align_chains.strategies.darwin_trace import Replace, finite, records
 NO_REPLACEMENT = "darwin-mutation-no-replacement"
 #: ``Darwin``'s settings that a wrapped chat model runs with, each a ``RerankChatModel`` field
 #: declared from the strategy's own (``n`` is shared with Best-of-N; DARWIN's default is Darwin's)
-SHARED_SETTINGS = ("n", "m", "k", "cycles", "mutation_max_tokens")
+SHARED_SETTINGS = ("n", "m", "k", "cycles", "mutation_max_tokens", "mutation_mode")
 #: ``Darwin``'s settings not offered over an API, each with the reason
 NOT_OVER_API: dict[str, str] = {
     "max_total_tokens": "Over an API the wrapped model's calls are paid per call, and usage is not "
@@ -87,6 +87,7 @@ class DarwinSearch(Search):
         "k",
         "cycles",
         "mutation_max_tokens",
+        "mutation_mode",
         "continuation",
         "continue_kwargs",
         "seed",
@@ -185,6 +186,7 @@ class DarwinSearch(Search):
             "candidates": [_candidate_record(kept) for kept in state.candidates],
             "archive": [{"instruction": t, "reward": finite(v)} for t, v in state.archive.items()],
             "cycles_completed": state.cycles_completed,
+            "mutations_dropped": state.mutations_dropped,
             "trace": records(state.trace),
             "compute": {
                 "candidates": len(state.candidates),

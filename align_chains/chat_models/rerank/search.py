@@ -18,6 +18,7 @@ from langchain_core.runnables.config import run_in_executor
 from align_chains.chat_models.batching import Requests
 from align_chains.chat_models.rerank.calls import CallPool
 from align_chains.rewards import RewardModel
+from align_chains.strategies.mutation import MutationMode
 
 
 class RerankSettings(Protocol):
@@ -33,6 +34,7 @@ class RerankSettings(Protocol):
     k: int
     cycles: int
     mutation_max_tokens: int
+    mutation_mode: MutationMode
     continuation: str
     max_tokens: int | None
     max_tokens_param: str
