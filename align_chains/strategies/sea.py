@@ -101,9 +101,9 @@ class SEA(Strategy):
         "SEA, gradient refinement in logit space",
         "refines the policy's own answers by gradient descent in logit space",
         "a policy pass and a decode per iteration per chain; slow on a CPU",
-        "a differentiable reward and a GPU; on the [task map](task_map.md) (exact surrogates, 2 chains "
-        "x 8 steps, CPU) it was within noise of Best-of-4 on avoidance and keywords (13% of its "
-        "keyword answers not fluent), at 10x the seconds",
+        "a differentiable reward and a GPU; on the [task map](task_map.md) (exact surrogates, 1, 2 "
+        "and 4 chains x 8 steps, CPU) it never beat Best-of-N at matching tokens, and its gains "
+        "followed the number of chains, not the gradient steps, at 4-10x the seconds",
         page="sea.md",
     )
     needs_policy_internals: ClassVar[str | None] = "gradients through the policy's embeddings (SEA)"
