@@ -35,6 +35,14 @@ BUDGETS: dict[str, list[str]] = {
     # a [0, 1] exact reward (one keyword is worth a few nats only at w ~ 20; sampling keeps the
     # policy's variety where greedy decoding drifts into generic openings)
     "1x": ["plain", "reward-guided:k=8", "reward-guided:k=16:w=20:mode=sample"],
+    # the smallest budget at which the search strategies are more than one plain sample (added
+    # after the first map: docs/task_map.md, "A 2x budget")
+    "2x": [
+        "best-of-n:n=2",
+        "early-rejection:n=4:rejection=0.5:decision_every=8",
+        "adaptive-best-of-n:n=2",
+        "value-guided:beams=1:samples=2:chunk_tokens=8",
+    ],
     "4x": [
         "best-of-n:n=4",
         "early-rejection:n=8:rejection=0.5:decision_every=8",
@@ -48,7 +56,7 @@ BUDGETS: dict[str, list[str]] = {
         "value-guided:beams=4:samples=4:chunk_tokens=8",
     ],
 }
-BASELINE = {"1x": "plain", "4x": "best-of-n:n=4", "16x": "best-of-n:n=16"}
+BASELINE = {"1x": "plain", "2x": "best-of-n:n=2", "4x": "best-of-n:n=4", "16x": "best-of-n:n=16"}
 # SEA needs a surrogate; DARWIN and SEA are costly: they run where the plan says (docs/task_map.md)
 EXTRA: dict[str, list[str]] = {}
 
@@ -109,10 +117,10 @@ def load_cells(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def nearest_best_of_n(key: str, summary: dict[str, dict[str, Any]]) -> str:
-    """An extra setting is paired with the Best-of-N (4 or 16) whose generated tokens, on the
+    """An extra setting is paired with the Best-of-N (2, 4 or 16) whose generated tokens, on the
     same instances, are nearest its own (by ratio), so every comparison is at matching tokens."""
     tokens = summary[key]["compute"]["generated_tokens"]
-    bases = [key_of(BASELINE[b]) for b in ("4x", "16x") if key_of(BASELINE[b]) in summary]
+    bases = [key_of(BASELINE[b]) for b in ("2x", "4x", "16x") if key_of(BASELINE[b]) in summary]
     if not bases or not tokens:
         return key_of(BASELINE["4x"])
     return min(bases, key=lambda b: abs(math.log(tokens / summary[b]["compute"]["generated_tokens"])))
