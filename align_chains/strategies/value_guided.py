@@ -66,7 +66,7 @@ def select_beams(
     if ties == "order":
         return values.topk(beams, dim=-1).indices
     width = values.shape[-1]
-    row = torch.arange(width)
+    row = torch.arange(width, device=values.device)
     # above[p, i, j]: row j ranks above row i before diversity (higher value, or equal and earlier)
     v_i, v_j = values[:, :, None], values[:, None, :]
     above = (v_j > v_i) | ((v_j == v_i) & (row[None, :] < row[:, None]))
@@ -290,15 +290,12 @@ class ValueGuided(Strategy):
     ) -> list[dict]:
         """One record per row of a chunk decision: its value, the beam it continues and whether
         it was kept (absent at the final pick)."""
-        num, width = parent.shape
-        kept = torch.zeros(num, width, dtype=torch.bool)
-        if keep is not None:
-            kept.scatter_(1, keep, True)
+        width = parent.shape[1]
+        kept = None if keep is None else [set(rows) for rows in keep.tolist()]
         records = []
-        rows = zip(values.tolist(), parent.flatten().tolist(), kept.flatten().tolist(), strict=True)
-        for i, (v, b, k) in enumerate(rows):
+        for i, (v, b) in enumerate(zip(values.tolist(), parent.flatten().tolist(), strict=True)):
             record = {"step": step, "prompt": i // width, "row": i % width, "value": float(v), "parent": b}
-            records.append(record if keep is None else {**record, "kept": k})
+            records.append(record if kept is None else {**record, "kept": i % width in kept[i // width]})
         return records
 
     @staticmethod
