@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from common import machine, machine_line
+from task_map import write_instances
 
 from align_chains.evaluation import evaluate
 from align_chains.evaluation.report.pairs import compare
-from align_chains.tasks import instances
+from align_chains.strategies.mutation import keeps_terms
 
 BASE = "darwin:n=2:k=2:cycles=1:m=16"
 SETTINGS = ["best-of-n:n=4", BASE, f"{BASE}:mutation_mode=guard", f"{BASE}:mutation_mode=restate"]
@@ -42,11 +42,6 @@ def task_terms(task: dict[str, Any]) -> list[str]:
     return terms + ([task["tone"]] if "tone" in task else [])
 
 
-def keeps_all(text: str, terms: list[str]) -> bool:
-    low = text.lower()
-    return all(re.search(rf"(?<!\w){re.escape(t)}(?!\w)", low) for t in terms)
-
-
 def cell_counts(cell: dict[str, Any], original: str, terms: list[str]) -> tuple[int, int, int, bool]:
     """(rewrites differing from the original, of them keeping every term, guard drops, whether
     the chosen answer answered a mutated instruction)."""
@@ -57,7 +52,7 @@ def cell_counts(cell: dict[str, Any], original: str, terms: list[str]) -> tuple[
         text = event.get("dropped") or event["instruction"]
         dropped += bool(event.get("dropped"))
         if text.strip() != original.strip():
-            differ, kept = differ + 1, kept + keeps_all(text, terms)
+            differ, kept = differ + 1, kept + keeps_terms(text, terms)
     meta = cell["candidates"][cell["chosen_index"]].get("meta", {})
     mutated = meta.get("cycle", 0) > 0 and meta["instruction"].strip() != original.strip()
     return differ, kept, dropped, mutated
@@ -148,10 +143,9 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         print(machine_line(machine()), flush=True)
         for family in args.families:
-            lines = instances(family, "dev", args.per_family)
-            (args.out / f"{family}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
             start = time.perf_counter()
-            evaluate(SETTINGS, args.out / f"{family}.jsonl", holdout="rule:distinct", max_tokens=32, seed=0,
+            prompts = write_instances(args.out, family, "dev", args.per_family)
+            evaluate(SETTINGS, prompts, holdout="rule:distinct", max_tokens=32, seed=0,
                      batch_size=5, limit=args.per_family, json_path=args.out / f"{family}.json",
                      show_progress=False)  # fmt: skip
             print(f"{family}: {time.perf_counter() - start:.0f} s", flush=True)

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from common import machine
-from task_map import key_of, load_cells
+from task_map import key_of, load_cells, paired_cells, write_instances
 
 from align_chains.evaluation import evaluate
-from align_chains.evaluation.report.pairs import compare
-from align_chains.tasks import FAMILIES, instances
+from align_chains.tasks import FAMILIES
 
 IVG = "value-guided:beams={w}:samples={k}:chunk_tokens=8:ties={ties}"
 SETTINGS = {
@@ -58,18 +57,6 @@ def openings(cell: dict[str, Any], words: int) -> int:
     return len({" ".join(c["text"].split()[:words]) for c in cell.get("candidates") or []})
 
 
-def paired(mine: list, theirs: list) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Success and task reward of two settings' cells, paired per instance."""
-    pairs = [
-        (
-            [None if c is None else float(c[m]) for c in mine],
-            [None if c is None else float(c[m]) for c in theirs],
-        )
-        for m in ("success", "task_reward")
-    ]
-    return compare(pairs)
-
-
 def summary(family: str, ids: list[str], all_cells: list[dict[str, Any]], words: int) -> list[dict[str, Any]]:
     """One row per setting: means, paired against Best-of-N at its budget (spread rows also
     against order), tied cuts, parents kept and openings from IVG's traces."""
@@ -93,8 +80,8 @@ def summary(family: str, ids: list[str], all_cells: list[dict[str, Any]], words:
                 "success": statistics.mean(float(c["success"]) for c in present),
                 "task_reward": statistics.mean(float(c["task_reward"]) for c in present),
                 "tokens": statistics.mean(c["per_prompt"]["generated_tokens"] for c in present),
-                "vs_best_of_n": None if key == named[0] else paired(column[key], column[named[0]]),
-                "vs_order": paired(column[key], column[named[1]]) if key == named[2] else None,
+                "vs_best_of_n": None if key == named[0] else paired_cells(column[key], column[named[0]]),
+                "vs_order": paired_cells(column[key], column[named[1]]) if key == named[2] else None,
                 "decisions": len(made),
                 "tied": sum(t for t, _ in made),
                 "parents_kept": statistics.mean(later) if later else None,
@@ -143,11 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.summarise:
         for family in args.families:
-            lines = instances(family, args.split, args.instances)
-            (args.out / f"{family}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
             evaluate(
                 [s for b in args.budgets for s in SETTINGS[b]],
-                args.out / f"{family}.jsonl",
+                write_instances(args.out, family, args.split, args.instances),
                 holdout="rule:distinct",
                 max_tokens=args.max_tokens,
                 seed=0,

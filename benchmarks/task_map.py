@@ -66,12 +66,18 @@ def settings_for(family: str, extra: dict[str, list[str]]) -> list[str]:
     return keys + [k for k in extra.get(family, []) if k not in keys]
 
 
+def write_instances(out: Path, family: str, split: str, count: int) -> Path:
+    """A family's first ``count`` instances of ``split`` as an ``align-chains eval`` prompt file."""
+    path = out / f"{family}.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in instances(family, split, count)))
+    return path
+
+
 def run(args: argparse.Namespace, extra: dict[str, list[str]]) -> None:
     """Rounds of ``--round`` instances: every family, every setting, then the next round."""
     args.out.mkdir(parents=True, exist_ok=True)
     for family in args.families:
-        lines = instances(family, args.split, args.per_family)
-        (args.out / f"{family}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        write_instances(args.out, family, args.split, args.per_family)
     for limit in range(args.round, args.per_family + args.round, args.round):
         for family in args.families:
             start = time.perf_counter()
@@ -126,6 +132,19 @@ def nearest_best_of_n(key: str, summary: dict[str, dict[str, Any]]) -> str:
     return min(bases, key=lambda b: abs(math.log(tokens / summary[b]["compute"]["generated_tokens"])))
 
 
+def paired_cells(
+    mine: list[dict[str, Any] | None], theirs: list[dict[str, Any] | None]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Success and task reward of two settings' cells, paired per instance (same order; None
+    where a setting has no cell or no value): each a mean difference with its interval."""
+
+    def values(cells: list[dict[str, Any] | None], metric: str) -> list[float | None]:
+        return [None if c is None or c.get(metric) is None else float(c[metric]) for c in cells]
+
+    success, reward = compare([(values(mine, m), values(theirs, m)) for m in ("success", "task_reward")])
+    return success, reward
+
+
 def family_rows(family: str, ids: list[str], all_cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per setting: rates, rewards, compute, paired against Best-of-N at its budget."""
     cells = {(c["key"], c["prompt"]): c for c in all_cells}
@@ -138,12 +157,7 @@ def family_rows(family: str, ids: list[str], all_cells: list[dict[str, Any]]) ->
         base = key_of(BASELINE[budget]) if budget in BASELINE else nearest_best_of_n(key, summary)
         column = [cells.get((key, i)) for i in ids]
         ref = [cells.get((base, i)) for i in ids]
-        pairs = []
-        for metric in ("success", "task_reward"):
-            ours = [None if c is None or c.get(metric) is None else float(c[metric]) for c in column]
-            theirs = [None if c is None or c.get(metric) is None else float(c[metric]) for c in ref]
-            pairs.append((ours, theirs))
-        success_pair, reward_pair = compare(pairs) if key != base else (None, None)
+        success_pair, reward_pair = paired_cells(column, ref) if key != base else (None, None)
         rows.append(
             {
                 "family": family,
@@ -197,9 +211,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
                 paired(r["paired_success"]),
                 paired(r["paired_reward"]),
             ]
-            for r in sorted(
-                rows, key=lambda r: list(BUDGETS).index(r["budget"]) if r["budget"] in BUDGETS else 9
-            )
+            for r in sorted(rows, key=lambda r: _budget_rank(r["budget"]))
             if r["family"] == family
         ]
         header = [
